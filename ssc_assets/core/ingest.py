@@ -1,0 +1,262 @@
+"""From a plate folder to the ``raw_sites`` index and the ``site_qc`` table (pure functions)."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ssc_assets.core.channels import IMAGE_CHANNELS, ChannelMap
+from ssc_assets.core.metaxpress import PlateScan, expected_images, missing_images, scan_plate
+from ssc_assets.core.platemap import PlateMapError, read_platemap
+from ssc_assets.core.qc import QcConfig, flag_outliers, image_qc
+from ssc_assets.core.tiff_io import EXPECTED_DTYPE, ImageReadError, read_header, read_image
+
+
+class PlateError(ValueError):
+    """The plate cannot be indexed at all (empty folder, no plate map...). Names the folder."""
+
+
+@dataclass
+class RawSites:
+    """``table``: one row per site x channel (see :func:`build_raw_sites`); ``excluded``: ignored
+    files with reasons; ``problems``: plate-level findings for the asset checks."""
+
+    table: pd.DataFrame
+    excluded: pd.DataFrame
+    scan: PlateScan
+    missing: list[tuple[str, int, int]]
+    wells_without_images: list[str]
+    problems: list[str] = field(default_factory=list)
+
+
+def _headers(paths: list[str], workers: int = 8) -> list[tuple[tuple[int, ...] | None, str | None, str | None]]:
+    def one(p: str):
+        try:
+            shape, dtype = read_header(p)
+            return shape, dtype, None
+        except ImageReadError as exc:
+            return None, None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, paths))
+
+
+def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None = None, time_point: int = 1) -> RawSites:
+    """Index one plate folder into the ``raw_sites`` table without modifying anything in it.
+
+    Columns: ``Metadata_Plate, Metadata_Well, Metadata_Row, Metadata_Column, Metadata_Site,
+    Metadata_TimePoint, channel, wavelength, acquisition, path, file_size (bytes), mtime_ns,
+    height, width, dtype, header_error`` (str or None, names the file) and every plate-map column
+    (``Metadata_Donor, Metadata_Condition, Metadata_Group``, extras as ``Metadata_<col>``).
+
+    Raises :class:`PlateError` for an empty folder or a missing plate map and
+    :class:`~ssc_assets.core.platemap.PlateMapError` for an unusable plate map.
+    """
+    channel_map = channel_map or ChannelMap()
+    scan = scan_plate(plate_dir, channel_map, time_point)
+    if scan.platemap_path is None:
+        raise PlateError(f"{plate_dir}: no platemap.csv in the plate folder (required: well,donor_id,condition,group)")
+    platemap = read_platemap(scan.platemap_path)
+    if scan.images.empty:
+        raise PlateError(
+            f"{plate_dir}: no usable images found ({len(scan.excluded)} files excluded"
+            + (f", e.g. {scan.excluded.iloc[0].path}: {scan.excluded.iloc[0].reason}" if len(scan.excluded) else "")
+            + ")"
+        )
+    problems = list(scan.problems)
+    images = scan.images
+    excluded = [scan.excluded]
+    in_map = images["Metadata_Well"].isin(set(platemap["Metadata_Well"]))
+    if (~in_map).any():
+        dropped = images[~in_map]
+        excluded.append(pd.DataFrame({"path": dropped["path"], "reason": "well " + dropped["Metadata_Well"] + " is not in platemap.csv"}))
+        images = images[in_map]
+    headers = _headers(images["path"].tolist())
+    images = images.assign(
+        height=[h[0][0] if h[0] and len(h[0]) >= 2 else -1 for h in headers],
+        width=[h[0][1] if h[0] and len(h[0]) >= 2 else -1 for h in headers],
+        ndim=[len(h[0]) if h[0] else -1 for h in headers],
+        dtype=[h[1] or "" for h in headers],
+        header_error=[h[2] for h in headers],
+    )
+    ok = images["header_error"].isna()
+    bad_dtype = ok & (images["dtype"] != str(EXPECTED_DTYPE))
+    images.loc[bad_dtype, "header_error"] = images.loc[bad_dtype, "path"] + ": expected 16-bit (uint16) pixels, got " + images.loc[bad_dtype, "dtype"]
+    bad_ndim = images["header_error"].isna() & (images["ndim"] != 2)
+    images.loc[bad_ndim, "header_error"] = images.loc[bad_ndim, "path"] + ": expected a 2-D single-channel image"
+    good = images["header_error"].isna()
+    if good.any():
+        shapes = images.loc[good, ["height", "width"]].value_counts()
+        (mh, mw) = shapes.index[0]
+        bad_shape = good & ((images["height"] != mh) | (images["width"] != mw))
+        images.loc[bad_shape, "header_error"] = (
+            images.loc[bad_shape, "path"] + f": shape differs from the plate's image shape ({mh}, {mw}): ("
+            + images.loc[bad_shape, "height"].astype(str) + ", " + images.loc[bad_shape, "width"].astype(str) + ")"
+        )
+    images = images.drop(columns=["ndim"])
+    table = images.merge(platemap, on="Metadata_Well", how="left").reset_index(drop=True)
+    if len(set(table["file_plate_name"])) > 1:
+        problems.append(f"image files carry several plate names: {sorted(set(table['file_plate_name']))}")
+    missing = missing_images(scan, platemap["Metadata_Well"].tolist(), channel_map)
+    with_images = set(scan.images["Metadata_Well"])
+    wells_without = sorted(set(platemap["Metadata_Well"]) - with_images)
+    if wells_without:
+        problems.append(f"plate-map wells without any image: {wells_without}")
+    if scan.htd is not None:
+        unknown = sorted(set(platemap["Metadata_Well"]) - set(scan.htd.wells))
+        if unknown:
+            problems.append(f"plate-map wells not acquired according to {scan.htd.path}: {unknown}")
+    return RawSites(
+        table=table,
+        excluded=pd.concat(excluded, ignore_index=True),
+        scan=scan,
+        missing=missing,
+        wells_without_images=wells_without,
+        problems=problems,
+    )
+
+
+# --------------------------------------------------------------------------- QC
+
+SITE_KEY = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+
+
+def qc_one_image(item: tuple[str, tuple[int, int] | None]) -> dict:
+    """QC measures of one image file. ``item`` = (path, expected (H, W) or None).
+
+    Never raises for bad images: returns ``{"read_error": "<path>: ..."}`` instead.
+    """
+    path, shape = item
+    try:
+        img = read_image(path, expected_shape=shape)
+    except ImageReadError as exc:
+        return {"read_error": str(exc)}
+    out = image_qc(img)
+    out["read_error"] = None
+    return out
+
+
+def qc_items(raw_sites: pd.DataFrame, channels: tuple[str, ...] = IMAGE_CHANNELS) -> pd.DataFrame:
+    """Rows of ``raw_sites`` that get QC: the channels used downstream (mitochondria is ignored)."""
+    return raw_sites[raw_sites["channel"].isin(channels)].reset_index(drop=True)
+
+
+def assemble_site_qc(
+    rows: pd.DataFrame, measures: list[dict], config: QcConfig = QcConfig(), channels: tuple[str, ...] = IMAGE_CHANNELS
+) -> pd.DataFrame:
+    """Join per-image measures to their ``raw_sites`` rows and add outlier flags.
+
+    Images whose header was already bad keep that error as ``read_error``.
+    """
+    meas = pd.DataFrame(measures, index=rows.index)
+    keep = [c for c in rows.columns if c.startswith("Metadata_")] + ["channel", "wavelength", "path"]
+    out = pd.concat([rows[keep], meas], axis=1)
+    if "header_error" in rows:
+        has = rows["header_error"].notna()
+        out.loc[has, "read_error"] = rows.loc[has, "header_error"]
+    for m in ("focus_score", "percent_maximal", "median", "std", "q01", "q25", "q75", "q99", "total_intensity", "mean", "max"):
+        if m not in out:
+            out[m] = np.nan
+    out = _add_missing_channels(out, channels)
+    out["read_error"] = out["read_error"].astype(object).where(out["read_error"].notna(), None)
+    return flag_outliers(out, config)
+
+
+def _add_missing_channels(qc: pd.DataFrame, channels: tuple[str, ...]) -> pd.DataFrame:
+    """Add a failing row for every (site, channel) with no image, so the site fails QC."""
+    sites = qc.drop_duplicates(SITE_KEY)
+    have = set(zip(*(qc[c] for c in SITE_KEY), qc["channel"]))
+    extra = []
+    for _, site in sites.iterrows():
+        key = tuple(site[c] for c in SITE_KEY)
+        for ch in channels:
+            if key + (ch,) not in have:
+                row = {c: site[c] for c in qc.columns if c.startswith("Metadata_")}
+                row.update(channel=ch, path=None, read_error=f"missing image: plate {key[0]} well {key[1]} site {key[2]} has no {ch} file")
+                extra.append(row)
+    if not extra:
+        return qc
+    return pd.concat([qc, pd.DataFrame(extra)], ignore_index=True)
+
+
+def site_table(site_qc: pd.DataFrame) -> pd.DataFrame:
+    """One row per site: ``passed_qc`` and the combined reason."""
+    return site_qc.groupby(SITE_KEY, as_index=False).agg(passed_qc=("passed_qc", "first"), qc_reason=("qc_reason", "first"))
+
+
+# --------------------------------------------------------------------------- readiness (sensor)
+
+
+@dataclass(frozen=True)
+class PlateReadiness:
+    """Whether a plate folder can be ingested now. ``fingerprint`` versions its content."""
+
+    plate_key: str
+    complete: bool
+    settled: bool
+    fingerprint: str
+    n_images: int
+    n_expected: int
+    reason: str
+
+    @property
+    def ready(self) -> bool:
+        return self.complete and self.settled
+
+
+def plate_readiness(
+    plate_dir: str | os.PathLike,
+    channel_map: ChannelMap | None = None,
+    settle_seconds: float = 60.0,
+    now_ns: int | None = None,
+    time_point: int = 1,
+) -> PlateReadiness:
+    """Decide if a plate folder is complete and settled (cheap: file names and stat only).
+
+    Complete: every expected (well, site, wavelength) has an image, where "expected" comes
+    from the HTD (wells x sites x wavelengths) or else from the plate-map wells x observed sites
+    x mapped channels; a plate map must exist. Settled: no file changed for ``settle_seconds``.
+    """
+    channel_map = channel_map or ChannelMap()
+    scan = scan_plate(plate_dir, channel_map, time_point)
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    settled = (now_ns - scan.newest_mtime_ns) >= settle_seconds * 1e9
+    wells = None
+    reason = ""
+    if scan.platemap_path is None:
+        reason = "no platemap.csv yet"
+    else:
+        try:
+            wells = read_platemap(scan.platemap_path)["Metadata_Well"].tolist()
+        except PlateMapError as exc:
+            reason = f"plate map unusable: {exc}"
+            wells = None
+    sites = scan.images["Metadata_Site"].unique().tolist() if len(scan.images) else []
+    expected = expected_images(scan.htd, wells, channel_map, sites) if (scan.htd or wells) else set()
+    known = {c.wavelength for c in channel_map.channels}
+    expected = {e for e in expected if e[2] in known}
+    missing = missing_images(scan, wells, channel_map) if expected else []
+    complete = bool(expected) and not missing and scan.platemap_path is not None and not reason
+    if not reason:
+        if not len(scan.images):
+            reason = "no images yet"
+        elif missing:
+            reason = f"{len(missing)} of {len(expected)} expected images missing (e.g. {missing[0]})"
+        elif not settled:
+            reason = f"files changed less than {settle_seconds:.0f} s ago"
+        else:
+            reason = "ready"
+    return PlateReadiness(
+        plate_key=scan.plate_key,
+        complete=complete,
+        settled=settled,
+        fingerprint=scan.fingerprint,
+        n_images=len(scan.images),
+        n_expected=len(expected),
+        reason=reason,
+    )

@@ -1,0 +1,410 @@
+"""Read MetaXpress "classic" plate exports (ImageXpress Micro Confocal) without touching them.
+
+Layout handled (everything below the plate folder is optional)::
+
+    <plate folder>/
+        platemap.csv
+        <YYYY-MM-DD>/<acquisition id>/
+            <plate>.HTD
+            TimePoint_<t>/
+                <plate>_<well>_s<site>_w<n><GUID>.tif      max projection
+                <plate>_<well>_s<site>_w<n>_thumb<GUID>.tif preview (ignored)
+                ZStep_<z>/<plate>_<well>_s<site>_w<n><GUID>.tif   z-planes
+
+Files are only listed and stat-ed here; pixel data is read by :mod:`ssc_assets.core.tiff_io`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ssc_assets.core.channels import ChannelMap
+
+#: The classic MetaXpress filename (checked on real exports). Channel is one digit: the GUID follows it.
+FILENAME_RE = re.compile(
+    r"^(?P<plate>.*)_(?P<well>[A-P]\d{2})(?:_s(?P<site>\d+))?(?:_w(?P<channel>[1-9]))?"
+    r"(?P<thumb>_thumb)?"
+    r"(?P<guid>[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12})?\.tiff?$",
+    re.IGNORECASE,
+)
+TIMEPOINT_RE = re.compile(r"^TimePoint_(\d+)$", re.IGNORECASE)
+ZSTEP_RE = re.compile(r"^ZStep_(\d+)$", re.IGNORECASE)
+TIFF_SUFFIXES = (".tif", ".tiff")
+ROWS = "ABCDEFGHIJKLMNOP"
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """Parsed MetaXpress image file name. ``site`` and ``wavelength`` are 1-based."""
+
+    plate: str
+    well: str
+    site: int
+    wavelength: int
+    thumb: bool
+    guid: str | None
+
+
+def parse_image_name(name: str) -> ImageName | None:
+    """Parse a MetaXpress file name; ``None`` if it does not follow the convention.
+
+    A missing ``_s`` token means a single-site plate (site 1); a missing ``_w`` token a
+    single-channel plate (wavelength 1).
+    """
+    m = FILENAME_RE.match(name)
+    if not m:
+        return None
+    return ImageName(
+        plate=m["plate"],
+        well=normalize_well(m["well"]),
+        site=int(m["site"]) if m["site"] else 1,
+        wavelength=int(m["channel"]) if m["channel"] else 1,
+        thumb=bool(m["thumb"]),
+        guid=m["guid"].upper() if m["guid"] else None,
+    )
+
+
+def normalize_well(well: str) -> str:
+    """``"b3"`` / ``"B3"`` / ``"B003"`` -> ``"B03"``. Raises ``ValueError`` on anything else."""
+    m = re.fullmatch(r"\s*([A-Pa-p])0*(\d{1,2})\s*", str(well))
+    if not m or not 1 <= int(m[2]) <= 48:
+        raise ValueError(f"not a plate well name: {well!r}")
+    return f"{m[1].upper()}{int(m[2]):02d}"
+
+
+def well_row_col(well: str) -> tuple[str, int]:
+    """``"B03"`` -> ``("B", 3)``."""
+    return well[0], int(well[1:])
+
+
+def sanitize_plate_name(name: str) -> str:
+    """Partition key for a plate folder: letters, digits, ``-`` and ``_``; others become ``_``."""
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", name.strip()).strip("_")
+    if not key:
+        raise ValueError(f"plate folder name {name!r} gives an empty partition key")
+    return key
+
+
+# --------------------------------------------------------------------------- HTD
+
+
+@dataclass(frozen=True)
+class HtdInfo:
+    """Content of a MetaXpress ``.HTD`` ("HTSInfoFile") plate description."""
+
+    path: str
+    x_wells: int
+    y_wells: int
+    x_sites: int
+    y_sites: int
+    n_wavelengths: int
+    wave_names: dict[int, str]
+    wells: tuple[str, ...]  # selected wells (all wells if no WellsSelection rows)
+    sites: tuple[int, ...]  # selected 1-based site numbers (row-major over the site grid)
+    timepoints: int = 1
+    z_series: bool = False
+
+    @property
+    def n_sites(self) -> int:
+        return len(self.sites)
+
+
+class HtdError(ValueError):
+    """A malformed HTD file (the message names the file)."""
+
+
+def _htd_values(line: str) -> tuple[str, list[str]]:
+    parts = [p.strip().strip('"') for p in line.split(",")]
+    return parts[0], parts[1:]
+
+
+def parse_htd(path: str | os.PathLike) -> HtdInfo:
+    """Parse a MetaXpress HTD file. Raises :class:`HtdError` naming the file when it is unusable."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise HtdError(f"{path}: cannot read HTD file ({exc})") from exc
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip():
+            key, vals = _htd_values(line)
+            values[key.lower()] = vals
+    if "htsinfofile" not in values:
+        raise HtdError(f"{path}: not an HTSInfoFile (first line should be '\"HTSInfoFile\", Version 1.0')")
+
+    def integer(key: str, default: int | None = None) -> int:
+        vals = values.get(key.lower())
+        if not vals:
+            if default is None:
+                raise HtdError(f"{path}: missing '{key}'")
+            return default
+        try:
+            return int(vals[0])
+        except ValueError as exc:
+            raise HtdError(f"{path}: '{key}' is not an integer: {vals[0]!r}") from exc
+
+    def truthy(v: str) -> bool:
+        return v.strip().upper() == "TRUE"
+
+    x_wells, y_wells = integer("XWells"), integer("YWells")
+    wells = []
+    for r in range(y_wells):
+        row = values.get(f"wellsselection{r + 1}")
+        for c in range(x_wells):
+            if row is None or (c < len(row) and truthy(row[c])):
+                wells.append(f"{ROWS[r]}{c + 1:02d}")
+    x_sites, y_sites = integer("XSites", 1), integer("YSites", 1)
+    sites, n = [], 0
+    site_sel = truthy(values.get("siteselection", ["FALSE"])[0]) if "siteselection" in values else False
+    for r in range(y_sites):
+        row = values.get(f"siteselection{r + 1}")
+        for c in range(x_sites):
+            n += 1
+            if row is None or (c < len(row) and truthy(row[c])):
+                sites.append(n)
+    if not site_sel and x_sites * y_sites == 1:
+        sites = [1]
+    n_wave = integer("NWavelengths", 1)
+    wave_names = {
+        w: values[f"wavename{w}"][0] for w in range(1, n_wave + 1) if f"wavename{w}" in values
+    }
+    return HtdInfo(
+        path=str(path),
+        x_wells=x_wells,
+        y_wells=y_wells,
+        x_sites=x_sites,
+        y_sites=y_sites,
+        n_wavelengths=n_wave,
+        wave_names=wave_names,
+        wells=tuple(wells),
+        sites=tuple(sites),
+        timepoints=integer("TimePoints", 1),
+        z_series=truthy(values.get("zseries", ["FALSE"])[0]),
+    )
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    rel: str
+    size: int
+    mtime_ns: int
+
+
+def list_plate_files(plate_dir: str | os.PathLike) -> list[FileEntry]:
+    """All regular files under ``plate_dir`` (recursive, sorted by relative path), stat-ed once."""
+    plate_dir = Path(plate_dir)
+    out: list[FileEntry] = []
+    stack = [plate_dir]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=True):
+                stack.append(Path(e.path))
+            elif e.is_file(follow_symlinks=True):
+                st = e.stat()
+                out.append(FileEntry(e.path, os.path.relpath(e.path, plate_dir), st.st_size, st.st_mtime_ns))
+    out.sort(key=lambda f: f.rel)
+    return out
+
+
+def fingerprint(files: list[FileEntry]) -> str:
+    """Stable content-version of a plate folder: sha1 over (relative path, size, mtime) of every file."""
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f"{f.rel}\0{f.size}\0{f.mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class PlateScan:
+    """Result of indexing one plate folder.
+
+    ``images`` has one row per usable image (site x channel) of the selected time point;
+    ``excluded`` one row per file that was ignored, with the reason.
+    """
+
+    plate_dir: str
+    plate_key: str
+    images: pd.DataFrame
+    excluded: pd.DataFrame
+    htd: HtdInfo | None
+    platemap_path: str | None
+    timepoints: list[int]
+    fingerprint: str
+    newest_mtime_ns: int
+    problems: list[str] = field(default_factory=list)
+
+
+EXCLUDED_COLUMNS = ["path", "reason"]
+
+
+def find_htd(files: list[FileEntry]) -> str | None:
+    """Newest HTD file of the plate (the last acquisition wins when there are several)."""
+    htds = [f for f in files if f.rel.lower().endswith(".htd")]
+    return max(htds, key=lambda f: (f.rel.count(os.sep), f.rel)).path if htds else None
+
+
+def scan_plate(
+    plate_dir: str | os.PathLike,
+    channel_map: ChannelMap | None = None,
+    time_point: int = 1,
+    files: list[FileEntry] | None = None,
+) -> PlateScan:
+    """Index a plate folder: classify every file as a usable image or excluded (with a reason).
+
+    Rules: ``_thumb`` previews are ignored; z-planes (``ZStep_<z>``) are ignored when the
+    time-point root holds the projection of the same site and channel; only ``time_point``
+    is kept (other time points are listed in ``timepoints``); for a duplicate site/channel
+    (e.g. a plate imaged twice) the last acquisition folder wins and the others are excluded;
+    wavelengths that the channel map does not know are excluded.
+    """
+    channel_map = channel_map or ChannelMap()
+    plate_dir = Path(plate_dir)
+    files = list_plate_files(plate_dir) if files is None else files
+    plate_key = sanitize_plate_name(plate_dir.name)
+    excluded: list[tuple[str, str]] = []
+    candidates = []
+    timepoints: set[int] = set()
+    htd_path = find_htd(files)
+    platemap = plate_dir / "platemap.csv"
+    for f in files:
+        name = os.path.basename(f.rel)
+        lower = name.lower()
+        if not lower.endswith(TIFF_SUFFIXES):
+            continue
+        parsed = parse_image_name(name)
+        if parsed is None:
+            excluded.append((f.path, "file name does not follow <plate>_<well>[_s<site>][_w<n>][GUID].tif"))
+            continue
+        if parsed.thumb:
+            continue  # previews are expected: not reported
+        parts = Path(f.rel).parts[:-1]
+        tp, z = 1, None
+        acquisition = os.sep.join(p for p in parts if not TIMEPOINT_RE.match(p) and not ZSTEP_RE.match(p))
+        for p in parts:
+            if m := TIMEPOINT_RE.match(p):
+                tp = int(m[1])
+            elif m := ZSTEP_RE.match(p):
+                z = int(m[1])
+        timepoints.add(tp)
+        candidates.append((f, parsed, tp, z, acquisition))
+
+    projections = {(c[1].well, c[1].site, c[1].wavelength, c[2]) for c in candidates if c[3] is None}
+    by_key: dict[tuple, tuple] = {}
+    for f, parsed, tp, z, acq in candidates:
+        key = (parsed.well, parsed.site, parsed.wavelength, tp)
+        if tp != time_point:
+            excluded.append((f.path, f"time point {tp} (selected time point is {time_point})"))
+            continue
+        if z is not None:
+            if key in projections:
+                continue  # projection present: z-planes are expected and not reported
+            excluded.append((f.path, f"z-plane ZStep_{z} without a projection at the time-point root"))
+            continue
+        if channel_map.name_of(parsed.wavelength) is None:
+            excluded.append((f.path, f"unknown wavelength w{parsed.wavelength} (not in the channel map)"))
+            continue
+        if key in by_key:
+            prev = by_key[key]
+            keep, drop = (prev, (f, parsed, acq)) if prev[2] >= acq else ((f, parsed, acq), prev)
+            by_key[key] = keep
+            excluded.append((drop[0].path, f"duplicate of {keep[0].path} (same well/site/channel); kept the later acquisition"))
+            continue
+        by_key[key] = (f, parsed, acq)
+
+    rows = []
+    for (well, site, w, tp), (f, parsed, acq) in sorted(by_key.items()):
+        spec = channel_map.by_wavelength()[w]
+        row, col = well_row_col(well)
+        rows.append(
+            {
+                "Metadata_Plate": plate_key,
+                "Metadata_Well": well,
+                "Metadata_Row": row,
+                "Metadata_Column": col,
+                "Metadata_Site": site,
+                "Metadata_TimePoint": tp,
+                "channel": spec.name,
+                "wavelength": w,
+                "acquisition": acq,
+                "path": f.path,
+                "file_size": f.size,
+                "mtime_ns": f.mtime_ns,
+                "file_plate_name": parsed.plate,
+            }
+        )
+    images = pd.DataFrame(rows)
+    problems = []
+    htd = None
+    if htd_path:
+        try:
+            htd = parse_htd(htd_path)
+            problems += [f"{htd_path}: {p}" for p in channel_map.check_against_htd(htd.wave_names)]
+        except HtdError as exc:
+            problems.append(str(exc))
+    return PlateScan(
+        plate_dir=str(plate_dir),
+        plate_key=plate_key,
+        images=images,
+        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+        htd=htd,
+        platemap_path=str(platemap) if platemap.is_file() else None,
+        timepoints=sorted(timepoints),
+        fingerprint=fingerprint(files),
+        newest_mtime_ns=max((f.mtime_ns for f in files), default=0),
+        problems=problems,
+    )
+
+
+def expected_images(
+    htd: HtdInfo | None,
+    platemap_wells: list[str] | None,
+    channel_map: ChannelMap,
+    observed_sites: list[int] | None = None,
+) -> set[tuple[str, int, int]]:
+    """Expected (well, site, wavelength) triples of a plate.
+
+    From the HTD (selected wells x sites x wavelengths) when present; otherwise every plate-map
+    well x the observed sites x every wavelength in the channel map. Plate-map wells restrict
+    the HTD wells when both exist.
+    """
+    if htd is not None:
+        wells = list(htd.wells)
+        if platemap_wells:
+            wells = [w for w in wells if w in set(platemap_wells)]
+        sites = list(htd.sites)
+        waves = list(range(1, htd.n_wavelengths + 1))
+    else:
+        wells = list(platemap_wells or [])
+        sites = sorted(set(observed_sites or [1]))
+        waves = [c.wavelength for c in channel_map.channels]
+    return {(w, s, k) for w in wells for s in sites for k in waves}
+
+
+def missing_images(scan: PlateScan, platemap_wells: list[str] | None, channel_map: ChannelMap) -> list[tuple[str, int, int]]:
+    """Expected (well, site, wavelength) triples that have no usable image, sorted."""
+    observed = set()
+    sites = []
+    if len(scan.images):
+        observed = set(zip(scan.images.Metadata_Well, scan.images.Metadata_Site, scan.images.wavelength))
+        sites = scan.images.Metadata_Site.unique().tolist()
+    known = {c.wavelength for c in channel_map.channels}
+    expected = {e for e in expected_images(scan.htd, platemap_wells, channel_map, sites) if e[2] in known}
+    return sorted(expected - observed)

@@ -1,0 +1,47 @@
+"""Parquet IO manager on the storage abstraction (local path or fsspec URL), atomic writes."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+from upath import UPath
+
+from ssc_assets import settings
+from ssc_assets.core.storage import read_parquet, write_parquet
+
+
+class _ParquetUPathIOManager(dg.UPathIOManager):
+    extension = ".parquet"
+
+    def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath):
+        write_parquet(obj, str(path))
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
+        return read_parquet(str(path))
+
+    def get_metadata(self, context, obj):
+        return {"dagster/row_count": len(obj)} if isinstance(obj, pd.DataFrame) else {}
+
+    def load_partitions(self, context: dg.InputContext):
+        # A per-plate asset gets its own plate's frame; an all-plates asset ALWAYS gets
+        # {plate: frame}, even when only one plate exists.
+        if context.has_partition_key:
+            return super().load_partitions(context)
+        paths = self._get_paths_for_partitions(context)
+        return {k: self.load_from_path(context, paths[k]) for k in context.asset_partition_keys}
+
+
+class ParquetIOManager(dg.ConfigurableIOManager):
+    """Stores DataFrames as ``<base_dir>/<asset>/<plate>.parquet``."""
+
+    base_dir: str = Field(default_factory=settings.storage_dir)
+
+    def _inner(self) -> _ParquetUPathIOManager:
+        return _ParquetUPathIOManager(base_path=UPath(self.base_dir))
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        self._inner().handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        return self._inner().load_input(context)

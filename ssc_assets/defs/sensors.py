@@ -1,0 +1,62 @@
+"""The plate sensor: new or changed COMPLETE plate folders become partitions and runs."""
+
+
+import json
+import time
+
+import dagster as dg
+
+from ssc_assets.core.ingest import plate_readiness
+from ssc_assets.defs.jobs import process_plate
+from ssc_assets.defs.partitions import plates
+from ssc_assets.defs.resources import PlateSource
+
+
+def evaluate_plates(plate_source: PlateSource, cursor: dict[str, str], existing: set[str], now_ns: int | None = None, log=None):
+    """One sensor tick, as a plain function (also used by ``ssc-assets demo``).
+
+    Returns (new partition keys, run requests, new cursor). The cursor maps plate key ->
+    fingerprint of the last requested version; entries of vanished folders are dropped, so
+    it is bounded by the number of plate folders present.
+    """
+    new_keys, requests, new_cursor = [], [], {}
+    for key, folder in plate_source.plate_folders().items():
+        state = plate_readiness(folder, plate_source.channels(), plate_source.settle_seconds, now_ns, plate_source.time_point)
+        if not state.ready:
+            if log:
+                log.info(f"plate {key}: not ingested yet ({state.reason})")
+            if key in cursor:
+                new_cursor[key] = cursor[key]
+            continue
+        new_cursor[key] = state.fingerprint
+        if cursor.get(key) == state.fingerprint and key in existing:
+            continue
+        if key not in existing:
+            new_keys.append(key)
+        requests.append(
+            dg.RunRequest(
+                partition_key=key,
+                run_key=f"{key}@{state.fingerprint}",
+                tags={"ssc/plate": key, "ssc/fingerprint": state.fingerprint},
+            )
+        )
+        if log:
+            log.info(f"plate {key}: requesting a run for version {state.fingerprint} ({state.n_images} images)")
+    return new_keys, requests, new_cursor
+
+
+@dg.sensor(
+    job=process_plate,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches SSC_PLATES_DIR; adds a plate partition and requests a run when a plate is complete and settled.",
+)
+def plate_sensor(context: dg.SensorEvaluationContext, plate_source: PlateSource):
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    existing = set(context.instance.get_dynamic_partitions(plates.name))
+    new_keys, requests, new_cursor = evaluate_plates(plate_source, cursor, existing, time.time_ns(), context.log)
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[plates.build_add_request(new_keys)] if new_keys else [],
+        cursor=json.dumps(new_cursor, sort_keys=True),
+    )
