@@ -1,0 +1,45 @@
+# ssc-assets: every target creates/refreshes the virtualenv it needs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEPS_HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.deps-$(DEPS_HASH)
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test dev bench clean
+
+venv: $(STAMP)
+	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . >/dev/null
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -e '.[test]'
+	@rm -f $(VENV)/.deps-* && touch $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+## make demo: synthetic plates -> every asset materialized through Dagster -> summary
+demo: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/ssc-assets demo
+
+## make test: the test suite (what CI runs)
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make dev: the Dagster UI (and daemon) on the demo instance, http://127.0.0.1:3000
+dev: venv $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## make bench: speed benchmarks (tables of ratios against naive references)
+bench: venv
+	$(BIN)/python benchmarks/ingest_qc.py
+	$(BIN)/python benchmarks/image_steps.py
+
+clean:
+	rm -rf data .dagster_home
