@@ -11,6 +11,7 @@ import os
 import uuid
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import pandas as pd
 
 
@@ -45,7 +46,7 @@ def atomic_write_bytes(path: str, data: bytes) -> str:
                     os.fsync(fh.fileno())
                 except (OSError, io.UnsupportedOperation, AttributeError):
                     pass
-        if fs.protocol in ("file", ("file", "local")) or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        if isinstance(fs, LocalFileSystem):
             os.replace(tmp, inner)
         else:
             fs.mv(tmp, inner)

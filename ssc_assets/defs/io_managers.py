@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 from upath import UPath
 
 from ssc_assets import settings
-from ssc_assets.core.storage import read_parquet, write_parquet
+from ssc_assets.core.storage import read_parquet, write_parquet, write_text
 
 
 class _ParquetUPathIOManager(dg.UPathIOManager):
@@ -44,4 +46,38 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         self._inner().handle_output(context, obj)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        return self._inner().load_input(context)
+
+
+class _JsonUPathIOManager(dg.UPathIOManager):
+    extension = ".json"
+
+    def dump_to_path(self, context: dg.OutputContext, obj: dict, path: UPath):
+        write_text(str(path), json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> dict:
+        with path.open("r") as fh:
+            return json.load(fh)
+
+    def load_partitions(self, context: dg.InputContext):
+        if context.has_partition_key:
+            return super().load_partitions(context)
+        paths = self._get_paths_for_partitions(context)
+        return {k: self.load_from_path(context, paths[k]) for k in context.asset_partition_keys}
+
+
+class ManifestIOManager(dg.ConfigurableIOManager):
+    """For assets whose data are files they write themselves (OME-Zarr stores, arrays):
+    the asset returns a JSON-able manifest (paths + summary) stored as
+    ``<base_dir>/<asset>/<plate>.json``; downstream assets receive the manifest."""
+
+    base_dir: str = Field(default_factory=settings.storage_dir)
+
+    def _inner(self) -> _JsonUPathIOManager:
+        return _JsonUPathIOManager(base_path=UPath(self.base_dir))
+
+    def handle_output(self, context: dg.OutputContext, obj: dict) -> None:
+        self._inner().handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext) -> dict:
         return self._inner().load_input(context)

@@ -1,0 +1,58 @@
+"""End to end through Dagster: a simulated plate -> raw_sites + site_qc, checks, stored files."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ssc_assets.core.simulate import simulate_demo
+from ssc_assets.definitions import build_definitions
+from ssc_assets.defs.io_managers import ParquetIOManager
+from ssc_assets.defs.partitions import plates
+from ssc_assets.defs.resources import PlateSource, SiteCompute
+from ssc_assets_tests.conftest import tree_digest
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    plates_dir, truth_dir, storage = root / "plates", root / "truth", root / "storage"
+    simulate_demo(plates_dir, truth_dir, n_plates=1, seed=3, image_size=256, n_wells=8)
+    return plates_dir, truth_dir, storage
+
+
+def test_plate_materializes_with_qc_flags(demo):
+    plates_dir, truth_dir, storage = demo
+    plate_dir = next(p for p in plates_dir.iterdir() if p.is_dir())
+    key = plate_dir.name
+    before = tree_digest(plate_dir)
+    defs = build_definitions(
+        plate_source=PlateSource(plates_dir=str(plates_dir), settle_seconds=0),
+        compute=SiteCompute(backend="process", max_workers=2),
+        parquet_io_manager=ParquetIOManager(base_dir=str(storage)),
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(plates.name, [key])
+        result = defs.resolve_job_def("process_plate").execute_in_process(instance=instance, partition_key=key)
+        assert result.success
+        checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+                  for e in result.get_asset_check_evaluations()}
+        assert checks["plate_complete"] is True
+
+        raw = defs.load_asset_value("raw_sites", partition_key=key, instance=instance)
+        qc = defs.load_asset_value("site_qc", partition_key=key, instance=instance)
+        mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+        md = mats["site_qc"].step_materialization_data.materialization.metadata
+        assert "data:image/png;base64," in md["qc_histograms"].value
+
+    truth = json.loads((truth_dir / key / "truth.json").read_text())
+    planted = {(f["well"], int(f["site"])) for f in truth["failed_sites"]}
+    sites = qc.drop_duplicates(["Metadata_Well", "Metadata_Site"])
+    flagged = {(r.Metadata_Well, int(r.Metadata_Site)) for r in sites.itertuples() if not r.passed_qc}
+    assert planted and planted <= flagged, (planted, flagged)
+    assert len(flagged - planted) <= max(1, len(sites) // 20)  # few false alarms
+    assert len(raw) == raw[["Metadata_Well", "Metadata_Site", "channel"]].drop_duplicates().shape[0]
+    assert (storage / "raw_sites" / f"{key}.parquet").exists() and (storage / "site_qc" / f"{key}.parquet").exists()
+    assert not list(Path(storage).rglob("*.tmp-*"))
+    assert tree_digest(plate_dir) == before
