@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IlluminationProfile:
     """Illumination model of one channel of one plate.
 
@@ -60,7 +60,8 @@ class IlluminationProfile:
     flatfield : float32 (H, W), mean 1: relative illumination (vignetting) at full size.
     darkfield : camera offset in raw units (a constant), subtracted before the correction.
     correction : float32 (H, W) = 1 / flatfield = mean(background) / background.
-    background_mean : mean background above the darkfield (raw units) of the stack.
+    background_mean : mean over the images of their median background (10th-percentile
+        blocks) above the darkfield, raw units.
     n_images : number of images used.
     darkfield_method : ``"given"``, ``"regression"``, ``"zero"`` or ``"percentile"``.
     min_ratio, max_ratio : min and max of the flatfield (max_ratio / min_ratio is the
