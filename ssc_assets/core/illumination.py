@@ -48,6 +48,8 @@ __all__ = [
     "clean_background",
     "estimate_darkfield",
     "estimate_illumination_profile",
+    "image_background",
+    "profile_from_backgrounds",
 ]
 
 
@@ -264,11 +266,37 @@ def estimate_illumination_profile(
             shape = a.shape
         elif a.shape != shape:
             raise ValueError(f"image shape {a.shape} differs from the first image {shape}")
-        g = background_grid(a, grid_size, block_percentile)
-        grids.append(clean_background(g, n_iter=n_iter, k_sd=k_sd, median_size=median_size))
+        grids.append(image_background(a, grid_size, block_percentile, n_iter, k_sd, median_size))
     if not grids:
         raise ValueError("no images")
-    B = np.stack(grids)
+    return profile_from_backgrounds(grids, shape, darkfield=darkfield, grid_size=grid_size, sigma_fraction=sigma_fraction)
+
+
+def image_background(
+    img: np.ndarray,
+    grid_size: int = 64,
+    block_percentile: float = 10.0,
+    n_iter: int = 5,
+    k_sd: float = 3.0,
+    median_size: int = 5,
+) -> np.ndarray:
+    """Per-image step of :func:`estimate_illumination_profile`: the cleaned background grid,
+    float32 (gh, gw) in raw units. Run it where the image is (a worker), keep only the grid."""
+    g = background_grid(np.asarray(img), grid_size, block_percentile)
+    return clean_background(g, n_iter=n_iter, k_sd=k_sd, median_size=median_size)
+
+
+def profile_from_backgrounds(
+    grids: Iterable[np.ndarray],
+    shape: tuple[int, int],
+    *,
+    darkfield: float | str | None = "auto",
+    grid_size: int = 64,
+    sigma_fraction: float = 1.0 / 32.0,
+) -> IlluminationProfile:
+    """Plate-level step: darkfield, median-weighted average, Gaussian smoothing and
+    enlargement to ``shape`` (H, W) from the per-image grids of :func:`image_background`."""
+    B = np.stack(list(grids))
     if darkfield is None or isinstance(darkfield, str):
         dark, method = estimate_darkfield(B, darkfield or "auto")
     else:

@@ -52,7 +52,7 @@ class _Guarded:
 
 def _worker_init() -> None:
     # One process per core: keep BLAS/OpenMP/torch and our own thread pools to one thread.
-    os.environ["SSC_THREADS"] = "1"
+    os.environ["SSC_IMAGE_THREADS"] = "1"
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     try:

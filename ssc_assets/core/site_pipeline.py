@@ -1,0 +1,72 @@
+"""Per-site work units of the image assets (picklable tasks for :func:`parallel.map_sites`).
+
+Each function takes one small, picklable task, reads what it needs from disk (so that a Dask
+worker on another machine can run it), and returns arrays to the caller, which writes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ssc_assets.core.figures import downsample
+from ssc_assets.core.filters import PreprocessParams, preprocess_channel
+from ssc_assets.core.illumination import IlluminationProfile, apply_illumination, image_background
+from ssc_assets.core.tiff_io import read_image
+
+PREVIEW_SIDE = 128
+
+
+def illumination_background(item: tuple[str, tuple[int, int]]) -> np.ndarray:
+    """Cleaned background grid (float32, ~64 x 64, raw units) of one raw image.
+    ``item`` = (path, expected (H, W))."""
+    path, shape = item
+    return image_background(read_image(path, expected_shape=shape))
+
+
+@lru_cache(maxsize=8)
+def _load_profile(flatfield_path: str, darkfield: float) -> IlluminationProfile:
+    return IlluminationProfile.from_arrays(np.load(flatfield_path), darkfield)
+
+
+@dataclass(frozen=True)
+class CorrectSiteTask:
+    """One site to correct and preprocess.
+
+    ``paths``: (channel, raw TIFF path) in output channel order; ``profiles``: (channel,
+    flatfield .npy path, darkfield in raw units); ``shape``: expected raw (H, W).
+    """
+
+    well: str
+    site: int
+    paths: tuple[tuple[str, str], ...]
+    profiles: tuple[tuple[str, str, float], ...]
+    shape: tuple[int, int]
+    params: PreprocessParams
+    preview: bool = False
+
+
+def correct_site(task: CorrectSiteTask) -> dict:
+    """Illumination correction then the thesis preprocessing chain, per channel.
+
+    Returns ``image``: float32 (C, h, w) after the centre crop, channels in ``task.paths``
+    order, and, if ``task.preview``, small ``raw_preview`` / ``corrected_preview`` (C, <=128, <=128)
+    float32 thumbnails for the before/after montage.
+    """
+    profiles = {ch: _load_profile(p, d) for ch, p, d in task.profiles}
+    out, raw_prev, cor_prev = [], [], []
+    for ch, path in task.paths:
+        raw = read_image(path, expected_shape=task.shape)
+        corrected = apply_illumination(raw, profiles[ch])
+        pre = preprocess_channel(corrected, ch, task.params)
+        out.append(pre)
+        if task.preview:
+            raw_prev.append(downsample(raw, PREVIEW_SIDE))
+            cor_prev.append(downsample(pre, PREVIEW_SIDE))
+    result = {"image": np.stack(out).astype(np.float32, copy=False)}
+    if task.preview:
+        result["raw_preview"] = np.stack(raw_prev)
+        result["corrected_preview"] = np.stack(cor_prev)
+    return result
