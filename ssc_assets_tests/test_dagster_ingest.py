@@ -36,8 +36,7 @@ def test_plate_materializes_with_qc_flags(demo):
         instance.add_dynamic_partitions(plates.name, [key])
         result = defs.resolve_job_def("process_plate").execute_in_process(instance=instance, partition_key=key)
         assert result.success
-        checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
-                  for e in result.get_asset_check_evaluations()}
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks["plate_complete"] is True
 
         raw = defs.load_asset_value("raw_sites", partition_key=key, instance=instance)
