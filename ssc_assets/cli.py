@@ -61,6 +61,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for key in keys:
         t0 = time.perf_counter()
         result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
+                                        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                                         tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
         ok &= result.success
         row = {"plate": key, "success": result.success, "seconds": round(time.perf_counter() - t0, 1)}

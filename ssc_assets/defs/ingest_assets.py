@@ -112,7 +112,8 @@ def _flagged_montage(qc: pd.DataFrame, n: int) -> str:
         except ImageReadError:
             continue
         tiles.append(figures.downsample(img, 128))
-        labels.append(f"{row.Metadata_Well} s{row.Metadata_Site} {row.channel}\n{row.image_reason[:40]}")
+        first = row.image_reason.split(";")[0]
+        labels.append(f"{row.Metadata_Well} s{row.Metadata_Site} {row.channel}\n{first.split(':')[0][:28]}")
     if not tiles:
         return "_no readable flagged images_"
     return figures.png_markdown(figures.montage(tiles, labels), "flagged sites")
