@@ -61,6 +61,23 @@ def _fill_holes_per_object(mask: np.ndarray) -> np.ndarray:
     return ndi.binary_fill_holes(mask)
 
 
+def _h_maxima_markers(dist: np.ndarray, fg: np.ndarray, h: float) -> np.ndarray:
+    """Labelled h-maxima of ``dist`` inside ``fg``, computed per connected component.
+
+    Same result as ``h_maxima`` on the whole image (components do not interact: ``dist`` is
+    0 between them) but only over the components' bounding boxes, ~10x less work.
+    """
+    comp, _ = ndi.label(fg)
+    maxima = np.zeros(fg.shape, bool)
+    for i, sl in enumerate(ndi.find_objects(comp), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        d = np.where(comp[sl] == i, dist[sl], 0.0)
+        maxima[sl] |= h_maxima(d, h).astype(bool) & (comp[sl] == i)
+    return ndi.label(maxima)[0]
+
+
 def segment_nuclei(nuclei_img: np.ndarray, params: NucleiParams = NucleiParams()) -> np.ndarray:
     """Labelled nuclei, int32 (H, W), 0 = background, labels 1..n.
 
@@ -86,7 +103,7 @@ def segment_nuclei(nuclei_img: np.ndarray, params: NucleiParams = NucleiParams()
     dist = ndi.distance_transform_edt(fg)
     if params.smoothing_sigma > 0:
         dist = ndi.gaussian_filter(dist, params.smoothing_sigma)
-    markers, _ = ndi.label(h_maxima(dist, params.h) & fg)
+    markers = _h_maxima_markers(dist, fg, params.h)
     labels = watershed(-dist, markers, mask=fg)
     # objects that got no marker (flat, tiny) keep their connected component
     orphan = fg & (labels == 0)
@@ -104,7 +121,9 @@ def scale_unit(img: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) 
     return np.clip((np.asarray(img, np.float64) - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
 
 
-def segment_cells(borders_img: np.ndarray, nuclei_labels: np.ndarray, regularization: float = 0.05) -> np.ndarray:
+def segment_cells(
+    borders_img: np.ndarray, nuclei_labels: np.ndarray, regularization: float = 0.05, scale: int = 1
+) -> np.ndarray:
     """Cells by Voronoi-based propagation from the nuclei over the VE-cadherin image, int32.
 
     Jones et al. 2005 (CellProfiler IdentifySecondaryObjects "Propagation", EBImage
@@ -112,11 +131,27 @@ def segment_cells(borders_img: np.ndarray, nuclei_labels: np.ndarray, regulariza
     with CellProfiler's default regularization 0.05. The mask is the whole field: the
     monolayer is confluent, so cells tile the image and meet on the junctions. Cell labels
     equal the labels of their nuclei.
+
+    ``scale`` > 1 propagates on a block-mean image downsampled by ``scale`` (seeds sampled
+    by nearest neighbour) and enlarges the labels back, ~scale^2 times faster; boundaries
+    then sit within ``scale`` px of the full-resolution result (see docs/image-pipeline.md).
+    Nuclei keep their own pixels either way.
     """
     labels = np.asarray(nuclei_labels, dtype=np.int32)
     if labels.max() == 0:
         return np.zeros(labels.shape, np.int32)
-    cells, _ = propagate(scale_unit(borders_img), labels, np.ones(labels.shape, bool), regularization)
+    img = scale_unit(borders_img)
+    if scale > 1:
+        h, w = labels.shape
+        hs, ws = h // scale, w // scale
+        small = img[: hs * scale, : ws * scale].reshape(hs, scale, ws, scale).mean(axis=(1, 3))
+        seeds = labels[scale // 2 :: scale, scale // 2 :: scale][:hs, :ws]
+        cells_small, _ = propagate(small, np.ascontiguousarray(seeds), np.ones(small.shape, bool), regularization)
+        cells = np.repeat(np.repeat(cells_small, scale, axis=0), scale, axis=1)
+        cells = np.pad(cells, ((0, h - cells.shape[0]), (0, w - cells.shape[1])), mode="edge")
+        cells = np.where(labels > 0, labels, cells)
+    else:
+        cells, _ = propagate(img, labels, np.ones(labels.shape, bool), regularization)
     return cells.astype(np.int32)
 
 
@@ -192,6 +227,7 @@ def unet_weight_map(target: np.ndarray, instances: np.ndarray, w0: float = 10.0,
 class MaskParams:
     nuclei: NucleiParams = NucleiParams()
     regularization: float = 0.05
+    propagate_scale: int = 2
     border_width_px: int = 3
     w0: float = 10.0
     sigma: float = 5.0
@@ -204,7 +240,7 @@ def compute_masks(nuclei_img: np.ndarray, borders_img: np.ndarray, actin_img: np
     uint8 0/1 and ``weight_map`` float32.
     """
     nuclei = segment_nuclei(nuclei_img, params.nuclei)
-    cells = segment_cells(borders_img, nuclei, params.regularization)
+    cells = segment_cells(borders_img, nuclei, params.regularization, params.propagate_scale)
     borders = borders_mask(cells, params.border_width_px) if cells.max() else np.zeros(cells.shape, np.uint8)
     actin = actin_mask(actin_img)
     inside = (actin.astype(bool) & ~borders.astype(bool) & (cells > 0)).astype(np.uint8)

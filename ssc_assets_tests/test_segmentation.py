@@ -1,0 +1,120 @@
+"""Masks against known synthetic ground truth and hand-computed weight-map values."""
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+from skimage.draw import ellipse
+
+from ssc_assets.core import segmentation as S
+
+
+def nuclei_phantom(seed=0, size=256, touching=True):
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((size, size), np.int32)
+    k = 0
+    centres = [(60, 60), (60, 160), (170, 70), (180, 180)]
+    for cy, cx in centres:
+        k += 1
+        rr, cc = ellipse(cy, cx, 20, 14, shape=gt.shape, rotation=rng.uniform(0, np.pi))
+        gt[rr, cc] = k
+    if touching:  # a touching pair: two discs whose outlines meet
+        for cx in (100, 134):
+            k += 1
+            rr, cc = ellipse(120, cx, 17, 17, shape=gt.shape)
+            gt[rr, cc] = np.where(gt[rr, cc] == 0, k, gt[rr, cc])
+    ramp = np.linspace(0.6, 1.0, size)[None, :]  # uneven brightness
+    img = (gt > 0) * 1000.0 * ramp + 100
+    img = gaussian_filter(img, 1.5) + rng.normal(0, 20, img.shape)
+    return img.astype(np.float32), gt
+
+
+def matched_f1(pred, gt, iou=0.5):
+    tp = 0
+    for g in range(1, gt.max() + 1):
+        m = gt == g
+        ids, counts = np.unique(pred[m], return_counts=True)
+        for i, c in zip(ids, counts):
+            if i and c / (m.sum() + (pred == i).sum() - c) >= iou:
+                tp += 1
+                break
+    return 2 * tp / (gt.max() + pred.max())
+
+
+def test_nuclei_recovered_and_touching_pair_split():
+    img, gt = nuclei_phantom()
+    pred = S.segment_nuclei(img, S.NucleiParams(expected_diameter_px=32))
+    assert pred.max() == gt.max() == 6
+    assert matched_f1(pred, gt) == 1.0
+    # the touching pair is split: its two discs get different labels
+    assert pred[120, 100] != pred[120, 134] and pred[120, 100] and pred[120, 134]
+
+
+def test_border_nuclei_cleared_and_debris_removed():
+    img, gt = nuclei_phantom(touching=False)
+    rr, cc = ellipse(5, 128, 15, 15, shape=img.shape)
+    img[rr, cc] += 900  # cut by the top edge
+    img[230:233, 230:233] += 5000  # bright debris far smaller than a nucleus
+    pred = S.segment_nuclei(img, S.NucleiParams(expected_diameter_px=32))
+    assert pred.max() == 4 and pred[5, 128] == 0 and pred[231, 231] == 0
+
+
+def test_blank_image_gives_zeros():
+    assert S.segment_nuclei(np.full((64, 64), 7.0, np.float32)).max() == 0
+    assert S.segment_cells(np.zeros((64, 64)), np.zeros((64, 64), np.int32)).max() == 0
+
+
+def voronoi_phantom(size=200, seed=1):
+    rng = np.random.default_rng(seed)
+    seeds = rng.uniform(20, size - 20, (8, 2))
+    yy, xx = np.mgrid[0:size, 0:size]
+    d = (yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2
+    cells = d.argmin(-1).astype(np.int32) + 1
+    edges = S.find_boundaries(cells, mode="thick")
+    borders = gaussian_filter(edges * 1.0, 1.0) + rng.normal(0, 0.02, cells.shape)
+    nuclei = np.zeros_like(cells)
+    for k, (cy, cx) in enumerate(seeds, start=1):
+        rr, cc = ellipse(cy, cx, 6, 6, shape=cells.shape)
+        nuclei[rr, cc] = k
+    return borders, nuclei, cells
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_propagation_recovers_voronoi_cells(scale):
+    borders, nuclei, cells = voronoi_phantom()
+    pred = S.segment_cells(borders, nuclei, 0.05, scale=scale)
+    agree = (pred == cells).mean()
+    assert agree > (0.98 if scale == 1 else 0.96)
+    assert set(np.unique(pred)) == set(range(1, 9))
+
+
+def test_borders_and_actin_inside_cells():
+    borders, nuclei, cells = voronoi_phantom()
+    b = S.borders_mask(cells, width_px=3)
+    assert b.dtype == np.uint8 and set(np.unique(b)) == {0, 1}
+    # every label change between horizontal neighbours is covered by the mask
+    change = cells[:, 1:] != cells[:, :-1]
+    assert b[:, 1:][change].all() and b[:, :-1][change].all()
+    actin_img = np.random.default_rng(0).random(cells.shape).astype(np.float32)
+    masks = S.compute_masks(gaussian_filter((nuclei > 0) * 1.0, 1), borders, actin_img)
+    inside = masks["actin_inside_cells"].astype(bool)
+    assert not (inside & masks["borders"].astype(bool)).any()
+    assert (inside <= masks["actin"].astype(bool)).all()
+
+
+def test_class_weights_hand_values():
+    t = np.zeros((10, 10), bool)
+    t[:2] = True  # 20 % foreground
+    cw = S.class_weights(t)
+    assert cw[1] == pytest.approx(100 / (2 * 20)) and cw[0] == pytest.approx(100 / (2 * 80))
+
+
+def test_weight_map_border_term_hand_value():
+    inst = np.zeros((21, 41), np.int32)
+    inst[:, :15] = 1
+    inst[:, 26:] = 2  # gap of 11 px (columns 15..25) between two cells
+    target = np.zeros(inst.shape, bool)
+    w = S.unet_weight_map(target, inst, w0=10, sigma=5)
+    # midpoint column 20: d1 = 20 - 14 = 6, d2 = 26 - 20 = 6
+    assert w[10, 20] == pytest.approx(1.0 + 10 * np.exp(-(12**2) / 50), rel=1e-5)
+    # inside cell 1, far from cell 2 (beyond 4 sigma): only the class weight remains
+    assert w[10, 0] == pytest.approx(1.0, abs=1e-6)
