@@ -2,17 +2,22 @@
 
 import dagster as dg
 
-from ssc_assets.defs import ingest_assets
-from ssc_assets.defs.io_managers import ParquetIOManager
+from ssc_assets.defs import image_assets, ingest_assets
+from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
 from ssc_assets.defs.jobs import process_plate
 from ssc_assets.defs.resources import default_resources
 from ssc_assets.defs.sensors import plate_sensor
 
 
 def build_definitions(**resource_overrides) -> dg.Definitions:
-    resources = {"parquet_io_manager": ParquetIOManager(), **default_resources(), **resource_overrides}
+    resources = {
+        "parquet_io_manager": ParquetIOManager(),
+        "manifest_io_manager": ManifestIOManager(),
+        **default_resources(),
+        **resource_overrides,
+    }
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest_assets]),
+        assets=dg.load_assets_from_modules([ingest_assets, image_assets]),
         asset_checks=[],
         jobs=[process_plate],
         sensors=[plate_sensor],

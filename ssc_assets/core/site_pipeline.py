@@ -14,6 +14,8 @@ import numpy as np
 from ssc_assets.core.figures import downsample
 from ssc_assets.core.filters import PreprocessParams, preprocess_channel
 from ssc_assets.core.illumination import IlluminationProfile, apply_illumination, image_background
+from ssc_assets.core.ome_zarr_store import read_site_image
+from ssc_assets.core.segmentation import MaskParams, compute_masks, mask_summary
 from ssc_assets.core.tiff_io import read_image
 
 PREVIEW_SIDE = 128
@@ -70,3 +72,22 @@ def correct_site(task: CorrectSiteTask) -> dict:
         result["raw_preview"] = np.stack(raw_prev)
         result["corrected_preview"] = np.stack(cor_prev)
     return result
+
+
+@dataclass(frozen=True)
+class MaskSiteTask:
+    """One site to segment: read from the corrected OME-Zarr store (channels in store order)."""
+
+    store: str
+    well: str
+    site: int
+    channel_names: tuple[str, ...]
+    params: MaskParams = MaskParams()
+
+
+def mask_site(task: MaskSiteTask) -> dict:
+    """Masks of one site (see :func:`segmentation.compute_masks`) plus its summary counts."""
+    image = read_site_image(task.store, task.well, task.site)
+    ch = {name: image[i] for i, name in enumerate(task.channel_names)}
+    masks = compute_masks(ch["nuclei"], ch["borders"], ch["actin"], task.params)
+    return {"masks": masks, "summary": mask_summary(masks)}

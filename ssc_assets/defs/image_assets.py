@@ -12,11 +12,13 @@ from ssc_assets.core.channels import IMAGE_CHANNELS
 from ssc_assets.core.filters import TV_WEIGHT, ChannelPreprocess, PreprocessParams
 from ssc_assets.core.illumination import profile_from_backgrounds
 from ssc_assets.core.ingest import SITE_KEY
-from ssc_assets.core.site_pipeline import CorrectSiteTask, correct_site, illumination_background
-from ssc_assets.core.storage import atomic_write_bytes, join
+from ssc_assets.core.ome_zarr_store import HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
+from ssc_assets.core.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, MaskParams, NucleiParams
+from ssc_assets.core.site_pipeline import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
+from ssc_assets.core.storage import atomic_write_bytes
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.partitions import plates
-from ssc_assets.defs.resources import SiteCompute, storage_root
+from ssc_assets.defs.resources import SiteCompute, Storage
 
 
 def passed_images(raw_sites: pd.DataFrame, site_qc: pd.DataFrame) -> pd.DataFrame:
@@ -66,6 +68,7 @@ def illumination_profiles(
     raw_sites: pd.DataFrame,
     site_qc: pd.DataFrame,
     compute: SiteCompute,
+    storage: Storage,
 ) -> dict:
     """One flatfield per channel of the plate, from its QC-passed images (thesis 2.5).
 
@@ -91,7 +94,7 @@ def illumination_profiles(
             grids, shape, darkfield=config.camera_offset if config.camera_offset is not None else "auto",
             sigma_fraction=config.sigma_fraction,
         )
-        path = join(storage_root(), "illumination_profiles", plate, f"{ch}.npy")
+        path = storage.path("illumination_profiles", plate, f"{ch}.npy")
         buf = io.BytesIO()
         np.save(buf, profile.flatfield.astype(np.float32))
         atomic_write_bytes(path, buf.getvalue())
@@ -109,7 +112,7 @@ def illumination_profiles(
             "profiles": dg.MetadataValue.md(figures.png_markdown(_profile_png(flatfields), "flatfields")),
             "summary": dg.MetadataValue.md(md_table(summary)),
             "min_max_ratio": dg.MetadataValue.json({r.channel: r["min/max ratio"] for _, r in summary.iterrows()}),
-            "folder": dg.MetadataValue.path(join(storage_root(), "illumination_profiles", plate)),
+            "folder": dg.MetadataValue.path(storage.path("illumination_profiles", plate)),
         }
     )
     return manifest
@@ -142,3 +145,195 @@ class PreprocessConfig(dg.Config):
             borders=ChannelPreprocess(outlier_radius=self.borders_outlier_radius, outlier_threshold=self.borders_outlier_threshold, **common),
             actin=ChannelPreprocess(**common),
         )
+
+
+def _site_failures(results, tasks, context, what: str) -> pd.DataFrame:
+    rows = []
+    for t, r in zip(tasks, results):
+        if not r.ok:
+            context.log.error(f"{what} failed for {t.well} s{t.site}: {r.error}")
+            rows.append({"Metadata_Well": t.well, "Metadata_Site": t.site, "error": r.error,
+                         "files": "; ".join(p for _, p in getattr(t, "paths", ()))})
+    return pd.DataFrame(rows, columns=["Metadata_Well", "Metadata_Site", "error", "files"])
+
+
+def _check_failure_fraction(failures: pd.DataFrame, n: int, limit: float, what: str) -> None:
+    if n and len(failures) / n > limit:
+        raise dg.Failure(
+            description=f"{what}: {len(failures)}/{n} sites raised (limit {limit:.0%})",
+            metadata={"failed_sites": dg.MetadataValue.md(md_table(failures))},
+        )
+
+
+@dg.asset(
+    partitions_def=plates,
+    io_manager_key="manifest_io_manager",
+    group_name="images",
+    kinds={"python", "zarr"},
+    code_version="1",
+)
+def corrected_images(
+    context: dg.AssetExecutionContext,
+    config: PreprocessConfig,
+    raw_sites: pd.DataFrame,
+    site_qc: pd.DataFrame,
+    illumination_profiles: dict,
+    compute: SiteCompute,
+    storage: Storage,
+) -> dict:
+    """Illumination-corrected, preprocessed sites (thesis 5.1) as an OME-Zarr HCS plate.
+
+    Chain per channel: (raw - darkfield) / flatfield -> Remove Outliers (nuclei, borders) ->
+    rolling ball -> median -> TV denoise -> centre crop. File:
+    ``$SSC_STORAGE_DIR/corrected_images/<plate>.ome.zarr`` (channels nuclei, borders, actin;
+    float32). QC-failed sites are skipped and listed; a site that raises is listed with its
+    files and error, and the asset fails only above ``max_failed_fraction``.
+    """
+    plate = context.partition_key
+    rows = passed_images(raw_sites, site_qc)
+    shape = tuple(illumination_profiles["shape"])
+    profiles = tuple((ch, v["flatfield"], float(v["darkfield"])) for ch, v in illumination_profiles["channels"].items())
+    params = config.params()
+    tasks = []
+    for (well, site), grp in rows.groupby(["Metadata_Well", "Metadata_Site"], sort=True):
+        paths = dict(zip(grp["channel"], grp["path"]))
+        tasks.append(CorrectSiteTask(well, int(site), tuple((ch, paths[ch]) for ch in IMAGE_CHANNELS if ch in paths),
+                                     profiles, shape, params, preview=len(tasks) < config.n_preview))
+    store = storage.path("corrected_images", f"{plate}.ome.zarr")
+    cleanup_stale_tmp(storage.path("corrected_images"))
+    previews, out_shape = [], None
+    with HcsPlateWriter(store, plate, list(IMAGE_CHANNELS)) as writer:
+        done = {"n": 0}
+
+        def write(r) -> None:
+            nonlocal out_shape
+            done["n"] += 1
+            t = tasks[r.key]
+            if r.ok:
+                writer.write_site(t.well, t.site, r.value["image"], metadata={"plate": plate, "well": t.well, "site": t.site})
+                out_shape = r.value["image"].shape
+                if "raw_preview" in r.value:
+                    previews.append((t, r.value["raw_preview"], r.value["corrected_preview"]))
+            if done["n"] % max(1, len(tasks) // 10) == 0 or done["n"] == len(tasks):
+                context.log.info(f"corrected {done['n']}/{len(tasks)} sites")
+
+        results = compute.map(correct_site, tasks, on_result=write)
+        failures = _site_failures(results, tasks, context, "correction")
+        _check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "corrected_images")
+    skipped = failed_sites(site_qc)
+    written = [(t.well, t.site) for t, r in zip(tasks, results) if r.ok]
+    metadata = {
+        "store": dg.MetadataValue.path(store),
+        "n_sites": len(written),
+        "n_skipped_qc": len(skipped),
+        "skipped_qc_sites": dg.MetadataValue.md(md_table(skipped)),
+        "n_failed": len(failures),
+        "failed_sites": dg.MetadataValue.md(md_table(failures)),
+        "image_shape": "x".join(map(str, out_shape or ())),
+        "seconds_per_site": round(float(np.mean([r.seconds for r in results if r.ok])) if written else 0.0, 2),
+        "params": dg.MetadataValue.json(config.model_dump()),
+    }
+    if previews:
+        tiles, labels = [], []
+        for t, raw, cor in sorted(previews, key=lambda p: (p[0].well, p[0].site)):
+            for i, ch in enumerate(IMAGE_CHANNELS):
+                tiles += [raw[i], cor[i]]
+                labels += [f"{t.well} s{t.site} {ch} raw", f"{t.well} s{t.site} {ch} corrected"]
+        metadata["before_after"] = dg.MetadataValue.md(figures.png_markdown(figures.montage(tiles, labels, ncols=6), "before/after"))
+    context.add_output_metadata(metadata)
+    return {"plate": plate, "store": store, "channels": list(IMAGE_CHANNELS), "sites": written,
+            "failed": failures.to_dict("records"), "skipped_qc": skipped[["Metadata_Well", "Metadata_Site"]].values.tolist()}
+
+
+class MasksConfig(dg.Config):
+    """Mask settings; sizes in px of the corrected images."""
+
+    nucleus_diameter_px: float = Field(DEFAULT_NUCLEUS_DIAMETER_PX, description="Expected nucleus equivalent diameter; the watershed parameters derive from it.")
+    regularization: float = Field(0.05, description="Propagation regularization (CellProfiler default 0.05).")
+    propagate_scale: int = Field(2, description="Propagate on a grid downsampled by this factor (1 = full resolution).")
+    border_width_px: int = Field(3, description="Width of the borders mask.")
+    w0: float = Field(10.0, description="U-Net weight map border weight.")
+    sigma: float = Field(5.0, description="U-Net weight map border decay (px).")
+    max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
+    n_overlays: int = Field(4, description="Sites shown as overlays in the metadata.")
+
+    def params(self) -> MaskParams:
+        return MaskParams(NucleiParams(expected_diameter_px=self.nucleus_diameter_px), self.regularization,
+                          self.propagate_scale, self.border_width_px, self.w0, self.sigma)
+
+
+def _overlay_png(store: str, sites: list, masks_store: str) -> bytes:
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    fig, axes = plt.subplots(1, len(sites), figsize=(3 * len(sites), 3.1), squeeze=False)
+    for ax, (well, site) in zip(axes[0], sites):
+        img = read_site_image(store, well, site)
+        rgb = np.stack([figures.to_display(img[2]), figures.to_display(img[1]), figures.to_display(img[0])], -1)
+        cells = read_site_labels(masks_store, well, site, "cells")
+        nuc = read_site_labels(masks_store, well, site, "nuclei")
+        rgb[find_boundaries(cells)] = (1, 1, 0)
+        rgb[find_boundaries(nuc)] = (0, 1, 1)
+        ax.imshow(rgb)
+        ax.set_title(f"{well} s{site}: cells (yellow), nuclei (cyan)", fontsize=7)
+        ax.axis("off")
+    return figures.fig_to_png(fig)
+
+
+@dg.asset(
+    partitions_def=plates,
+    io_manager_key="manifest_io_manager",
+    group_name="images",
+    kinds={"python", "zarr"},
+    code_version="1",
+)
+def masks(
+    context: dg.AssetExecutionContext, config: MasksConfig, corrected_images: dict, compute: SiteCompute, storage: Storage
+) -> dict:
+    """Nuclei, cells (Voronoi propagation), borders, actin, actin-inside-cells and the U-Net
+    weight map per site, as NGFF labels in ``$SSC_STORAGE_DIR/masks/<plate>.ome.zarr``.
+
+    Each field's image is the weight map (float32); its ``labels/`` hold nuclei and cells
+    (int32 instances) and borders, actin, actin_inside_cells (uint8 0/1).
+    """
+    plate = context.partition_key
+    store = corrected_images["store"]
+    params = config.params()
+    tasks = [MaskSiteTask(store, w, int(s), tuple(corrected_images["channels"]), params) for w, s in corrected_images["sites"]]
+    masks_store = storage.path("masks", f"{plate}.ome.zarr")
+    cleanup_stale_tmp(storage.path("masks"))
+    summaries = []
+    with HcsPlateWriter(masks_store, plate, ["weight_map"]) as writer:
+        def write(r) -> None:
+            t = tasks[r.key]
+            if r.ok:
+                m = r.value["masks"]
+                writer.write_site(t.well, t.site, m["weight_map"][None],
+                                  labels={k: v for k, v in m.items() if k != "weight_map"})
+                summaries.append({"Metadata_Well": t.well, "Metadata_Site": t.site, **r.value["summary"]})
+
+        results = compute.map(mask_site, tasks, on_result=write)
+        failures = _site_failures(results, tasks, context, "masks")
+        _check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "masks")
+    per_site = pd.DataFrame(summaries).sort_values(["Metadata_Well", "Metadata_Site"]) if summaries else pd.DataFrame()
+    metadata = {
+        "store": dg.MetadataValue.path(masks_store),
+        "n_sites": len(per_site),
+        "n_failed": len(failures),
+        "failed_sites": dg.MetadataValue.md(md_table(failures)),
+        "params": dg.MetadataValue.json(config.model_dump()),
+    }
+    if len(per_site):
+        metadata.update({
+            "nuclei_per_site_mean": float(per_site["n_nuclei"].mean()),
+            "nuclei_per_site_min": int(per_site["n_nuclei"].min()),
+            "mean_cell_area_px": float(per_site["mean_cell_area_px"].mean()),
+            "per_site_counts": dg.MetadataValue.md(md_table(per_site.round(3))),
+            "overlays": dg.MetadataValue.md(figures.png_markdown(
+                _overlay_png(store, [tuple(x) for x in per_site[["Metadata_Well", "Metadata_Site"]].values[: config.n_overlays]], masks_store), "overlays")),
+        })
+    context.add_output_metadata(metadata)
+    return {"plate": plate, "store": masks_store, "image_store": store,
+            "labels": ["nuclei", "cells", "borders", "actin", "actin_inside_cells"], "image": "weight_map",
+            "sites": [[r["Metadata_Well"], int(r["Metadata_Site"])] for r in summaries],
+            "failed": failures.to_dict("records")}

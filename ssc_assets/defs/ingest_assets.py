@@ -9,10 +9,10 @@ from ssc_assets.core import figures
 from ssc_assets.core.channels import IMAGE_CHANNELS
 from ssc_assets.core.ingest import SITE_KEY, assemble_site_qc, build_raw_sites, qc_items, qc_one_image, site_table
 from ssc_assets.core.qc import QcConfig
-from ssc_assets.core.storage import join, write_text
+from ssc_assets.core.storage import write_text
 from ssc_assets.core.tiff_io import ImageReadError, read_image
 from ssc_assets.defs.partitions import plates
-from ssc_assets.defs.resources import PlateSource, SiteCompute, storage_root
+from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
 
 MAX_TABLE_ROWS = 40
 
@@ -41,7 +41,7 @@ def md_table(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
         )
     ],
 )
-def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource):
+def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource, storage: Storage):
     """Index of one plate: one row per site x channel image (never modifies the plate folder).
 
     Stored as ``$SSC_STORAGE_DIR/raw_sites/<plate>.parquet``; ignored files and the reason are
@@ -51,7 +51,7 @@ def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource):
     plate_dir = plate_source.plate_dir(plate)
     raw = build_raw_sites(plate_dir, plate_source.channels(), plate_source.time_point)
     table = raw.table
-    excluded_path = join(storage_root(), "raw_sites", f"{plate}.excluded.csv")
+    excluded_path = storage.path("raw_sites", f"{plate}.excluded.csv")
     write_text(excluded_path, raw.excluded.to_csv(index=False))
     bad = table[table["header_error"].notna()]
     for err in bad["header_error"]:

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-PER_PLATE_GROUPS = ("ingest",)
+PER_PLATE_GROUPS = ("ingest", "images")
 
 process_plate = dg.define_asset_job(
     "process_plate",

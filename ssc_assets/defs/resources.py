@@ -68,10 +68,17 @@ class SiteCompute(dg.ConfigurableResource):
         )
 
 
-def storage_root() -> str:
-    return settings.storage_dir()
+class Storage(dg.ConfigurableResource):
+    """Where assets that write their own files (OME-Zarr, arrays, CSV) put them."""
+
+    base_dir: str = Field(default_factory=settings.storage_dir, description="Local path or fsspec URL (SSC_STORAGE_DIR).")
+
+    def path(self, *parts: str) -> str:
+        from ssc_assets.core.storage import join
+
+        return join(self.base_dir, *parts)
 
 
 def default_resources() -> dict:
-    return {"plate_source": PlateSource(), "compute": SiteCompute()}
+    return {"plate_source": PlateSource(), "compute": SiteCompute(), "storage": Storage()}
 

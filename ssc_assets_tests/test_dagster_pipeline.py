@@ -1,4 +1,4 @@
-"""End to end through Dagster: a simulated plate -> raw_sites + site_qc, checks, stored files."""
+"""End to end through Dagster: a simulated plate -> every per-plate asset, checks, stored files."""
 
 import json
 from pathlib import Path
@@ -8,9 +8,10 @@ import pytest
 
 from ssc_assets.core.simulate import simulate_demo
 from ssc_assets.definitions import build_definitions
-from ssc_assets.defs.io_managers import ParquetIOManager
+from ssc_assets.core import ome_zarr_store
+from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
 from ssc_assets.defs.partitions import plates
-from ssc_assets.defs.resources import PlateSource, SiteCompute
+from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
 from ssc_assets_tests.conftest import tree_digest
 
 
@@ -31,6 +32,8 @@ def test_plate_materializes_with_qc_flags(demo):
         plate_source=PlateSource(plates_dir=str(plates_dir), settle_seconds=0),
         compute=SiteCompute(backend="process", max_workers=2),
         parquet_io_manager=ParquetIOManager(base_dir=str(storage)),
+        manifest_io_manager=ManifestIOManager(base_dir=str(storage)),
+        storage=Storage(base_dir=str(storage)),
     )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(plates.name, [key])
@@ -44,6 +47,11 @@ def test_plate_materializes_with_qc_flags(demo):
         mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
         md = mats["site_qc"].step_materialization_data.materialization.metadata
         assert "data:image/png;base64," in md["qc_histograms"].value
+        corrected = defs.load_asset_value("corrected_images", partition_key=key, instance=instance)
+        masks = defs.load_asset_value("masks", partition_key=key, instance=instance)
+        assert set(mats) == {"raw_sites", "site_qc", "illumination_profiles", "corrected_images", "masks"}
+        mmd = mats["masks"].step_materialization_data.materialization.metadata
+        assert "data:image/png;base64," in mmd["overlays"].value
 
     truth = json.loads((truth_dir / key / "truth.json").read_text())
     planted = {(f["well"], int(f["site"])) for f in truth["failed_sites"]}
@@ -54,4 +62,13 @@ def test_plate_materializes_with_qc_flags(demo):
     assert len(raw) == raw[["Metadata_Well", "Metadata_Site", "channel"]].drop_duplicates().shape[0]
     assert (storage / "raw_sites" / f"{key}.parquet").exists() and (storage / "site_qc" / f"{key}.parquet").exists()
     assert not list(Path(storage).rglob("*.tmp-*"))
+    # QC-failed sites are skipped by the image assets, every other site is written
+    passed = {(r.Metadata_Well, int(r.Metadata_Site)) for r in sites.itertuples() if r.passed_qc}
+    assert {tuple(x) for x in corrected["sites"]} == passed
+    assert sorted(map(tuple, corrected["skipped_qc"])) == sorted(flagged)
+    assert sorted(ome_zarr_store.list_sites(corrected["store"])) == sorted(passed)
+    img = ome_zarr_store.read_site_image(corrected["store"], *sorted(passed)[0])
+    assert img.shape == (3, 192, 192) and img.dtype == "float32"  # 0.75 centre crop of 256
+    nuc = ome_zarr_store.read_site_labels(masks["store"], *sorted(passed)[0], "nuclei")
+    assert nuc.shape == (192, 192) and nuc.max() >= 1
     assert tree_digest(plate_dir) == before
