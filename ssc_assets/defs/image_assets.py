@@ -269,7 +269,7 @@ def _overlay_png(store: str, sites: list, masks_store: str) -> bytes:
     fig, axes = plt.subplots(1, len(sites), figsize=(3 * len(sites), 3.1), squeeze=False)
     for ax, (well, site) in zip(axes[0], sites):
         img = read_site_image(store, well, site)
-        rgb = np.stack([figures.to_display(img[2]), figures.to_display(img[1]), figures.to_display(img[0])], -1)
+        rgb = np.repeat(figures.to_display(img[1])[..., None], 3, axis=-1) * 0.8  # borders channel, grey
         cells = read_site_labels(masks_store, well, site, "cells")
         nuc = read_site_labels(masks_store, well, site, "nuclei")
         rgb[find_boundaries(cells)] = (1, 1, 0)
