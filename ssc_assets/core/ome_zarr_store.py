@@ -99,7 +99,7 @@ class HcsPlateWriter:
             arr = np.asarray(arr)
             if not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"label image {name!r} must be integer, got {arr.dtype}")
-            write_labels(arr, field, name=name, axes="yx", scale_factors=SCALE_FACTORS,
+            write_labels(arr, field, name=name, axes="yx", scaler=None, scale_factors=SCALE_FACTORS,
                          storage_options={"chunks": (CHUNK, CHUNK)})
         self.fields.setdefault(well, []).append(site)
 
