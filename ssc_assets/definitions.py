@@ -2,9 +2,10 @@
 
 import dagster as dg
 
-from ssc_assets.defs import image_assets, ingest_assets
+from ssc_assets.defs import image_assets, ingest_assets, model_assets
 from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
-from ssc_assets.defs.jobs import process_plate
+from ssc_assets.defs.jobs import augmentation_sweep_job, process_plate, train_models
+from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.resources import default_resources
 from ssc_assets.defs.sensors import plate_sensor
 
@@ -13,13 +14,14 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
     resources = {
         "parquet_io_manager": ParquetIOManager(),
         "manifest_io_manager": ManifestIOManager(),
+        "mlflow_tracking": MlflowTracking(),
         **default_resources(),
         **resource_overrides,
     }
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest_assets, image_assets]),
+        assets=dg.load_assets_from_modules([ingest_assets, image_assets, model_assets]),
         asset_checks=[],
-        jobs=[process_plate],
+        jobs=[process_plate, train_models, augmentation_sweep_job],
         sensors=[plate_sensor],
         resources=resources,
     )

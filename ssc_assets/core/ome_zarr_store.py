@@ -178,9 +178,10 @@ def read_site_image(plate_path: str | os.PathLike, well: str, site: int, level: 
     return np.asarray(_level(g, level)[:])
 
 
-def read_site_labels(plate_path: str | os.PathLike, well: str, site: int, name: str) -> np.ndarray:
+def read_site_labels(plate_path: str | os.PathLike, well: str, site: int, name: str, level: int = 0) -> np.ndarray:
+    """Integer (H, W) label image ``name`` of one site at pyramid ``level`` (nearest-downsampled)."""
     g = zarr.open_group(str(site_group_path(plate_path, well, site) / "labels" / name), mode="r")
-    return np.asarray(_level(g, 0)[:])
+    return np.asarray(_level(g, level)[:])
 
 
 def open_reader(plate_path: str | os.PathLike):

@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 CHANNELS = ("nuclei", "borders", "actin", "mitochondria")
 WAVE_NAMES = ("DAPI", "FITC", "TRITC", "Cy5")
 CELL_SPACING_PX = 140.0  # mean distance between neighbouring cell centres
-PIXEL_SIZE_UM = 0.65
+PIXEL_SIZE_UM = 0.34
 OBJECTIVES = {
     # name: (signal gain, read noise SD in counts)
     "PlanApo-0.75": (1.0, 6.0),

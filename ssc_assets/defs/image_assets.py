@@ -242,6 +242,7 @@ def corrected_images(
         metadata["before_after"] = dg.MetadataValue.md(figures.png_markdown(figures.montage(tiles, labels, ncols=6), "before/after"))
     context.add_output_metadata(metadata)
     return {"plate": plate, "store": store, "channels": list(IMAGE_CHANNELS), "sites": written,
+            "side": int(min(out_shape[-2:])) if out_shape else 0,
             "failed": failures.to_dict("records"), "skipped_qc": skipped[["Metadata_Well", "Metadata_Site"]].values.tolist()}
 
 

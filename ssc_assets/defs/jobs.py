@@ -9,3 +9,15 @@ process_plate = dg.define_asset_job(
     selection=dg.AssetSelection.groups(*PER_PLATE_GROUPS),
     description="Every per-plate asset of one plate: index, QC (and the image assets as they are added).",
 )
+
+train_models = dg.define_asset_job(
+    "train_models",
+    selection=dg.AssetSelection.groups("models"),
+    description="Every model, trained on all materialized plates and tracked in MLflow.",
+)
+
+augmentation_sweep_job = dg.define_asset_job(
+    "augmentation_sweep",
+    selection=dg.AssetSelection.groups("model_sweeps"),
+    description="Classifier (or DenseNet) at several augmentation factors, one MLflow run each (Figures C.1.1/C.1.2).",
+)

@@ -1,0 +1,396 @@
+"""Model assets (group ``models``): trained on every materialized plate, tracked in MLflow.
+
+Each asset depends on ALL plate partitions of ``corrected_images`` (and ``masks`` for the
+U-Net), trains with the thesis settings (all in its launchpad ``Config``), logs params,
+per-epoch metrics, figures and the model to MLflow, registers a version and moves the
+``champion`` alias when the validation loss improves. The asset value is a small JSON
+manifest (registered name, version, run id); downstream assets load ``models:/<name>@champion``.
+"""
+
+
+import os
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from ssc_assets.core import figures
+from ssc_assets.core.channels import MODEL_CHANNELS
+from ssc_assets.core.model_training import FitOutput, assign_splits, site_table, split_summary
+from ssc_assets.core.training import TrainParams
+from ssc_assets.defs.ingest_assets import md_table
+from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.partitions import plates
+
+ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
+MODEL_PREFIX = "ssc"
+
+
+class TrainConfig(dg.Config):
+    """Thesis training settings (section 6.3.1). Epochs are not given in the thesis: 30, best-val kept."""
+
+    epochs: int = Field(30, description="Training epochs (weights with the lowest validation loss are kept).")
+    batch_size: int = Field(8, description="Batch size.")
+    lr: float = Field(5e-5, description="Adam learning rate.")
+    weight_decay: float = Field(1e-5, description="Adam weight decay.")
+    beta1: float = Field(0.9, description="Adam beta1.")
+    beta2: float = Field(0.999, description="Adam beta2.")
+    eps: float = Field(1e-8, description="Adam epsilon.")
+    t_max: int = Field(10, description="Cosine annealing T_max (epochs).")
+    eta_min: float = Field(5e-10, description="Cosine annealing minimum learning rate.")
+    seed: int = Field(0, description="Seed for splits, augmentation and initialization.")
+    augmentation_factor: int = Field(5, description="Train/val sets are this many augmented copies (1, 5, 10, 20, 30, 50).")
+    split_by: str = Field("donor", description="'donor' (no donor in two splits) or 'well' (the thesis; leaks donors).")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    register_model: bool = Field(True, description="Register the model in the MLflow registry.")
+
+    def train_params(self) -> TrainParams:
+        return TrainParams(self.epochs, self.batch_size, self.lr, self.weight_decay, self.beta1, self.beta2, self.eps,
+                           self.t_max, self.eta_min, self.seed, 0, self.device)
+
+
+class ClassifierConfig(TrainConfig):
+    crop_size: int = Field(512, description="Input crop side (px).")
+    embedding_size: int = Field(8, description="Embedding size E.")
+    n_blocks: int = Field(8, description="Convolution blocks (N in Figure 5.9).")
+    first_width: int = Field(256, description="Channels of the first convolution block (then halved per block).")
+    dropout: float = Field(0.4, description="Dropout rate.")
+
+
+class DenseNetConfig(TrainConfig):
+    crop_size: int = Field(512, description="Input crop side (px).")
+    embedding_size: int = Field(8, description="Embedding size E.")
+    weights: str = Field(default_factory=lambda: os.environ.get("SSC_DENSENET_WEIGHTS", "imagenet"),
+                         description="'imagenet' (torchvision weights, needs the torch hub cache or network), a local .pth path, or 'none'.")
+
+
+class AutoencoderConfig(TrainConfig):
+    patch_size: int = Field(256, description="Input patch side (px).")
+    embedding_size: int = Field(256, description="Bottleneck size per channel.")
+    dropout: float = Field(0.4, description="Dropout rate.")
+    widths: list[int] = Field([256, 128, 64, 32], description="Encoder convolution widths (Figure A.1).")
+
+
+class UNetConfig(TrainConfig):
+    tile_size: int = Field(512, description="Input tile side (px).")
+    base_channels: int = Field(64, description="Channels of the first U-Net level.")
+    depth: int = Field(4, description="Down-sampling steps.")
+
+
+class PcaConfig(dg.Config):
+    n_components: int = Field(64, description="PCA components (capped by the number of training sites).")
+    size: int = Field(64, description="Sites are downsampled to size x size per channel before flattening.")
+    n_folds: int = Field(5, description="SVM cross-validation folds.")
+    split_by: str = Field("donor", description="Group CV folds and the PCA train split by 'donor' or 'well'.")
+    seed: int = Field(0, description="Seed.")
+    register_model: bool = Field(True, description="Register the PCA model in the MLflow registry.")
+
+
+def _table(corrected_images: dict, raw_sites: dict, masks: dict | None, split_by: str, seed: int) -> pd.DataFrame:
+    table = site_table(corrected_images, raw_sites, masks)
+    if table.empty:
+        raise dg.Failure("no corrected sites: materialize corrected_images for at least one plate first")
+    return assign_splits(table, group_by=split_by, seed=seed)
+
+
+def _metrics_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
+    splits = [s for s in ("train", "val", "test") if s in metrics]
+    names = sorted({k for s in splits for k in metrics[s]})
+    return pd.DataFrame({"metric": names, **{s: [round(metrics[s].get(n, np.nan), 4) for n in names] for s in splits}})
+
+
+def _log_fit(context, mlflow_res: MlflowTracking, experiment: str, model_name: str, run_name: str, fit: FitOutput,
+             config: dg.Config, table: pd.DataFrame, flavor: str = "pytorch", register: bool = True,
+             extra_params: dict | None = None):
+    """Log a finished fit as one MLflow run (metrics per epoch were streamed by ``on_epoch``)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    params = {**config.model_dump(), **fit.params, **split_summary(table), **(extra_params or {})}
+    mlflow.log_params({k: (str(v)[:500]) for k, v in params.items()})
+    for split, ms in fit.metrics.items():
+        for k, v in ms.items():
+            if isinstance(v, (int, float)) and np.isfinite(v):
+                mlflow.log_metric(f"final_{split}_{k}", float(v))
+    if np.isfinite(fit.best_val_loss):
+        mlflow.log_metric("best_val_loss", fit.best_val_loss)
+        mlflow.log_metric("best_epoch", fit.best_epoch)
+    for name, png in fit.figures.items():
+        mlflow.log_image(_png_to_array(png), artifact_file=f"figures/{name}")
+    mlflow.log_text(_metrics_table({k: v for k, v in fit.metrics.items() if isinstance(v, dict)}).to_csv(index=False), "metrics.csv")
+    mlflow.log_text(table.to_csv(index=False), "splits.csv")
+    if flavor == "pytorch":
+        import mlflow.pytorch
+
+        fit.model.cpu().eval()
+        mlflow.pytorch.log_model(fit.model, name="model", input_example=fit.input_example, serialization_format="pickle")
+    else:
+        import mlflow.sklearn
+
+        mlflow.sklearn.log_model(fit.model, name="model", input_example=fit.input_example)
+    reg = None
+    if register:
+        val_loss = fit.best_val_loss if np.isfinite(fit.best_val_loss) else -fit.metrics.get("cv_grouped", {}).get("accuracy", 0.0)
+        reg = mlflow_res.register(run.info.run_id, model_name, float(val_loss))
+        context.log.info(f"registered {model_name} v{reg['version']}" + (" as champion" if reg["champion"] else
+                         f" (champion stays v{reg['previous_champion']})"))
+    return run, reg
+
+
+def _png_to_array(png: bytes) -> np.ndarray:
+    import io
+
+    import matplotlib.image as mpimg
+
+    return (mpimg.imread(io.BytesIO(png), format="png")[..., :3] * 255).astype(np.uint8)
+
+
+def _epoch_logger(context, prefix: str = ""):
+    import mlflow
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=epoch)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("train_loss", "val_loss", "val_accuracy", "val_iou_actin"))
+        context.log.info(f"{prefix}epoch {epoch}: {shown}")
+
+    return on_epoch
+
+
+def _metadata(mlflow_res: MlflowTracking, run, reg: dict | None, fit: FitOutput, table: pd.DataFrame) -> dict:
+    md = {
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_run": dg.MetadataValue.url(mlflow_res.run_link(run)),
+        "mlflow_tracking_uri": mlflow_res.tracking_uri,
+        "metrics": dg.MetadataValue.md(md_table(_metrics_table({k: v for k, v in fit.metrics.items() if isinstance(v, dict)}))),
+        "splits": dg.MetadataValue.json(split_summary(table)),
+        "best_epoch": fit.best_epoch,
+        "training_seconds": round(fit.seconds, 1),
+        "plates": dg.MetadataValue.json(sorted(table["Metadata_Plate"].unique().tolist())),
+    }
+    if reg:
+        md.update({"registered_model": reg["model"], "model_version": reg["version"], "champion": reg["champion"]})
+    for name, png in list(fit.figures.items())[:2]:
+        md[name.removesuffix(".png")] = dg.MetadataValue.md(figures.png_markdown(png, name))
+    return md
+
+
+def _manifest(run, reg: dict | None, fit: FitOutput) -> dict:
+    return {"run_id": run.info.run_id, "model": reg["model"] if reg else None, "version": reg["version"] if reg else None,
+            "champion": bool(reg and reg["champion"]), "best_val_loss": fit.best_val_loss,
+            "test": fit.metrics.get("test", {}), **{k: v for k, v in fit.extra.items() if k != "explained_variance_ratio"}}
+
+
+def _partitions(table: pd.DataFrame) -> list[str]:
+    return sorted(table["Metadata_Plate"].unique().tolist())
+
+
+def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, kind: str) -> dict:
+    from ssc_assets.core.model_training import fit_classifier
+
+    table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
+    if kind == "custom":
+        kw = {"embedding_size": config.embedding_size, "n_blocks": config.n_blocks, "first_width": config.first_width,
+              "dropout": config.dropout}
+        name, experiment = f"{MODEL_PREFIX}-classifier", "ssc-classifier"
+    else:
+        kw = {"embedding_size": config.embedding_size, "weights": config.weights}
+        name, experiment = f"{MODEL_PREFIX}-densenet", "ssc-densenet"
+    with mlflow_res.start_run(context, experiment, f"{kind} x{config.augmentation_factor}", _partitions(table)) as run:
+        fit = fit_classifier(table, kind, config.train_params(), config.crop_size, config.augmentation_factor, kw,
+                             _epoch_logger(context))
+        extra = {}
+        if kind == "densenet":
+            import mlflow
+
+            extra["weights_source"] = fit.extra["weights_source"]
+            mlflow.set_tag("ssc.weights_source", fit.extra["weights_source"])
+            if fit.extra["weights_source"].startswith("random-init"):
+                context.log.warning(f"DenseNet-121 is NOT ImageNet-initialized: {fit.extra['weights_source']}")
+        run, reg = _log_fit(context, mlflow_res, experiment, name, run.info.run_name, fit, config, table,
+                            register=config.register_model, extra_params=extra)
+    md = _metadata(mlflow_res, run, reg, fit, table)
+    if kind == "densenet":
+        md["weights_source"] = fit.extra["weights_source"]
+    if fit.extra.get("confusion_matrix") is not None:
+        md["test_confusion_matrix"] = dg.MetadataValue.json(fit.extra["confusion_matrix"])
+    context.add_output_metadata(md)
+    return _manifest(run, reg, fit)
+
+
+@dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
+          kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+def classifier_model(context: dg.AssetExecutionContext, config: ClassifierConfig, corrected_images: dict, raw_sites: dict,
+                     mlflow_tracking: MlflowTracking) -> dict:
+    """Custom CNN SSc-vs-HC classifier (thesis Figure 5.9 / A.2), embedding E = 8.
+
+    Registered as ``ssc-classifier``; test metrics, confusion matrix and learning curves in MLflow.
+    """
+    return _train_classifier(context, config, corrected_images, raw_sites, mlflow_tracking, "custom")
+
+
+@dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
+          kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+def densenet_model(context: dg.AssetExecutionContext, config: DenseNetConfig, corrected_images: dict, raw_sites: dict,
+                   mlflow_tracking: MlflowTracking) -> dict:
+    """DenseNet-121 (all weights fine-tuned) + linear E = 8 + sigmoid (thesis Figure A.3).
+
+    ImageNet weights when they can be had (torch hub cache, network, or a local file in
+    ``SSC_DENSENET_WEIGHTS``); otherwise random init, logged as a warning and recorded as the
+    MLflow tag/param ``weights_source``. Registered as ``ssc-densenet``.
+    """
+    return _train_classifier(context, config, corrected_images, raw_sites, mlflow_tracking, "densenet")
+
+
+@dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
+          kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+def autoencoder_models(context: dg.AssetExecutionContext, config: AutoencoderConfig, corrected_images: dict, raw_sites: dict,
+                       mlflow_tracking: MlflowTracking) -> dict:
+    """One autoencoder per channel (thesis Figure 5.8 / A.1), 256-d bottleneck each.
+
+    Site embedding = actin || borders || nuclei (768-d). One MLflow run per channel in the
+    ``ssc-autoencoder`` experiment; registered as ``ssc-autoencoder-<channel>``.
+    """
+    from ssc_assets.core.model_training import fit_autoencoder
+
+    table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
+    out, rows = {"channels": list(MODEL_CHANNELS), "models": {}}, []
+    md = {}
+    for ch in MODEL_CHANNELS:
+        kw = {"embedding_size": config.embedding_size, "dropout": config.dropout, "widths": tuple(config.widths)}
+        with mlflow_tracking.start_run(context, "ssc-autoencoder", f"autoencoder {ch}", _partitions(table), {"ssc.channel": ch}) as run:
+            fit = fit_autoencoder(table, ch, config.train_params(), config.patch_size, config.augmentation_factor, kw,
+                                  _epoch_logger(context, f"{ch} "))
+            run, reg = _log_fit(context, mlflow_tracking, "ssc-autoencoder", f"{MODEL_PREFIX}-autoencoder-{ch}", run.info.run_name,
+                                fit, config, table, register=config.register_model)
+        out["models"][ch] = _manifest(run, reg, fit)
+        rows.append({"channel": ch, **{f"{s}_loss": round(fit.metrics[s]["loss"], 4) for s in ("train", "val", "test")},
+                     "best_epoch": fit.best_epoch, "version": reg["version"] if reg else None, "run_id": run.info.run_id})
+        md[f"mlflow_run_{ch}"] = dg.MetadataValue.url(mlflow_tracking.run_link(run))
+        md[f"reconstructions_{ch}"] = dg.MetadataValue.md(figures.png_markdown(fit.figures["reconstructions.png"], ch))
+    md["losses"] = dg.MetadataValue.md(md_table(pd.DataFrame(rows)))
+    md["splits"] = dg.MetadataValue.json(split_summary(table))
+    md["embedding_size"] = config.embedding_size * len(MODEL_CHANNELS)
+    context.add_output_metadata(md)
+    return out
+
+
+@dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+def segmentation_model(context: dg.AssetExecutionContext, config: UNetConfig, corrected_images: dict, masks: dict,
+                       raw_sites: dict, mlflow_tracking: MlflowTracking) -> dict:
+    """U-Net: (borders, actin) tiles -> actin inside cells, Ronneberger-weighted cross-entropy.
+
+    Metric: IoU of the actin class. Not used for embeddings (its bottleneck, 1024 x 32 x 32 for
+    512 tiles, is larger than its input) but trained and tracked; registered as ``ssc-unet``.
+    """
+    from ssc_assets.core.model_training import fit_unet
+
+    table = _table(corrected_images, raw_sites, masks, config.split_by, config.seed)
+    kw = {"base_channels": config.base_channels, "depth": config.depth}
+    with mlflow_tracking.start_run(context, "ssc-unet", "unet", _partitions(table)) as run:
+        fit = fit_unet(table, config.train_params(), config.tile_size, config.augmentation_factor, kw, _epoch_logger(context))
+        run, reg = _log_fit(context, mlflow_tracking, "ssc-unet", f"{MODEL_PREFIX}-unet", "unet", fit, config, table,
+                            register=config.register_model)
+    md = _metadata(mlflow_tracking, run, reg, fit, table)
+    md["bottleneck_shape"] = "x".join(map(str, fit.extra["bottleneck"]))
+    context.add_output_metadata(md)
+    return _manifest(run, reg, fit)
+
+
+@dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
+          kinds={"sklearn", "mlflow"}, code_version="1")
+def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_images: dict, raw_sites: dict,
+              mlflow_tracking: MlflowTracking) -> dict:
+    """PCA baseline (64 components of flattened, downsampled sites) + SVM with donor-grouped CV.
+
+    Reproduces the "Baseline classifier (SVM)" column of Table B.2.1, with the thesis'
+    ungrouped folds beside the honest donor-grouped ones. Registered as ``ssc-pca``.
+    """
+    import mlflow
+
+    from ssc_assets.core.model_training import fit_pca_svm
+
+    table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
+    with mlflow_tracking.start_run(context, "ssc-pca", "pca+svm", _partitions(table)) as run:
+        fit = fit_pca_svm(table, config.n_components, config.size, config.n_folds, config.seed, config.split_by)
+        for i, v in enumerate(fit.extra["explained_variance_ratio"]):
+            mlflow.log_metric("explained_variance_ratio", v, step=i + 1)
+        run, reg = _log_fit(context, mlflow_tracking, "ssc-pca", f"{MODEL_PREFIX}-pca", "pca", fit, config, table,
+                            flavor="sklearn", register=config.register_model)
+    cv = pd.DataFrame([{"folds": k, **{m: round(v, 4) for m, v in fit.metrics[k].items()}} for k in ("cv_grouped", "cv_ungrouped")])
+    context.add_output_metadata({
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_link(run)),
+        "svm_cv": dg.MetadataValue.md(md_table(cv)),
+        "n_components": int(fit.params["n_components"]),
+        "explained_variance": round(fit.metrics["pca"]["explained_variance"], 4),
+        "registered_model": reg["model"] if reg else "",
+        "model_version": reg["version"] if reg else 0,
+    })
+    man = _manifest(run, reg, fit)
+    man["svm"] = {k: fit.metrics[k] for k in ("cv_grouped", "cv_ungrouped")}
+    return man
+
+
+class SweepConfig(ClassifierConfig):
+    model: str = Field("classifier", description="'classifier' (Figure C.1.1) or 'densenet' (Figure C.1.2).")
+    factors: list[int] = Field([1, 5, 10, 20, 30, 50], description="Augmentation factors, one MLflow run each.")
+    weights: str = Field(default_factory=lambda: os.environ.get("SSC_DENSENET_WEIGHTS", "imagenet"),
+                         description="DenseNet weights (see densenet_model).")
+    register_model: bool = Field(False, description="Sweep runs are for comparison: not registered by default.")
+
+
+@dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="model_sweeps",
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+def augmentation_sweep(context: dg.AssetExecutionContext, config: SweepConfig, corrected_images: dict, raw_sites: dict,
+                       mlflow_tracking: MlflowTracking) -> dict:
+    """Train the classifier (or DenseNet) once per augmentation factor (thesis Figures C.1.1/C.1.2).
+
+    Every run goes to the model family's experiment with the tag ``ssc.sweep`` = Dagster run id,
+    so the learning curves (``train_loss``/``val_loss`` per epoch) overlay in the MLflow UI.
+    """
+    from ssc_assets.core.model_training import fit_classifier
+
+    table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
+    kind = "custom" if config.model == "classifier" else "densenet"
+    experiment = "ssc-classifier" if kind == "custom" else "ssc-densenet"
+    if kind == "custom":
+        kw = {"embedding_size": config.embedding_size, "n_blocks": config.n_blocks, "first_width": config.first_width, "dropout": config.dropout}
+    else:
+        kw = {"embedding_size": config.embedding_size, "weights": config.weights}
+    rows, curves = [], {}
+    for factor in config.factors:
+        with mlflow_tracking.start_run(context, experiment, f"{kind} sweep x{factor}", _partitions(table),
+                                       {"ssc.sweep": context.run.run_id}) as run:
+            fit = fit_classifier(table, kind, config.train_params(), config.crop_size, factor, kw, _epoch_logger(context, f"x{factor} "))
+            run, _ = _log_fit(context, mlflow_tracking, experiment, "", run.info.run_name, fit, config, table,
+                              register=False, extra_params={"augmentation_factor": factor})
+        curves[factor] = fit.history
+        rows.append({"factor": factor, "best_epoch": fit.best_epoch, "best_val_loss": round(fit.best_val_loss, 4),
+                     "test_accuracy": round(fit.metrics["test"].get("accuracy", np.nan), 4), "run_id": run.info.run_id})
+    context.add_output_metadata({
+        "runs": dg.MetadataValue.md(md_table(pd.DataFrame(rows))),
+        "learning_curves": dg.MetadataValue.md(figures.png_markdown(_sweep_png(curves, kind), "sweep")),
+        "mlflow_experiment": experiment,
+    })
+    return {"model": config.model, "experiment": experiment, "runs": rows}
+
+
+def _sweep_png(curves: dict[int, list[dict]], kind: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharey=True)
+    for factor, hist in curves.items():
+        ep = np.arange(1, len(hist) + 1)
+        axes[0].plot(ep, [h["train_loss"] for h in hist], label=f"x{factor}")
+        axes[1].plot(ep, [h["val_loss"] for h in hist], label=f"x{factor}")
+    for ax, t in zip(axes, ("train", "validation")):
+        ax.set_title(f"{kind}: {t} loss", fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0].set_ylabel("BCE")
+    axes[1].legend(fontsize=7)
+    return figures.fig_to_png(fig)
+
+
+MODEL_ASSETS = [segmentation_model, autoencoder_models, classifier_model, densenet_model, pca_model, augmentation_sweep]

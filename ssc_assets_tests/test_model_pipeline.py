@@ -1,0 +1,132 @@
+"""Models through Dagster and a real MLflow store (SQLite + local artifacts, no mocks)."""
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+import dagster as dg
+from ssc_assets.core.simulate import simulate_demo
+from ssc_assets.definitions import build_definitions
+from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
+from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.partitions import plates
+from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
+
+TINY = {"epochs": 2, "augmentation_factor": 1, "batch_size": 4, "lr": 1e-3}
+TINY_CONFIG = {
+    "classifier_model": {**TINY, "crop_size": 64, "n_blocks": 3, "first_width": 16},
+    "densenet_model": {**TINY, "epochs": 1, "crop_size": 32},
+    "autoencoder_models": {**TINY, "patch_size": 32, "embedding_size": 16, "widths": [16, 8, 8, 4]},
+    "segmentation_model": {**TINY, "tile_size": 64, "base_channels": 4, "depth": 2},
+    "pca_model": {"n_components": 8, "size": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    plates_dir, storage = root / "plates", root / "storage"
+    simulate_demo(plates_dir, root / "truth", n_plates=1, seed=5, image_size=256, n_wells=8)
+    key = next(p for p in plates_dir.iterdir() if p.is_dir()).name
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "artifacts"))
+    defs = build_definitions(
+        plate_source=PlateSource(plates_dir=str(plates_dir), settle_seconds=0),
+        compute=SiteCompute(backend="serial"),
+        parquet_io_manager=ParquetIOManager(base_dir=str(storage)),
+        manifest_io_manager=ManifestIOManager(base_dir=str(storage)),
+        storage=Storage(base_dir=str(storage)),
+        mlflow_tracking=tracking,
+    )
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TORCH_HOME", str(root / "torch"))  # empty hub cache: ImageNet weights unavailable
+
+    def offline(*a, **k):
+        raise OSError("offline (test)")
+
+    mp.setattr(torch.hub, "load_state_dict_from_url", offline)
+    mp.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(plates.name, [key])
+        assert defs.resolve_job_def("process_plate").execute_in_process(instance=instance, partition_key=key).success
+        result = defs.resolve_job_def("train_models").execute_in_process(
+            instance=instance, run_config={"ops": {k: {"config": v} for k, v in TINY_CONFIG.items()}})
+        assert result.success
+        values = {k: defs.load_asset_value(k, instance=instance) for k in TINY_CONFIG}
+        mats = {m.asset_key.to_user_string(): m.step_materialization_data.materialization for m in result.get_asset_materialization_events()}
+        yield {"defs": defs, "result": result, "values": values, "mats": mats, "tracking": tracking, "key": key, "instance": instance}
+    mp.undo()
+
+
+def _run(tracking, run_id):
+    return tracking.client().get_run(run_id)
+
+
+def test_classifier_run_is_tracked_and_registered(trained):
+    tracking, man = trained["tracking"], trained["values"]["classifier_model"]
+    run = _run(tracking, man["run_id"])
+    # lineage tags
+    assert run.data.tags["dagster.run_id"] == trained["result"].run_id
+    assert run.data.tags["dagster.asset_key"] == "classifier_model"
+    assert run.data.tags["ssc.partitions"] == trained["key"]
+    assert run.data.tags["ssc.code_version"]
+    # every Config value and the split sizes are params
+    p = run.data.params
+    assert p["lr"] == "0.001" and p["crop_size"] == "64" and p["augmentation_factor"] == "1" and p["split_by"] == "donor"
+    assert int(p["n_sites_train"]) > 0 and int(p["n_sites_test"]) > 0
+    # per-epoch curves and final metrics for train/val/test
+    hist = tracking.client().get_metric_history(man["run_id"], "val_loss")
+    assert [m.step for m in hist] == [1, 2]
+    for split in ("train", "val", "test"):
+        for m in ("loss", "accuracy", "recall", "precision", "f1"):
+            assert f"final_{split}_{m}" in run.data.metrics
+    # registered, champion alias, loadable by alias
+    mv = tracking.client().get_model_version_by_alias("ssc-classifier", "champion")
+    assert int(mv.version) == man["version"] and man["champion"]
+    model = mlflow.pytorch.load_model(tracking.champion_uri("ssc-classifier"))
+    assert model.embed(torch.zeros(2, 3, 64, 64)).shape == (2, 8)
+    # Dagster metadata links to the run
+    md = trained["mats"]["classifier_model"].metadata
+    assert md["mlflow_run_id"].value == man["run_id"] and man["run_id"] in md["mlflow_run"].value
+    assert "accuracy" in md["metrics"].value
+
+
+def test_no_donor_in_two_splits(trained):
+    tracking, man = trained["tracking"], trained["values"]["classifier_model"]
+    path = tracking.client().download_artifacts(man["run_id"], "splits.csv")
+    splits = pd.read_csv(path)
+    assert set(splits["split"]) == {"train", "val", "test"}
+    assert (splits.groupby("Metadata_Donor")["split"].nunique() == 1).all()
+
+
+def test_densenet_offline_fallback_is_recorded(trained):
+    man = trained["values"]["densenet_model"]
+    run = _run(trained["tracking"], man["run_id"])
+    assert run.data.tags["ssc.weights_source"].startswith("random-init")
+    assert run.data.params["weights_source"].startswith("random-init")
+    assert trained["mats"]["densenet_model"].metadata["weights_source"].value.startswith("random-init")
+
+
+def test_every_family_registered_with_champion(trained):
+    client = trained["tracking"].client()
+    names = ["ssc-classifier", "ssc-densenet", "ssc-unet", "ssc-pca"] + [f"ssc-autoencoder-{c}" for c in ("actin", "borders", "nuclei")]
+    for name in names:
+        assert int(client.get_model_version_by_alias(name, "champion").version) == 1, name
+    ae = trained["values"]["autoencoder_models"]
+    assert set(ae["models"]) == {"actin", "borders", "nuclei"}
+    unet = _run(trained["tracking"], trained["values"]["segmentation_model"]["run_id"])
+    assert "final_test_iou_actin" in unet.data.metrics
+    pca = trained["values"]["pca_model"]
+    assert {"cv_grouped", "cv_ungrouped"} <= set(pca["svm"])
+
+
+def test_champion_moves_only_on_better_validation_loss(trained):
+    tracking, man = trained["tracking"], trained["values"]["classifier_model"]
+    worse = tracking.register(man["run_id"], "ssc-classifier", val_loss=man["best_val_loss"] + 1.0)
+    assert not worse["champion"] and worse["previous_champion"] == man["version"]
+    client = tracking.client()
+    assert int(client.get_model_version_by_alias("ssc-classifier", "champion").version) == man["version"]
+    better = tracking.register(man["run_id"], "ssc-classifier", val_loss=man["best_val_loss"] - 1.0)
+    assert better["champion"]
+    assert int(client.get_model_version_by_alias("ssc-classifier", "champion").version) == better["version"]
