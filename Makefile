@@ -32,8 +32,10 @@ demo: venv $(DAGSTER_HOME)/dagster.yaml
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## make dev: the Dagster UI (and daemon) on the demo instance, http://127.0.0.1:3000
+## make dev: the Dagster UI (and daemon) on the demo instance, http://127.0.0.1:3000, and MLflow, http://127.0.0.1:5000
 dev: venv $(DAGSTER_HOME)/dagster.yaml
+	@$(BIN)/ssc-assets mlflow-ui --port 5000 & mlflow_pid=$$!; \
+	trap 'kill $$mlflow_pid 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## make bench: speed benchmarks (tables of ratios against naive references)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -79,9 +80,54 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for r in summary:
         print(f"{r['plate']:<20} {str(r['success']):<5} {r.get('images', '-')!s:>7} {r.get('sites', '-')!s:>6} "
               f"{r.get('failed_qc', '-')!s:>9} {r['seconds']:>7}")
+    if ok and summary and not args.skip_models:
+        ok &= _demo_models(defs, instance)
     print(f"\nDagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}; outputs: {settings.storage_dir()}")
-    print("Open the UI with `make dev` to browse assets, metadata and checks.")
+    print("Open the UI with `make dev` to browse assets, metadata and checks (Dagster :3000, MLflow :5000).")
     return 0 if ok and summary else 1
+
+
+def _demo_models(defs, instance) -> bool:
+    """Train every model on all plates with the demo settings (ssc_assets/demo_config.py)."""
+    from ssc_assets.demo_config import demo_run_config
+
+    t0 = time.perf_counter()
+    result = defs.resolve_job_def("train_models").execute_in_process(
+        instance=instance, run_config=demo_run_config(), raise_on_error=False, tags={"ssc/source": "ssc-assets demo"})
+    print(f"\nmodels ({time.perf_counter() - t0:.0f} s, demo settings from ssc_assets/demo_config.py):")
+    print(f"{'asset':<28} {'registered model':<24} {'version':>7} {'champion':>8}  test metrics")
+    logging.getLogger("dagster").setLevel(logging.INFO)  # no "Loading file" debug lines in the summary
+    for ev in result.get_asset_materialization_events():
+        key = ev.asset_key.to_user_string()
+        try:
+            man = defs.load_asset_value(key, instance=instance)
+        except Exception:  # noqa: BLE001 - the summary must not hide the run's own error
+            continue
+        for name, m in (man["models"].items() if "models" in man else [(None, man)]):
+            test = m.get("test") or {}
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))
+            if not shown and "svm" in m:
+                shown = "SVM CV acc (donor-grouped) {:.3f}, (ungrouped) {:.3f}".format(
+                    m["svm"]["cv_grouped"]["accuracy"], m["svm"]["cv_ungrouped"]["accuracy"])
+            print(f"{key + (f'[{name}]' if name else ''):<28} {str(m.get('model')):<24} {str(m.get('version')):>7} "
+                  f"{str(m.get('champion')):>8}  {shown}")
+    if not result.success:
+        print("train_models FAILED: see the run in the Dagster UI")
+    return result.success
+
+
+def _cmd_mlflow_ui(args: argparse.Namespace) -> int:
+    """``mlflow ui`` on the store the pipeline uses (MLFLOW_TRACKING_URI or the local default)."""
+    from ssc_assets.defs.mlflow_tracking import MlflowTracking
+
+    res = MlflowTracking()
+    res.client()  # creates the SQLite folder and schema if needed
+    cmd = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "ui", "--backend-store-uri", res.tracking_uri,
+           "--host", args.host, "--port", str(args.port)]
+    if res.tracking_uri.startswith("sqlite"):
+        cmd += ["--default-artifact-root", res.artifact_root]
+    print(" ".join(cmd), flush=True)
+    os.execv(cmd[0], cmd)  # become the server, so that `kill` from make dev stops it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--truth-dir", default=os.path.abspath("data/truth"))
     p.add_argument("--plates", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-models", action="store_true", help="only the per-plate assets")
     p.set_defaults(fn=_cmd_demo)
+
+    p = sub.add_parser("mlflow-ui", help="start the MLflow UI on the pipeline's tracking store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(fn=_cmd_mlflow_ui)
 
     args = parser.parse_args(argv)
     return args.fn(args)

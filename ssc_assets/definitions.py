@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from ssc_assets.defs import image_assets, ingest_assets, model_assets
+from ssc_assets.defs import clustering_assets, embedding_assets, image_assets, ingest_assets, model_assets
 from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
-from ssc_assets.defs.jobs import augmentation_sweep_job, process_plate, train_models
+from ssc_assets.defs.jobs import augmentation_sweep_job, cluster_plates, embed_plate, process_plate, train_models
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.resources import default_resources
 from ssc_assets.defs.sensors import plate_sensor
@@ -19,9 +19,9 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
         **resource_overrides,
     }
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest_assets, image_assets, model_assets]),
+        assets=dg.load_assets_from_modules([ingest_assets, image_assets, model_assets, embedding_assets, clustering_assets]),
         asset_checks=[],
-        jobs=[process_plate, train_models, augmentation_sweep_job],
+        jobs=[process_plate, train_models, augmentation_sweep_job, embed_plate, cluster_plates],
         sensors=[plate_sensor],
         resources=resources,
     )

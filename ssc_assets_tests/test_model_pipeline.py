@@ -130,3 +130,19 @@ def test_champion_moves_only_on_better_validation_loss(trained):
     better = tracking.register(man["run_id"], "ssc-classifier", val_loss=man["best_val_loss"] - 1.0)
     assert better["champion"]
     assert int(client.get_model_version_by_alias("ssc-classifier", "champion").version) == better["version"]
+
+
+def test_augmentation_sweep_logs_one_run_per_factor(trained):
+    defs, instance, tracking = trained["defs"], trained["instance"], trained["tracking"]
+    cfg = {**TINY_CONFIG["classifier_model"], "epochs": 1, "factors": [1, 2]}
+    result = defs.resolve_job_def("augmentation_sweep").execute_in_process(
+        instance=instance, run_config={"ops": {"augmentation_sweep": {"config": cfg}}})
+    assert result.success
+    runs = mlflow.search_runs(experiment_names=["ssc-classifier"], filter_string=f"tags.`ssc.sweep` = '{result.run_id}'")
+    assert sorted(runs["params.augmentation_factor"].astype(int)) == [1, 2]
+    # comparable: the same per-epoch metric names in every run
+    assert runs["metrics.val_loss"].notna().all() and runs["metrics.train_loss"].notna().all()
+    # the factor multiplies the training items, not the sites
+    sites = dict(zip(runs["params.augmentation_factor"].astype(int), runs["params.n_sites_train"].astype(int)))
+    items = dict(zip(runs["params.augmentation_factor"].astype(int), runs["params.n_items_train"].astype(int)))
+    assert sites[1] == sites[2] == items[1] and items[2] == 2 * items[1]

@@ -117,6 +117,11 @@ def _datasets(table, channels, input_size, factor, seed, level, target=None):
     return out
 
 
+def _items(ds: dict) -> dict[str, int]:
+    """Items per split after augmentation (``n_items_train`` = sites x factor)."""
+    return {f"n_items_{k}": len(v) for k, v in ds.items()}
+
+
 def _final_metrics(model, datasets, task, batch_size) -> dict[str, dict[str, float]]:
     out = {}
     for split, ds in datasets.items():
@@ -186,7 +191,7 @@ def fit_classifier(table: pd.DataFrame, kind: str, params: TrainParams, input_si
     if kind == "densenet":
         extra["weights_source"] = model.weights_source
     return FitOutput(model, res.history, res.best_epoch, res.best_val_loss, metrics, figs, example,
-                     {"input_size": input_size, "augmentation_factor": factor, "pyramid_level": level, **kw}, extra, res.seconds)
+                     {"input_size": input_size, "augmentation_factor": factor, "pyramid_level": level, **_items(ds), **kw}, extra, res.seconds)
 
 
 def _reconstruction_png(model, ds, n: int = 4) -> bytes:
@@ -224,7 +229,7 @@ def fit_autoencoder(table: pd.DataFrame, channel: str, params: TrainParams, patc
     figs = {"learning_curves.png": _curves_png(res.history, f"{channel} autoencoder"),
             "reconstructions.png": _reconstruction_png(model, ds["test"])}
     return FitOutput(model, res.history, res.best_epoch, res.best_val_loss, metrics, figs, ds["test"][0][0][None].numpy(),
-                     {"channel": channel, "patch_size": patch_size, "augmentation_factor": factor, "pyramid_level": level, **kw},
+                     {"channel": channel, "patch_size": patch_size, "augmentation_factor": factor, "pyramid_level": level, **_items(ds), **kw},
                      {"level": level}, res.seconds)
 
 
@@ -261,7 +266,7 @@ def fit_unet(table: pd.DataFrame, params: TrainParams, tile_size: int = 512, fac
     figs = {"learning_curves.png": _curves_png(res.history, "U-Net (actin inside cells)"),
             "segmentation_overlays.png": _segmentation_png(model, ds["test"])}
     return FitOutput(model, res.history, res.best_epoch, res.best_val_loss, metrics, figs, ds["test"][0][0][None].numpy(),
-                     {"tile_size": tile_size, "augmentation_factor": factor, "pyramid_level": level, **kw},
+                     {"tile_size": tile_size, "augmentation_factor": factor, "pyramid_level": level, **_items(ds), **kw},
                      {"level": level, "bottleneck": list(model.bottleneck_shape(tile_size, tile_size))}, res.seconds)
 
 

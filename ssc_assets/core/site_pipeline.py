@@ -14,7 +14,7 @@ import numpy as np
 from ssc_assets.core.figures import downsample
 from ssc_assets.core.filters import PreprocessParams, preprocess_channel
 from ssc_assets.core.illumination import IlluminationProfile, apply_illumination, image_background
-from ssc_assets.core.ome_zarr_store import read_site_image
+from ssc_assets.core.ome_zarr_store import read_site_image, read_site_labels
 from ssc_assets.core.segmentation import MaskParams, compute_masks, mask_summary
 from ssc_assets.core.tiff_io import read_image
 
@@ -91,3 +91,30 @@ def mask_site(task: MaskSiteTask) -> dict:
     ch = {name: image[i] for i, name in enumerate(task.channel_names)}
     masks = compute_masks(ch["nuclei"], ch["borders"], ch["actin"], task.params)
     return {"masks": masks, "summary": mask_summary(masks)}
+
+
+@dataclass(frozen=True)
+class ProfileSiteTask:
+    """One site to profile: corrected image store + masks store (nuclei and cells labels)."""
+
+    store: str
+    masks_store: str
+    well: str
+    site: int
+    channel_names: tuple[str, ...]
+
+
+def profile_site(task: ProfileSiteTask) -> dict:
+    """CellProfiler-style per-cell measurements (cp_measure) of one site, as the site median.
+
+    Returns ``{"profile": {feature: float}, "n_cells": int, "errors": [str]}``.
+    """
+    from ssc_assets.core.profiles import cell_features, site_profile
+
+    image = read_site_image(task.store, task.well, task.site)
+    nuclei = read_site_labels(task.masks_store, task.well, task.site, "nuclei")
+    cells = read_site_labels(task.masks_store, task.well, task.site, "cells")
+    out = cell_features(image, nuclei, cells, channels=task.channel_names)
+    df, errors = out if isinstance(out, tuple) else (out, [])
+    prof = site_profile(df)
+    return {"profile": {k: float(v) for k, v in prof.items()}, "n_cells": int(len(df)), "errors": list(errors)}

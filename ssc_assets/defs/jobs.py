@@ -21,3 +21,15 @@ augmentation_sweep_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("model_sweeps"),
     description="Classifier (or DenseNet) at several augmentation factors, one MLflow run each (Figures C.1.1/C.1.2).",
 )
+
+embed_plate = dg.define_asset_job(
+    "embed_plate",
+    selection=dg.AssetSelection.groups("embeddings"),
+    description="Site embeddings of every method (champion models) and well embeddings of one plate.",
+)
+
+cluster_plates = dg.define_asset_job(
+    "cluster_plates",
+    selection=dg.AssetSelection.groups("clusterings"),
+    description="Clusterings, metrics, comparison table and HTML report over all plates.",
+)

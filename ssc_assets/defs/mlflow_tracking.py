@@ -106,8 +106,8 @@ class MlflowTracking(dg.ConfigurableResource):
     def run_link(self, run) -> str:
         return f"{self.ui_url.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
-    def register(self, run_id: str, model_name: str, val_loss: float, artifact: str = "model") -> dict:
-        """Register ``runs:/<run_id>/<artifact>`` as a new version of ``model_name``.
+    def register(self, run_id: str, model_name: str, val_loss: float, model_uri: str | None = None) -> dict:
+        """Register ``model_uri`` (default ``runs:/<run_id>/model``) as a new version of ``model_name``.
 
         The ``champion`` alias moves to the new version only when its validation loss is
         lower than the current champion's (or there is none). Returns version, alias state
@@ -117,7 +117,8 @@ class MlflowTracking(dg.ConfigurableResource):
 
         self._prepare()
         client = self.client()
-        mv = mlflow.register_model(f"runs:/{run_id}/{artifact}", model_name, tags={"val_loss": f"{val_loss:.6g}"})
+        mv = mlflow.register_model(model_uri or f"runs:/{run_id}/model", model_name,
+                                   tags={"val_loss": f"{val_loss:.6g}", "run_id": run_id})
         current = None
         try:
             current = client.get_model_version_by_alias(model_name, CHAMPION)
@@ -133,3 +134,27 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def champion_uri(self, model_name: str) -> str:
         return f"models:/{model_name}@{CHAMPION}"
+
+    def champion(self, model_name: str) -> dict:
+        """The ``champion`` version of ``model_name``: version, run id and its run's params."""
+        client = self.client()
+        mv = client.get_model_version_by_alias(model_name, CHAMPION)
+        run_id = mv.run_id or mv.tags.get("run_id")
+        params = client.get_run(run_id).data.params if run_id else {}
+        return {"model": model_name, "version": int(mv.version), "run_id": run_id, "params": params,
+                "uri": self.champion_uri(model_name)}
+
+    def load_champion(self, model_name: str, flavor: str = "pytorch"):
+        """(model, :meth:`champion` info) loaded from ``models:/<name>@champion`` on the CPU."""
+        info = self.champion(model_name)
+        if flavor == "pytorch":
+            import mlflow.pytorch
+            import torch
+
+            model = mlflow.pytorch.load_model(info["uri"], map_location=torch.device("cpu"))
+            model.eval()
+        else:
+            import mlflow.sklearn
+
+            model = mlflow.sklearn.load_model(info["uri"])
+        return model, info

@@ -124,15 +124,16 @@ def _log_fit(context, mlflow_res: MlflowTracking, experiment: str, model_name: s
         import mlflow.pytorch
 
         fit.model.cpu().eval()
-        mlflow.pytorch.log_model(fit.model, name="model", input_example=fit.input_example, serialization_format="pickle")
+        info = mlflow.pytorch.log_model(fit.model, name="model", input_example=fit.input_example, serialization_format="pickle")
     else:
         import mlflow.sklearn
 
-        mlflow.sklearn.log_model(fit.model, name="model", input_example=fit.input_example)
+        info = mlflow.sklearn.log_model(fit.model, name="model", input_example=fit.input_example)
     reg = None
     if register:
+        # PCA has no validation loss: rank by negative donor-grouped SVM accuracy instead
         val_loss = fit.best_val_loss if np.isfinite(fit.best_val_loss) else -fit.metrics.get("cv_grouped", {}).get("accuracy", 0.0)
-        reg = mlflow_res.register(run.info.run_id, model_name, float(val_loss))
+        reg = mlflow_res.register(run.info.run_id, model_name, float(val_loss), model_uri=info.model_uri)
         context.log.info(f"registered {model_name} v{reg['version']}" + (" as champion" if reg["champion"] else
                          f" (champion stays v{reg['previous_champion']})"))
     return run, reg

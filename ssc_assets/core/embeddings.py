@@ -1,0 +1,83 @@
+"""Site and well embeddings from trained models (pure: no Dagster, no MLflow).
+
+Embeddings are computed on unaugmented centre crops (the test transform: centre crop +
+per-channel normalization), read from the same pyramid level rule as training
+(:func:`model_training.pick_level`), as the thesis did. Well embeddings are the median over
+a well's QC-passed sites.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from ssc_assets.core.augment import AugmentParams, SiteDataset
+from ssc_assets.core.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+from ssc_assets.core.model_training import META, pick_level, refs, site_vectors
+
+METHODS = ("pca", "autoencoder", "classifier", "densenet", "profiles")
+EMBEDDING_META = META + ["method"]
+
+
+def feature_names(n: int) -> list[str]:
+    return [f"f{i:04d}" for i in range(n)]
+
+
+@torch.no_grad()
+def embed_sites(model: torch.nn.Module, table: pd.DataFrame, channels: tuple[str, ...], input_size: int,
+                batch_size: int = 8, embed: str = "embed") -> np.ndarray:
+    """Embeddings (n_sites, E) float32 of centre crops of ``input_size`` px.
+
+    ``embed`` names the model method that returns the embedding (``embed`` for the
+    classifiers, ``encode`` for the autoencoders). The pyramid level is chosen per plate
+    from the stored side, with the training rule.
+    """
+    model.eval()
+    result: np.ndarray | None = None
+    position = {idx: i for i, idx in enumerate(table.index)}
+    for _, part in table.groupby("Metadata_Plate", sort=False):
+        level = pick_level(int(part["side"].max() or input_size), input_size)
+        ds = SiteDataset(refs(part), channels, IMAGE_CHANNELS, "test", AugmentParams(input_size=input_size), level=level)
+        emb = np.concatenate([getattr(model, embed)(x).float().cpu().numpy() for x, _ in DataLoader(ds, batch_size=batch_size)])
+        if result is None:
+            result = np.full((len(table), emb.shape[1]), np.nan, np.float32)
+        result[[position[i] for i in part.index]] = emb
+    return result if result is not None else np.zeros((0, 0), np.float32)
+
+
+def autoencoder_embeddings(models: dict[str, torch.nn.Module], table: pd.DataFrame, patch_size: int) -> np.ndarray:
+    """actin || borders || nuclei encodings (n_sites, 3 x E), the thesis' order."""
+    return np.concatenate([embed_sites(models[ch], table, (ch,), patch_size, embed="encode") for ch in MODEL_CHANNELS], axis=1)
+
+
+def pca_embeddings(pipeline, table: pd.DataFrame, size: int) -> np.ndarray:
+    """PCA components (n_sites, k) of flattened, downsampled sites (the training transform)."""
+    return pipeline.transform(site_vectors(table, size)).astype(np.float32)
+
+
+def embedding_frame(table: pd.DataFrame, method: str, emb: np.ndarray, names: list[str] | None = None) -> pd.DataFrame:
+    """``META + method`` columns and one column per embedding dimension (``f0000``...)."""
+    meta = table[META].reset_index(drop=True).copy()
+    meta["method"] = method
+    feats = pd.DataFrame(emb, columns=names or feature_names(emb.shape[1]))
+    return pd.concat([meta, feats], axis=1)
+
+
+def well_embeddings(site_emb: pd.DataFrame) -> pd.DataFrame:
+    """Median over each well's sites, per method.
+
+    Input: site rows (``EMBEDDING_META`` + features, any QC-failed sites already absent).
+    Output columns: ``Metadata_Plate, Metadata_Well, Metadata_Donor, Metadata_Condition,
+    Metadata_Group, method, n_sites`` + the features (the median ignores NaN).
+    """
+    keys = ["Metadata_Plate", "Metadata_Well", "method"]
+    feats = [c for c in site_emb.columns if c not in EMBEDDING_META and not c.startswith("Metadata_")]
+    meta_cols = ["Metadata_Donor", "Metadata_Condition", "Metadata_Group"]
+    g = site_emb.groupby(keys, sort=True)
+    out = g[feats].median()
+    out.insert(0, "n_sites", g.size())
+    meta = g[meta_cols].first()
+    out = pd.concat([meta, out], axis=1).reset_index()
+    return out[["Metadata_Plate", "Metadata_Well", *meta_cols, "method", "n_sites", *feats]]

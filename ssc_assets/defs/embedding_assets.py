@@ -1,0 +1,166 @@
+"""Embeddings (group ``embeddings``, per plate) and clusterings (group ``clusterings``, all plates).
+
+One site-embedding asset per method (``site_embeddings_pca``, ``_autoencoder``,
+``_classifier``, ``_densenet``, ``_profiles``): each has its own lineage (its model ->
+its embeddings) and can be re-materialized alone, e.g. after a new champion. Models come
+from the MLflow registry (alias ``champion``); the version used is in the metadata.
+"""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from ssc_assets.core import figures
+from ssc_assets.core.channels import IMAGE_CHANNELS
+from ssc_assets.core.embeddings import (
+    EMBEDDING_META,
+    METHODS,
+    autoencoder_embeddings,
+    embed_sites,
+    embedding_frame,
+    pca_embeddings,
+    well_embeddings as aggregate_wells,
+)
+from ssc_assets.core.channels import MODEL_CHANNELS
+from ssc_assets.core.model_training import site_table
+from ssc_assets.core.storage import write_text
+from ssc_assets.defs.image_assets import _check_failure_fraction, _site_failures
+from ssc_assets.defs.ingest_assets import md_table
+from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.model_assets import ALL_PLATES
+from ssc_assets.defs.partitions import plates
+from ssc_assets.defs.resources import SiteCompute, Storage
+
+
+def _plate_table(context, corrected_images: dict, raw_sites: pd.DataFrame, masks: dict | None = None) -> pd.DataFrame:
+    plate = context.partition_key
+    table = site_table({plate: corrected_images}, {plate: raw_sites}, {plate: masks} if masks else None)
+    if table.empty:
+        raise dg.Failure(f"plate {plate}: no corrected sites to embed")
+    return table
+
+
+def _model_metadata(mlflow_tracking: MlflowTracking, infos: list[dict]) -> dict:
+    md = {}
+    for info in infos:
+        md[f"model {info['model']}"] = f"{info['uri']} = version {info['version']} (run {info['run_id']})"
+    md["model_versions"] = dg.MetadataValue.json({i["model"]: i["version"] for i in infos})
+    return md
+
+
+def _emit(context, df: pd.DataFrame, extra: dict) -> pd.DataFrame:
+    n_feat = len([c for c in df.columns if c not in EMBEDDING_META])
+    context.add_output_metadata({"n_sites": len(df), "n_features": n_feat, **extra})
+    return df
+
+
+EMBED_KW = dict(partitions_def=plates, group_name="embeddings", io_manager_key="parquet_io_manager", code_version="1")
+
+
+@dg.asset(deps=["pca_model"], kinds={"sklearn", "mlflow"}, **EMBED_KW)
+def site_embeddings_pca(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
+                        mlflow_tracking: MlflowTracking) -> pd.DataFrame:
+    """PCA components (64) of each QC-passed site (model ``ssc-pca@champion``)."""
+    table = _plate_table(context, corrected_images, raw_sites)
+    model, info = mlflow_tracking.load_champion("ssc-pca", flavor="sklearn")
+    emb = pca_embeddings(model, table, int(info["params"].get("size", 64)))
+    return _emit(context, embedding_frame(table, "pca", emb), _model_metadata(mlflow_tracking, [info]))
+
+
+@dg.asset(deps=["autoencoder_models"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+def site_embeddings_autoencoder(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
+                                mlflow_tracking: MlflowTracking) -> pd.DataFrame:
+    """actin || borders || nuclei autoencoder bottlenecks (3 x 256) of each site's centre patch."""
+    table = _plate_table(context, corrected_images, raw_sites)
+    models, infos = {}, []
+    for ch in MODEL_CHANNELS:
+        models[ch], info = mlflow_tracking.load_champion(f"ssc-autoencoder-{ch}")
+        infos.append(info)
+    patch = int(infos[0]["params"].get("patch_size", 256))
+    emb = autoencoder_embeddings(models, table, patch)
+    return _emit(context, embedding_frame(table, "autoencoder", emb), _model_metadata(mlflow_tracking, infos))
+
+
+def _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, name: str, method: str) -> pd.DataFrame:
+    table = _plate_table(context, corrected_images, raw_sites)
+    model, info = mlflow_tracking.load_champion(name)
+    crop = int(info["params"].get("input_size") or info["params"].get("crop_size", 512))
+    emb = embed_sites(model, table, MODEL_CHANNELS, crop)
+    md = _model_metadata(mlflow_tracking, [info])
+    if "weights_source" in info["params"]:
+        md["weights_source"] = info["params"]["weights_source"]
+    return _emit(context, embedding_frame(table, method, emb), md)
+
+
+@dg.asset(deps=["classifier_model"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+def site_embeddings_classifier(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
+                               mlflow_tracking: MlflowTracking) -> pd.DataFrame:
+    """Custom classifier embedding (E = 8) of each site's centre crop (``ssc-classifier@champion``)."""
+    return _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, "ssc-classifier", "classifier")
+
+
+@dg.asset(deps=["densenet_model"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+def site_embeddings_densenet(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
+                             mlflow_tracking: MlflowTracking) -> pd.DataFrame:
+    """DenseNet-121 classifier embedding (E = 8) of each site's centre crop (``ssc-densenet@champion``)."""
+    return _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, "ssc-densenet", "densenet")
+
+
+class ProfilesConfig(dg.Config):
+    max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
+
+
+@dg.asset(kinds={"python"}, **EMBED_KW)
+def site_embeddings_profiles(context: dg.AssetExecutionContext, config: ProfilesConfig, corrected_images: dict,
+                             masks: dict, raw_sites: pd.DataFrame, compute: SiteCompute) -> pd.DataFrame:
+    """CellProfiler-style profiles: per-cell cp_measure features (nuclei and cells: intensity,
+    size/shape, texture, granularity, correlation of the three channels), median per site.
+
+    Raw medians; normalization against the plate's HC wells and feature selection
+    (pycytominer) happen in ``clusterings``, across all plates.
+    """
+    from ssc_assets.core.site_pipeline import ProfileSiteTask, profile_site
+
+    table = _plate_table(context, corrected_images, raw_sites, masks)
+    table = table[table["masks_store"].notna()].reset_index(drop=True)
+    tasks = [ProfileSiteTask(r.store, r.masks_store, r.Metadata_Well, int(r.Metadata_Site), tuple(IMAGE_CHANNELS))
+             for r in table.itertuples()]
+    results = compute.map(profile_site, tasks)
+    failures = _site_failures(results, tasks, context, "profiles")
+    _check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "site_embeddings_profiles")
+    ok = [i for i, r in enumerate(results) if r.ok]
+    prof = pd.DataFrame([results[i].value["profile"] for i in ok])
+    errors = sorted({e for i in ok for e in results[i].value["errors"]})
+    df = pd.concat([table.loc[ok, [c for c in EMBEDDING_META if c != "method"]].reset_index(drop=True).assign(method="profiles"),
+                    prof.reset_index(drop=True)], axis=1)
+    md = {"n_failed": len(failures), "failed_sites": dg.MetadataValue.md(md_table(failures)),
+          "cells_per_site_median": float(np.median([results[i].value["n_cells"] for i in ok])) if ok else 0.0,
+          "measurement_errors": dg.MetadataValue.md("\n".join(f"- {e}" for e in errors[:30]) or "_none_")}
+    return _emit(context, df, md)
+
+
+SITE_EMBEDDING_ASSETS = [site_embeddings_pca, site_embeddings_autoencoder, site_embeddings_classifier,
+                         site_embeddings_densenet, site_embeddings_profiles]
+
+
+@dg.asset(kinds={"pandas"}, **EMBED_KW)
+def well_embeddings(context: dg.AssetExecutionContext, site_embeddings_pca: pd.DataFrame, site_embeddings_autoencoder: pd.DataFrame,
+                    site_embeddings_classifier: pd.DataFrame, site_embeddings_densenet: pd.DataFrame,
+                    site_embeddings_profiles: pd.DataFrame) -> pd.DataFrame:
+    """Median over each well's QC-passed sites, per method (the thesis' sample embedding).
+
+    Columns: ``Metadata_Plate, Metadata_Well, Metadata_Donor, Metadata_Condition,
+    Metadata_Group, method, n_sites`` + features (``f0000``... for learned embeddings,
+    CellProfiler names for profiles; NaN where a method has fewer features).
+    """
+    frames = [df for df in (site_embeddings_pca, site_embeddings_autoencoder, site_embeddings_classifier,
+                            site_embeddings_densenet, site_embeddings_profiles) if len(df)]
+    wells = aggregate_wells(pd.concat(frames, ignore_index=True))
+    summary = wells.groupby("method").agg(n_wells=("Metadata_Well", "nunique"), sites_per_well=("n_sites", "median"))
+    dims = {m: int(wells.loc[wells["method"] == m].drop(columns=EMBEDDING_META + ["n_sites"], errors="ignore").notna().any().sum())
+            for m in wells["method"].unique()}
+    summary["n_features"] = pd.Series(dims)
+    context.add_output_metadata({"n_wells": int(wells["Metadata_Well"].nunique()),
+                                 "per_method": dg.MetadataValue.md(md_table(summary.reset_index()))})
+    return wells
