@@ -146,3 +146,75 @@ def test_augmentation_sweep_logs_one_run_per_factor(trained):
     sites = dict(zip(runs["params.augmentation_factor"].astype(int), runs["params.n_sites_train"].astype(int)))
     items = dict(zip(runs["params.augmentation_factor"].astype(int), runs["params.n_items_train"].astype(int)))
     assert sites[1] == sites[2] == items[1] and items[2] == 2 * items[1]
+
+
+@pytest.fixture(scope="module")
+def clustered(trained):
+    defs, instance, key = trained["defs"], trained["instance"], trained["key"]
+    run_config = {"ops": {"site_embeddings_profiles": {"config": {"fast": True}}}}
+    emb = defs.resolve_job_def("embed_plate").execute_in_process(instance=instance, partition_key=key, run_config=run_config)
+    assert emb.success
+    res = defs.resolve_job_def("cluster_plates").execute_in_process(
+        instance=instance, run_config={"ops": {"clusterings": {"config": {"null_size": 500}}}})
+    assert res.success
+    return {"emb": emb, "res": res,
+            "wells": defs.load_asset_value("well_embeddings", partition_key=key, instance=instance),
+            "sites": {m: defs.load_asset_value(f"site_embeddings_{m}", partition_key=key, instance=instance)
+                      for m in ("pca", "autoencoder", "classifier", "densenet", "profiles")},
+            "clusterings": defs.load_asset_value("clusterings", instance=instance)}
+
+
+def test_site_embeddings_use_champion_models(trained, clustered):
+    sites = clustered["sites"]
+    qc = trained["defs"].load_asset_value("site_qc", partition_key=trained["key"], instance=trained["instance"])
+    passed = qc.drop_duplicates(["Metadata_Well", "Metadata_Site"]).query("passed_qc")
+    for m, df in sites.items():
+        assert len(df) == len(passed), m  # one row per QC-passed site
+        assert (df["method"] == m).all()
+    feats = lambda df: [c for c in df.columns if c.startswith("f0")]  # noqa: E731
+    assert len(feats(sites["autoencoder"])) == 3 * 16  # actin || borders || nuclei, 16 each in TINY_CONFIG
+    assert len(feats(sites["classifier"])) == 8 and len(feats(sites["densenet"])) == 8
+    assert len(feats(sites["pca"])) == 8
+    assert sites["profiles"].filter(like="Cells_AreaShape_Area").shape[1] >= 1
+    mats = {m.asset_key.to_user_string(): m.step_materialization_data.materialization for m in clustered["emb"].get_asset_materialization_events()}
+    champion = int(trained["tracking"].client().get_model_version_by_alias("ssc-classifier", "champion").version)
+    assert mats["site_embeddings_classifier"].metadata["model_versions"].value == {"ssc-classifier": champion}
+
+
+def test_well_embeddings_are_medians_of_sites(clustered):
+    wells, sites = clustered["wells"], clustered["sites"]["classifier"]
+    w = wells[wells["method"] == "classifier"]
+    well = w.iloc[0]["Metadata_Well"]
+    expected = sites[sites["Metadata_Well"] == well][["f0000", "f0007"]].median()
+    got = w[w["Metadata_Well"] == well][["f0000", "f0007"]].iloc[0]
+    assert got.to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-6)
+    assert int(w[w["Metadata_Well"] == well]["n_sites"].iloc[0]) == int((sites["Metadata_Well"] == well).sum())
+    for col in ("Metadata_Plate", "Metadata_Well", "Metadata_Donor", "Metadata_Condition", "Metadata_Group", "method", "n_sites"):
+        assert col in wells.columns
+
+
+def test_clusterings_report_and_mlflow(trained, clustered):
+    import os
+
+    out = clustered["clusterings"]
+    comp = pd.read_csv(__import__("io").StringIO(out["comparison_csv"]))
+    assert set(comp["method"]) == {"pca", "autoencoder", "classifier", "densenet", "profiles"}
+    assert "thesis_homogeneity" in comp.columns
+    assert comp.loc[comp["method"] == "classifier", "thesis_homogeneity"].iloc[0] == pytest.approx(0.2171)
+    assert os.path.exists(out["report"]) and "<img" in open(out["report"]).read()
+    runs = mlflow.search_runs(experiment_names=["ssc-clustering"])
+    assert set(runs["tags.ssc.method"]) >= {"pca", "classifier", "comparison"}
+    assert runs.loc[runs["tags.ssc.method"] == "classifier", "metrics.kmeans_homogeneity"].notna().all()
+    md = [m for m in clustered["res"].get_asset_materialization_events()][0].step_materialization_data.materialization.metadata
+    assert "thesis_" in md["comparison"].value and "data:image/png;base64," in md["classifier_figures"].value
+
+
+def test_qc_failed_sites_do_not_enter_well_medians(trained, clustered):
+    qc = trained["defs"].load_asset_value("site_qc", partition_key=trained["key"], instance=trained["instance"])
+    sites = qc.drop_duplicates(["Metadata_Well", "Metadata_Site"])
+    failed = sites[~sites["passed_qc"]]
+    assert len(failed)  # the simulator plants failed sites
+    w = clustered["wells"].query("method == 'pca'").set_index("Metadata_Well")
+    for well, n_failed in failed.groupby("Metadata_Well").size().items():
+        n_total = int((sites["Metadata_Well"] == well).sum())
+        assert int(w.loc[well, "n_sites"]) == n_total - n_failed

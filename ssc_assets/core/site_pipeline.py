@@ -102,6 +102,8 @@ class ProfileSiteTask:
     well: str
     site: int
     channel_names: tuple[str, ...]
+    level: int = 0
+    fast: bool = False
 
 
 def profile_site(task: ProfileSiteTask) -> dict:
@@ -111,10 +113,10 @@ def profile_site(task: ProfileSiteTask) -> dict:
     """
     from ssc_assets.core.profiles import cell_features, site_profile
 
-    image = read_site_image(task.store, task.well, task.site)
-    nuclei = read_site_labels(task.masks_store, task.well, task.site, "nuclei")
-    cells = read_site_labels(task.masks_store, task.well, task.site, "cells")
-    out = cell_features(image, nuclei, cells, channels=task.channel_names)
-    df, errors = out if isinstance(out, tuple) else (out, [])
+    image = read_site_image(task.store, task.well, task.site, task.level)
+    nuclei = read_site_labels(task.masks_store, task.well, task.site, "nuclei", task.level)
+    cells = read_site_labels(task.masks_store, task.well, task.site, "cells", task.level)
+    df = cell_features(image, nuclei, cells, channels=task.channel_names, fast=task.fast)
+    errors = df.attrs.get("errors", [])
     prof = site_profile(df)
     return {"profile": {k: float(v) for k, v in prof.items()}, "n_cells": int(len(df)), "errors": list(errors)}

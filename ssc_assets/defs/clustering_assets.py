@@ -16,7 +16,7 @@ from ssc_assets.core.report import Section, render_html
 from ssc_assets.core.storage import write_text
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
-from ssc_assets.defs.model_assets import ALL_PLATES, _png_to_array
+from ssc_assets.defs.model_assets import ALL_PLATES, log_png
 from ssc_assets.defs.resources import Storage
 
 READING_GUIDE = [
@@ -100,7 +100,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
                                "n_wells": len(df), "n_plates": len(plates_used), **extra})
             mlflow.log_metrics(_flat_numeric(res))
             for name, png in res["figures"].items():
-                mlflow.log_image(_png_to_array(png), artifact_file=f"figures/{name}")
+                log_png(png, f"figures/{name}")
             mlflow.log_text(res["assignments"].to_csv(index=False), "assignments.csv")
             runs[method] = {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run)}
         results[method] = res
@@ -113,7 +113,8 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
                                 [(f"{method}: {name}", png) for name, png in res["figures"].items()]))
     if not results:
         raise dg.Failure("no well embeddings for any method")
-    comp = comparison_table({m: r for m, r in results.items()})
+    comp = comparison_table({m: r for m, r in results.items()}).reset_index()
+    shown = comp.drop(columns=["thesis_source"], errors="ignore")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report_html = render_html(
         "SSc vs HC: patient clusterings per embedding method",
@@ -122,7 +123,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
         [Section("Cross-method comparison (headline)",
                  ["Columns starting with 'thesis' are the seed thesis' numbers for reference "
                   f"({THESIS_SOURCE}); they were computed on other data with ungrouped folds."],
-                 [("comparison", comp)])] + sections,
+                 [("comparison", shown)])] + sections,
         footer=f"Generated {stamp} by ssc-assets; MLflow experiment ssc-clustering.")
     report_path = storage.path("reports", f"clusterings-{stamp}.html")
     write_text(report_path, report_html)
@@ -132,7 +133,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
         mlflow.log_text(report_html, "report.html")
         runs["comparison"] = {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run)}
     context.add_output_metadata({
-        "comparison": dg.MetadataValue.md(md_table(comp.round(4))),
+        "comparison": dg.MetadataValue.md(md_table(shown.round(4)) + f"\n\nthesis_* columns: {THESIS_SOURCE}"),
         "report": dg.MetadataValue.path(report_path),
         "mlflow_comparison_run": dg.MetadataValue.url(runs["comparison"]["link"]),
         "plates": dg.MetadataValue.json(plates_used),

@@ -117,7 +117,7 @@ def _log_fit(context, mlflow_res: MlflowTracking, experiment: str, model_name: s
         mlflow.log_metric("best_val_loss", fit.best_val_loss)
         mlflow.log_metric("best_epoch", fit.best_epoch)
     for name, png in fit.figures.items():
-        mlflow.log_image(_png_to_array(png), artifact_file=f"figures/{name}")
+        log_png(png, f"figures/{name}")
     mlflow.log_text(_metrics_table({k: v for k, v in fit.metrics.items() if isinstance(v, dict)}).to_csv(index=False), "metrics.csv")
     mlflow.log_text(table.to_csv(index=False), "splits.csv")
     if flavor == "pytorch":
@@ -139,12 +139,19 @@ def _log_fit(context, mlflow_res: MlflowTracking, experiment: str, model_name: s
     return run, reg
 
 
-def _png_to_array(png: bytes) -> np.ndarray:
-    import io
+def log_png(png: bytes, artifact_file: str) -> None:
+    """Log PNG bytes as the MLflow artifact ``artifact_file`` (e.g. ``figures/curves.png``)."""
+    import tempfile
+    from pathlib import Path
 
-    import matplotlib.image as mpimg
+    import mlflow
 
-    return (mpimg.imread(io.BytesIO(png), format="png")[..., :3] * 255).astype(np.uint8)
+    name = Path(artifact_file)
+    name = name if name.suffix == ".png" else name.with_name(name.name + ".png")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, name.name)
+        path.write_bytes(png)
+        mlflow.log_artifact(str(path), artifact_path=str(name.parent) if str(name.parent) != "." else None)
 
 
 def _epoch_logger(context, prefix: str = ""):
