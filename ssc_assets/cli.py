@@ -82,9 +82,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{r.get('failed_qc', '-')!s:>9} {r['seconds']:>7}")
     if ok and summary and not args.skip_models:
         ok &= _demo_models(defs, instance)
+        if ok:
+            ok &= _demo_clusterings(defs, instance, [r["plate"] for r in summary])
     print(f"\nDagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}; outputs: {settings.storage_dir()}")
     print("Open the UI with `make dev` to browse assets, metadata and checks (Dagster :3000, MLflow :5000).")
     return 0 if ok and summary else 1
+
+
+def _demo_clusterings(defs, instance, plate_keys: list[str]) -> bool:
+    """Embed every plate with the champion models, cluster all plates, print the headline table."""
+    import io
+
+    import pandas as pd
+
+    from ssc_assets.demo_config import demo_run_config
+
+    t0 = time.perf_counter()
+    job = defs.resolve_job_def("embed_plate")
+    for key in plate_keys:
+        res = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
+                                     run_config=demo_run_config("embed_plate"), tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
+        if not res.success:
+            print(f"embed_plate FAILED for {key}: see the run in the Dagster UI")
+            return False
+    res = defs.resolve_job_def("cluster_plates").execute_in_process(
+        instance=instance, run_config=demo_run_config("cluster_plates"), raise_on_error=False, tags={"ssc/source": "ssc-assets demo"})
+    if not res.success:
+        print("cluster_plates FAILED: see the run in the Dagster UI")
+        return False
+    logging.getLogger("dagster").setLevel(logging.INFO)
+    out = defs.load_asset_value("clusterings", instance=instance)
+    comp = pd.read_csv(io.StringIO(out["comparison_csv"]))
+    cols = ["method", "n_wells", "kmeans_cluster_sizes", "kmeans_homogeneity", "kmeans_completeness", "kmeans_v_measure",
+            "kmeans_silhouette", "kmeans_davies_bouldin", "svm_accuracy_ungrouped", "svm_accuracy_donor_grouped",
+            "map_donor_replicate", "map_condition", "thesis_homogeneity", "thesis_svm_accuracy"]
+    print(f"\nembeddings + clusterings ({time.perf_counter() - t0:.0f} s): cross-method comparison "
+          "(thesis_* = the seed thesis' numbers on its own data, for reference)")
+    print(comp[[c for c in cols if c in comp.columns]].round(3).to_markdown(index=False))
+    print(f"\nreport: {out['report']}")
+    return True
 
 
 def _demo_models(defs, instance) -> bool:

@@ -15,10 +15,19 @@ DEMO_MODEL_CONFIG: dict[str, dict] = {
     "autoencoder_models": {**DEMO_TRAIN, "patch_size": 64, "widths": [64, 32, 16, 8]},
     "segmentation_model": {**DEMO_TRAIN, "tile_size": 128, "base_channels": 8, "depth": 3},
     "pca_model": {"n_components": 64, "size": 32},
+    "site_embeddings_profiles": {"level": 1},
+    "clusterings": {"null_size": 2000},
 }
 
 
-def demo_run_config(assets: list[str] | None = None) -> dict:
-    """Run config for the ``train_models`` job with the demo settings."""
-    ops = {k: {"config": v} for k, v in DEMO_MODEL_CONFIG.items() if assets is None or k in assets}
+JOB_ASSETS = {
+    "train_models": ["classifier_model", "densenet_model", "autoencoder_models", "segmentation_model", "pca_model"],
+    "embed_plate": ["site_embeddings_profiles"],
+    "cluster_plates": ["clusterings"],
+}
+
+
+def demo_run_config(job: str = "train_models") -> dict:
+    """Run config with the demo settings for the assets of ``job``."""
+    ops = {k: {"config": v} for k, v in DEMO_MODEL_CONFIG.items() if k in JOB_ASSETS[job]}
     return {"ops": ops, "loggers": {"console": {"config": {"log_level": "INFO"}}}}

@@ -320,9 +320,10 @@ def select_and_normalize(
         raise ValueError("no feature columns")
     notes: list[str] = []
 
-    df = site_profiles[meta + feats].copy()
-    df[feats] = df[feats].astype(np.float64).replace([np.inf, -np.inf], np.nan)
-    df["_row"] = np.arange(len(df))  # restores the input order after the per-plate loop
+    values = site_profiles[feats].astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    # _row restores the input order after the per-plate loop
+    df = pd.concat([site_profiles[meta].reset_index(drop=True), values.reset_index(drop=True),
+                    pd.Series(np.arange(len(site_profiles)), name="_row")], axis=1)
     meta_cols = meta + ["_row"]
 
     parts = []

@@ -3,6 +3,7 @@
 import datetime as dt
 import os
 import tempfile
+import warnings
 import io
 
 import dagster as dg
@@ -53,7 +54,9 @@ def _normalize_profiles(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     tmp = df.rename(columns={"method": "Metadata_method", "n_sites": "Metadata_n_sites"})[
         [c for c in df.rename(columns={"method": "Metadata_method", "n_sites": "Metadata_n_sites"}).columns
          if c.startswith("Metadata_")] + feats]
-    out, kept = select_and_normalize(tmp, feats)
+    with warnings.catch_warnings():  # all-NaN features of a plate warn in sklearn; they are dropped by selection
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out, kept = select_and_normalize(tmp, feats)
     out = out.rename(columns={"Metadata_method": "method", "Metadata_n_sites": "n_sites"})
     return out, {"n_features_raw": len(feats), "n_features_selected": len(kept)}
 
