@@ -3,6 +3,7 @@
 import dagster as dg
 
 from ssc_assets.defs import clustering_assets, embedding_assets, image_assets, ingest_assets, model_assets
+from ssc_assets.defs.automation import automation_sensor, nightly_retrain
 from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
 from ssc_assets.defs.jobs import augmentation_sweep_job, cluster_plates, embed_plate, process_plate, train_models
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
@@ -22,7 +23,8 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
         assets=dg.load_assets_from_modules([ingest_assets, image_assets, model_assets, embedding_assets, clustering_assets]),
         asset_checks=[],
         jobs=[process_plate, train_models, augmentation_sweep_job, embed_plate, cluster_plates],
-        sensors=[plate_sensor],
+        sensors=[plate_sensor, automation_sensor],
+        schedules=[nightly_retrain],
         resources=resources,
     )
 

@@ -15,6 +15,7 @@ from ssc_assets.core import figures
 from ssc_assets.core.embeddings import METHODS
 from ssc_assets.core.report import Section, render_html
 from ssc_assets.core.storage import write_text
+from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.model_assets import ALL_PLATES, log_png
@@ -70,7 +71,7 @@ def _flat_numeric(res: dict) -> dict[str, float]:
 
 
 @dg.asset(ins={"well_embeddings": ALL_PLATES}, group_name="clusterings", io_manager_key="manifest_io_manager",
-          kinds={"sklearn", "mlflow"}, code_version="1")
+          kinds={"sklearn", "mlflow"}, code_version="1", automation_condition=CROSS_PLATE, retry_policy=IO_RETRY)
 def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, well_embeddings: dict,
                 mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
     """Per method, across all plates: standardize -> PCA(2) -> KMeans(k=2); hierarchical
@@ -115,7 +116,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
                                 [("KMeans / hierarchical metrics", _method_table(res))],
                                 [(f"{method}: {name}", png) for name, png in res["figures"].items()]))
     if not results:
-        raise dg.Failure("no well embeddings for any method")
+        raise dg.Failure("no well embeddings for any method", allow_retries=False)
     comp = comparison_table({m: r for m, r in results.items()}).reset_index()
     shown = comp.drop(columns=["thesis_source"], errors="ignore")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

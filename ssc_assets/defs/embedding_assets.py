@@ -26,6 +26,7 @@ from ssc_assets.core.channels import MODEL_CHANNELS
 from ssc_assets.core.model_training import site_table
 from ssc_assets.core.storage import write_text
 from ssc_assets.defs.image_assets import _check_failure_fraction, _site_failures
+from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.model_assets import ALL_PLATES
@@ -37,7 +38,7 @@ def _plate_table(context, corrected_images: dict, raw_sites: pd.DataFrame, masks
     plate = context.partition_key
     table = site_table({plate: corrected_images}, {plate: raw_sites}, {plate: masks} if masks else None)
     if table.empty:
-        raise dg.Failure(f"plate {plate}: no corrected sites to embed")
+        raise dg.Failure(f"plate {plate}: no corrected sites to embed", allow_retries=False)
     return table
 
 
@@ -55,7 +56,8 @@ def _emit(context, df: pd.DataFrame, extra: dict) -> pd.DataFrame:
     return df
 
 
-EMBED_KW = dict(partitions_def=plates, group_name="embeddings", io_manager_key="parquet_io_manager", code_version="1")
+EMBED_KW = dict(partitions_def=plates, group_name="embeddings", io_manager_key="parquet_io_manager", code_version="1",
+                automation_condition=PER_PLATE_DOWNSTREAM, retry_policy=IO_RETRY)
 
 
 @dg.asset(deps=["pca_model"], kinds={"sklearn", "mlflow"}, **EMBED_KW)

@@ -16,6 +16,7 @@ from ssc_assets.core.ome_zarr_store import HcsPlateWriter, cleanup_stale_tmp, re
 from ssc_assets.core.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, MaskParams, NucleiParams
 from ssc_assets.core.site_pipeline import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
 from ssc_assets.core.storage import atomic_write_bytes
+from ssc_assets.defs.automation import IO_RETRY
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import SiteCompute, Storage
@@ -61,6 +62,7 @@ def _profile_png(flatfields: dict[str, np.ndarray]) -> bytes:
     group_name="images",
     kinds={"python", "numpy"},
     code_version="1",
+    retry_policy=IO_RETRY,
 )
 def illumination_profiles(
     context: dg.AssetExecutionContext,
@@ -160,6 +162,7 @@ def _site_failures(results, tasks, context, what: str) -> pd.DataFrame:
 def _check_failure_fraction(failures: pd.DataFrame, n: int, limit: float, what: str) -> None:
     if n and len(failures) / n > limit:
         raise dg.Failure(
+            allow_retries=False,
             description=f"{what}: {len(failures)}/{n} sites raised (limit {limit:.0%})",
             metadata={"failed_sites": dg.MetadataValue.md(md_table(failures))},
         )
@@ -171,6 +174,7 @@ def _check_failure_fraction(failures: pd.DataFrame, n: int, limit: float, what: 
     group_name="images",
     kinds={"python", "zarr"},
     code_version="1",
+    retry_policy=IO_RETRY,
 )
 def corrected_images(
     context: dg.AssetExecutionContext,
@@ -287,6 +291,7 @@ def _overlay_png(store: str, sites: list, masks_store: str) -> bytes:
     group_name="images",
     kinds={"python", "zarr"},
     code_version="1",
+    retry_policy=IO_RETRY,
 )
 def masks(
     context: dg.AssetExecutionContext, config: MasksConfig, corrected_images: dict, compute: SiteCompute, storage: Storage

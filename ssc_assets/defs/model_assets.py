@@ -90,7 +90,7 @@ class PcaConfig(dg.Config):
 def _table(corrected_images: dict, raw_sites: dict, masks: dict | None, split_by: str, seed: int) -> pd.DataFrame:
     table = site_table(corrected_images, raw_sites, masks)
     if table.empty:
-        raise dg.Failure("no corrected sites: materialize corrected_images for at least one plate first")
+        raise dg.Failure("no corrected sites: materialize corrected_images for at least one plate first", allow_retries=False)
     return assign_splits(table, group_by=split_by, seed=seed)
 
 
