@@ -73,3 +73,10 @@ def test_sensors_and_schedule_run_by_default():
     sched = defs.resolve_schedule_def("nightly_retrain")
     assert sched.default_status == dg.DefaultScheduleStatus.RUNNING and sched.cron_schedule == "0 2 * * *"
     assert sched.job_name == "train_models"
+
+
+def test_definitions_load_like_the_webserver():
+    """What `dagster dev` / the code server does: every job, sensor and schedule resolves."""
+    from ssc_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)

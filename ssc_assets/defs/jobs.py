@@ -17,7 +17,7 @@ train_models = dg.define_asset_job(
 )
 
 augmentation_sweep_job = dg.define_asset_job(
-    "augmentation_sweep",
+    "run_augmentation_sweep",
     selection=dg.AssetSelection.groups("model_sweeps"),
     description="Classifier (or DenseNet) at several augmentation factors, one MLflow run each (Figures C.1.1/C.1.2).",
 )

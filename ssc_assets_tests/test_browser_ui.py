@@ -1,0 +1,138 @@
+"""The Dagster UI in a real browser: start dagster-webserver on a temporary instance with a tiny
+simulated plate, materialize the plate's partition by clicking, wait for success, and check
+that the QC histograms appear in the asset's metadata. Screenshot: test-artifacts/.
+
+Needs Debian's Chromium (`/usr/bin/chromium`, installed by `.ci/run`) and Playwright for
+Python (test extra; no browser download: `executable_path`). Skips with the reason otherwise.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ssc_assets.core.simulate import simulate_demo
+from ssc_assets.defs.partitions import plates
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("SSC_TEST_ARTIFACTS", REPO / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium not installed (apt-get install chromium; .ci/run does)")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')")
+    root = tmp_path_factory.mktemp("ui")
+    home, plates_dir = root / "dagster_home", root / "plates"
+    home.mkdir()
+    # runs launch at once (no queue, so no daemon needed)
+    (home / "dagster.yaml").write_text("run_coordinator:\n  module: dagster._core.run_coordinator\n"
+                                       "  class: DefaultRunCoordinator\ntelemetry:\n  enabled: false\n")
+    simulate_demo(plates_dir, root / "truth", n_plates=1, seed=4, image_size=128, n_wells=4)
+    key = next(p for p in plates_dir.iterdir() if p.is_dir()).name
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(plates.name, [key])  # what plate_sensor does
+    env = dict(os.environ, DAGSTER_HOME=str(home), SSC_PLATES_DIR=str(plates_dir), SSC_STORAGE_DIR=str(root / "storage"),
+               SSC_COMPUTE_BACKEND="serial", SSC_SETTLE_SECONDS="0")
+    port = _free_port()
+    log = open(root / "webserver.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+                             "-m", "ssc_assets.definitions"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                ws = _graphql(port, "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus "
+                                    "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
+                entries = ws["data"]["workspaceOrError"]["locationEntries"]
+                if entries and entries[0]["loadStatus"] == "LOADED":
+                    err = entries[0]["locationOrLoadError"]
+                    assert err["__typename"] != "PythonError", err.get("message")
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline and proc.poll() is None, (root / "webserver.log").read_text()[-3000:]
+            time.sleep(1)
+        yield {"port": port, "home": home, "key": key, "root": root}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _wait_materialized(home: Path, asset: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        while time.time() < deadline:
+            if instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None:
+                return
+            failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+            assert not failed, f"run {failed[0].run_id} failed"
+            queued = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
+            assert not queued or time.time() < deadline - timeout + 60, "run stuck in the queue"
+            time.sleep(1)
+    raise AssertionError(f"{asset} was not materialized within {timeout} s")
+
+
+def test_materialize_plate_partition_in_the_browser(webserver):
+    from playwright.sync_api import sync_playwright
+
+    base = f"http://127.0.0.1:{webserver['port']}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        for asset in ("raw_sites", "site_qc"):  # site_qc needs its upstream partition first
+            page.goto(f"{base}/assets/{asset}", wait_until="networkidle")
+            skip = page.get_by_role("button", name="Skip")  # first-visit community dialog
+            if skip.count():
+                skip.click()
+            page.get_by_role("button", name="Materialize").first.click()
+            page.get_by_role("button", name="All", exact=True).click()  # the plate partitions: just ours
+            page.get_by_role("button", name="Launch 1 run").click()
+            try:
+                _wait_materialized(webserver["home"], asset)
+            except AssertionError:
+                page.screenshot(path=str(ARTIFACTS / f"ui-{asset}-failed.png"), full_page=True)
+                raise
+        page.goto(f"{base}/assets/site_qc", wait_until="networkidle")
+        page.get_by_text("qc_histograms").first.wait_for()
+        assert page.get_by_text(webserver["key"]).count() >= 1  # the materialized partition is shown
+        page.screenshot(path=str(ARTIFACTS / "ui-site_qc-materialized.png"), full_page=True)
+        # open the histograms (markdown with an embedded PNG)
+        page.get_by_role("row").filter(has_text="qc_histograms").get_by_text("Show Markdown").click()
+        img = page.locator('img[src^="data:image/png"]').first
+        img.wait_for(state="visible")
+        assert img.bounding_box()["width"] > 100
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "ui-site_qc-histograms.png"))
+        browser.close()
