@@ -218,3 +218,18 @@ def test_qc_failed_sites_do_not_enter_well_medians(trained, clustered):
     for well, n_failed in failed.groupby("Metadata_Well").size().items():
         n_total = int((sites["Metadata_Well"] == well).sum())
         assert int(w.loc[well, "n_sites"]) == n_total - n_failed
+
+
+def test_runs_are_comparable_across_model_experiments(trained):
+    trained["tracking"].client()  # sets the tracking URI
+    for exp, metrics in {
+        "ssc-classifier": ["train_loss", "val_loss", "final_test_accuracy", "final_test_f1", "best_val_loss"],
+        "ssc-densenet": ["train_loss", "val_loss", "final_test_accuracy", "final_test_f1", "best_val_loss"],
+        "ssc-autoencoder": ["train_loss", "val_loss", "final_test_loss", "best_val_loss"],
+        "ssc-unet": ["train_loss", "val_loss", "final_test_iou_actin", "best_val_loss"],
+    }.items():
+        runs = mlflow.search_runs(experiment_names=[exp])
+        assert len(runs) >= 1, exp
+        for m in metrics:
+            assert runs[f"metrics.{m}"].notna().all(), (exp, m)
+        assert runs["tags.dagster.run_id"].notna().all() and runs["tags.ssc.code_version"].notna().all()
