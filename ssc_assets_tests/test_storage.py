@@ -58,8 +58,9 @@ def test_crash_during_write_keeps_old_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["file", "memory"])
-def test_ingest_assets_on_fsspec_storage(tmp_path, kind):
-    """raw_sites and site_qc through Dagster with outputs on an fsspec URL (what s3:// uses)."""
+def test_plate_assets_on_fsspec_storage(tmp_path, kind):
+    """The whole per-plate job through Dagster with outputs on an fsspec URL (what s3:// uses),
+    OME-Zarr stores included."""
     import dagster as dg
     import fsspec
 
@@ -70,7 +71,7 @@ def test_ingest_assets_on_fsspec_storage(tmp_path, kind):
     from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
 
     base = {"file": f"file://{tmp_path}/out", "memory": f"memory://ssc-{tmp_path.name}"}[kind]
-    simulate_demo(tmp_path / "plates", tmp_path / "truth", n_plates=1, seed=1, image_size=128, n_wells=2)
+    simulate_demo(tmp_path / "plates", tmp_path / "truth", n_plates=1, seed=1, image_size=256, n_wells=2)
     key = next(p for p in (tmp_path / "plates").iterdir() if p.is_dir()).name
     defs = build_definitions(
         plate_source=PlateSource(plates_dir=str(tmp_path / "plates"), settle_seconds=0),
@@ -81,11 +82,53 @@ def test_ingest_assets_on_fsspec_storage(tmp_path, kind):
     )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(plates.name, [key])
-        job = defs.resolve_job_def("process_plate").get_subset(asset_selection={dg.AssetKey("raw_sites"), dg.AssetKey("site_qc")})
+        job = defs.resolve_job_def("process_plate")
         assert job.execute_in_process(instance=instance, partition_key=key).success
         qc = defs.load_asset_value("site_qc", partition_key=key, instance=instance)
+        masks = defs.load_asset_value("masks", partition_key=key, instance=instance)
+    from ssc_assets.core import ome_zarr_store
+
+    assert masks["store"].startswith(base)
+    sites = ome_zarr_store.list_sites(masks["store"])
+    assert sites and max(ome_zarr_store.read_site_labels(masks["store"], *s, "cells").max() for s in sites) >= 1
     assert len(qc) and "passed_qc" in qc
     fs, inner = fsspec.core.url_to_fs(storage.join(base, "site_qc", f"{key}.parquet"))
     assert fs.exists(inner)
     if kind == "file":
         assert (tmp_path / "out" / "site_qc" / f"{key}.parquet").exists()
+
+
+def test_remote_zarr_commit_protocol(monkeypatch):
+    """An interrupted upload leaves no store that opens; a finished one replaces the old one."""
+    import fsspec
+    import numpy as np
+
+    from ssc_assets.core import ome_zarr_store as oz
+
+    url = "memory://ssc-commit/plate.ome.zarr"
+    with oz.HcsPlateWriter(url, "P", ["nuclei"]) as w:
+        w.write_site("B02", 1, np.ones((1, 32, 32), np.float32))
+    assert oz.list_sites(url) == [("B02", 1)]
+
+    real_put = fsspec.implementations.memory.MemoryFileSystem.put_file
+    calls = {"n": 0}
+
+    def flaky_put(self, lpath, rpath, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("network gone")
+        return real_put(self, lpath, rpath, **kw)
+
+    monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "put_file", flaky_put)
+    with pytest.raises(OSError):
+        with oz.HcsPlateWriter(url, "P", ["nuclei"]) as w:
+            w.write_site("B03", 1, np.zeros((1, 32, 32), np.float32))
+    fs, inner = fsspec.core.url_to_fs(url)
+    assert not fs.exists(f"{inner}/zarr.json")  # no root metadata: not a store
+    with pytest.raises(Exception):
+        oz.list_sites(url)
+    monkeypatch.undo()
+    with oz.HcsPlateWriter(url, "P", ["nuclei"]) as w:
+        w.write_site("B04", 2, np.full((1, 32, 32), 3, np.float32))
+    assert oz.list_sites(url) == [("B04", 2)]
+    assert float(oz.read_site_image(url, "B04", 2).mean()) == 3.0

@@ -18,14 +18,18 @@ its own. In napari, open both stores to overlay the labels on the corrected imag
 
 Atomicity: :class:`HcsPlateWriter` builds the whole store in ``<final>.tmp-<uuid>`` and
 renames it into place only when every site is written, so a crash never leaves a store that
-looks complete; the previous version stays until the rename. Local filesystems (the rename is
-a POSIX rename); see docs for object stores.
+looks complete; the previous version stays until the rename (POSIX rename). For fsspec URLs
+(``s3://``, ``memory://``...), which have no directory rename, the store is built in a local
+temp directory and uploaded with a commit protocol: the old store's root ``zarr.json`` is
+deleted first, then every other file is uploaded, and the root ``zarr.json`` (the plate
+metadata) last. A crash midway leaves a prefix without root metadata, which no reader opens.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -66,15 +70,21 @@ class HcsPlateWriter:
     """
 
     def __init__(self, final_path: str | os.PathLike, plate_name: str, channel_names: list[str]):
-        self.final = Path(final_path)
+        self.remote = not _is_local(final_path)
+        self.final_url = str(final_path)
+        self.final = Path(_local_path(final_path)) if not self.remote else Path(str(final_path).rsplit("/", 1)[-1])
         self.plate_name = plate_name
         self.channel_names = list(channel_names)
-        self.tmp = self.final.with_name(f"{self.final.name}{TMP_MARK}{uuid.uuid4().hex}")
+        if self.remote:  # built locally, uploaded on exit
+            self._tmpdir = tempfile.mkdtemp(prefix="ssc-zarr-")
+            self.tmp = Path(self._tmpdir, f"{self.final.name}{TMP_MARK}{uuid.uuid4().hex}")
+        else:
+            self.tmp = self.final.with_name(f"{self.final.name}{TMP_MARK}{uuid.uuid4().hex}")
         self.fields: dict[str, list[int]] = {}
         self.ranges: list[list[float]] = [[np.inf, -np.inf] for _ in channel_names]
 
     def __enter__(self) -> "HcsPlateWriter":
-        self.final.parent.mkdir(parents=True, exist_ok=True)
+        (self.tmp.parent if self.remote else self.final.parent).mkdir(parents=True, exist_ok=True)
         self.root = zarr.open_group(str(self.tmp), mode="w")
         return self
 
@@ -106,6 +116,8 @@ class HcsPlateWriter:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.remote:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
             return False
         wells = sorted(self.fields)
         rows = sorted({_well_path(w)[0] for w in wells})
@@ -122,8 +134,41 @@ class HcsPlateWriter:
                 ome = dict(g.attrs.get("ome", {}))
                 ome["omero"] = omero
                 g.attrs["ome"] = ome
-        _swap_into_place(self.tmp, self.final)
+        if self.remote:
+            try:
+                _upload_committed(self.tmp, self.final_url)
+            finally:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+        else:
+            _swap_into_place(self.tmp, self.final)
         return False
+
+
+def _is_local(path: str | os.PathLike) -> bool:
+    text = str(path)
+    return "://" not in text or text.startswith("file://")
+
+
+def _local_path(path: str | os.PathLike) -> str:
+    return str(path).removeprefix("file://")
+
+
+def _upload_committed(local: Path, url: str) -> None:
+    """Upload a finished local store to ``url``; the root ``zarr.json`` goes last (the commit)."""
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(url)
+    root_meta = f"{inner}/zarr.json"
+    if fs.exists(inner):
+        if fs.exists(root_meta):
+            fs.rm(root_meta)  # invalidate the old store before touching anything else
+        fs.rm(inner, recursive=True)
+    files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / "zarr.json")
+    for p in files:
+        target = f"{inner}/{p.relative_to(local).as_posix()}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(p), target)
+    fs.put_file(str(local / "zarr.json"), root_meta)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -137,7 +182,9 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 def cleanup_stale_tmp(parent: str | os.PathLike) -> list[Path]:
     """Delete temp stores/groups left by crashed runs under ``parent``; returns what was removed."""
     removed = []
-    parent = Path(parent)
+    if not _is_local(parent):
+        return removed  # remote stores are built in local temp dirs: nothing to clean there
+    parent = Path(_local_path(parent))
     if not parent.exists():
         return removed
     for p in parent.iterdir():
@@ -147,9 +194,10 @@ def cleanup_stale_tmp(parent: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def site_group_path(plate_path: str | os.PathLike, well: str, site: int) -> Path:
+def site_group_path(plate_path: str | os.PathLike, well: str, site: int) -> str:
+    """Path or URL of one field's group (``<store>/<row>/<col>/<site - 1>``)."""
     row, col = _well_path(well)
-    return Path(plate_path) / row / col / str(site - 1)
+    return f"{str(plate_path).rstrip('/')}/{row}/{col}/{site - 1}"
 
 
 def list_sites(plate_path: str | os.PathLike) -> list[tuple[str, int]]:
@@ -180,7 +228,7 @@ def read_site_image(plate_path: str | os.PathLike, well: str, site: int, level: 
 
 def read_site_labels(plate_path: str | os.PathLike, well: str, site: int, name: str, level: int = 0) -> np.ndarray:
     """Integer (H, W) label image ``name`` of one site at pyramid ``level`` (nearest-downsampled)."""
-    g = zarr.open_group(str(site_group_path(plate_path, well, site) / "labels" / name), mode="r")
+    g = zarr.open_group(f"{site_group_path(plate_path, well, site)}/labels/{name}", mode="r")
     return np.asarray(_level(g, level)[:])
 
 

@@ -30,7 +30,10 @@ def illumination_background(item: tuple[str, tuple[int, int]]) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _load_profile(flatfield_path: str, darkfield: float) -> IlluminationProfile:
-    return IlluminationProfile.from_arrays(np.load(flatfield_path), darkfield)
+    import fsspec
+
+    with fsspec.open(flatfield_path, "rb") as fh:  # local path or fsspec URL
+        return IlluminationProfile.from_arrays(np.load(fh), darkfield)
 
 
 @dataclass(frozen=True)
