@@ -107,3 +107,22 @@ def plate_factory(tmp_path):
 
     factory.root = root
     return factory
+
+
+def make_definitions(plates_dir, storage_dir, compute: str = "serial", **overrides):
+    """``build_definitions`` wired to a temp plates folder and storage (path or fsspec URL)."""
+    from ssc_assets.definitions import build_definitions
+    from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
+    from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
+
+    base = str(storage_dir)
+    return build_definitions(
+        plate_source=PlateSource(plates_dir=str(plates_dir), settle_seconds=0),
+        compute=SiteCompute(backend=compute, max_workers=2),
+        parquet_io_manager=ParquetIOManager(base_dir=base),
+        manifest_io_manager=ManifestIOManager(base_dir=base),
+        storage=Storage(base_dir=base),
+        **overrides,
+    )
+
+

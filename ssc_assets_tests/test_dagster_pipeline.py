@@ -7,12 +7,9 @@ import dagster as dg
 import pytest
 
 from ssc_assets.core.simulate import simulate_demo
-from ssc_assets.definitions import build_definitions
 from ssc_assets.core import ome_zarr_store
-from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
 from ssc_assets.defs.partitions import plates
-from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
-from ssc_assets_tests.conftest import tree_digest
+from ssc_assets_tests.conftest import make_definitions, tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +25,7 @@ def test_plate_materializes_with_qc_flags(demo):
     plate_dir = next(p for p in plates_dir.iterdir() if p.is_dir())
     key = plate_dir.name
     before = tree_digest(plate_dir)
-    defs = build_definitions(
-        plate_source=PlateSource(plates_dir=str(plates_dir), settle_seconds=0),
-        compute=SiteCompute(backend="process", max_workers=2),
-        parquet_io_manager=ParquetIOManager(base_dir=str(storage)),
-        manifest_io_manager=ManifestIOManager(base_dir=str(storage)),
-        storage=Storage(base_dir=str(storage)),
-    )
+    defs = make_definitions(plates_dir, storage, compute="process")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(plates.name, [key])
         result = defs.resolve_job_def("process_plate").execute_in_process(instance=instance, partition_key=key)

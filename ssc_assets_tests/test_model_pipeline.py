@@ -8,11 +8,9 @@ import torchvision
 
 import dagster as dg
 from ssc_assets.core.simulate import simulate_demo
-from ssc_assets.definitions import build_definitions
-from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.partitions import plates
-from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
+from ssc_assets_tests.conftest import make_definitions
 
 TINY = {"epochs": 2, "augmentation_factor": 1, "batch_size": 4, "lr": 1e-3}
 TINY_CONFIG = {
@@ -31,14 +29,7 @@ def trained(tmp_path_factory):
     simulate_demo(plates_dir, root / "truth", n_plates=1, seed=5, image_size=256, n_wells=8)
     key = next(p for p in plates_dir.iterdir() if p.is_dir()).name
     tracking = MlflowTracking(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=str(root / "artifacts"))
-    defs = build_definitions(
-        plate_source=PlateSource(plates_dir=str(plates_dir), settle_seconds=0),
-        compute=SiteCompute(backend="serial"),
-        parquet_io_manager=ParquetIOManager(base_dir=str(storage)),
-        manifest_io_manager=ManifestIOManager(base_dir=str(storage)),
-        storage=Storage(base_dir=str(storage)),
-        mlflow_tracking=tracking,
-    )
+    defs = make_definitions(plates_dir, storage, mlflow_tracking=tracking)
     mp = pytest.MonkeyPatch()
     mp.setenv("TORCH_HOME", str(root / "torch"))  # empty hub cache: ImageNet weights unavailable
 

@@ -18,10 +18,8 @@ import dagster as dg
 import pytest
 
 from ssc_assets.core.simulate import simulate_demo
-from ssc_assets.definitions import build_definitions
-from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
 from ssc_assets.defs.partitions import plates
-from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
+from ssc_assets_tests.conftest import make_definitions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,13 +95,7 @@ def test_plate_materializes_on_postgres_instance(postgres, tmp_path, monkeypatch
     plates_dir, storage = tmp_path / "plates", tmp_path / "storage"
     simulate_demo(plates_dir, tmp_path / "truth", n_plates=1, seed=2, image_size=128, n_wells=4)
     key = next(p for p in plates_dir.iterdir() if p.is_dir()).name
-    defs = build_definitions(
-        plate_source=PlateSource(plates_dir=str(plates_dir), settle_seconds=0),
-        compute=SiteCompute(backend="serial"),
-        parquet_io_manager=ParquetIOManager(base_dir=str(storage)),
-        manifest_io_manager=ManifestIOManager(base_dir=str(storage)),
-        storage=Storage(base_dir=str(storage)),
-    )
+    defs = make_definitions(plates_dir, storage)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from ssc_assets.core import storage
+from ssc_assets_tests.conftest import make_definitions
 
 
 @pytest.mark.parametrize("kind", ["local", "file", "memory"])
@@ -65,21 +66,12 @@ def test_plate_assets_on_fsspec_storage(tmp_path, kind):
     import fsspec
 
     from ssc_assets.core.simulate import simulate_demo
-    from ssc_assets.definitions import build_definitions
-    from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
     from ssc_assets.defs.partitions import plates
-    from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
 
     base = {"file": f"file://{tmp_path}/out", "memory": f"memory://ssc-{tmp_path.name}"}[kind]
     simulate_demo(tmp_path / "plates", tmp_path / "truth", n_plates=1, seed=1, image_size=256, n_wells=2)
     key = next(p for p in (tmp_path / "plates").iterdir() if p.is_dir()).name
-    defs = build_definitions(
-        plate_source=PlateSource(plates_dir=str(tmp_path / "plates"), settle_seconds=0),
-        compute=SiteCompute(backend="serial"),
-        parquet_io_manager=ParquetIOManager(base_dir=base),
-        manifest_io_manager=ManifestIOManager(base_dir=base),
-        storage=Storage(base_dir=base),
-    )
+    defs = make_definitions(tmp_path / "plates", base)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(plates.name, [key])
         job = defs.resolve_job_def("process_plate")
