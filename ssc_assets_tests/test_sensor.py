@@ -68,3 +68,24 @@ def test_missing_plates_dir_is_harmless(tmp_path):
     with dg.instance_for_test() as instance:
         r = tick(instance, PlateSource(plates_dir=str(tmp_path / "nope"), settle_seconds=0))
         assert r.run_requests == []
+
+
+def test_plate_ingested_outside_the_sensor_is_not_requested_again(plate_factory, tmp_path):
+    """After `ssc-assets demo` (or a UI run) the sensor's cursor is empty: the raw_sites data
+    version (the folder fingerprint) tells it the plate is already ingested."""
+    from ssc_assets_tests.conftest import make_definitions
+
+    plate_factory(name="PLATE_A")
+    source = PlateSource(plates_dir=str(plate_factory.root), settle_seconds=0)
+    defs = make_definitions(plate_factory.root, tmp_path / "storage")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(plates.name, ["PLATE_A"])
+        job = defs.resolve_job_def("process_plate").get_subset(asset_selection={dg.AssetKey("raw_sites")})
+        assert job.execute_in_process(instance=instance, partition_key="PLATE_A").success
+        r = tick(instance, source)  # fresh sensor, no cursor
+        assert r.run_requests == [] and "PLATE_A" in json.loads(r.cursor)
+        # the plate changes on disk -> requested again
+        f = sorted(plate_factory.root.rglob("*_w1*.tif"))[0]
+        os.utime(f, ns=(time.time_ns() - 10**11, time.time_ns() - 10**11))
+        r = tick(instance, source, r.cursor)
+        assert [rr.partition_key for rr in r.run_requests] == ["PLATE_A"]
