@@ -11,7 +11,7 @@ import pandas as pd
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; display: block; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; } th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 .note { color: #555; font-size: 0.9em; } .thesis { background: #fff7e0; }
@@ -36,14 +36,16 @@ def _table_html(caption: str, df: pd.DataFrame) -> str:
     head = "".join(f"<th{' class=thesis' if str(c).startswith('thesis') else ''}>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for _, r in df.iterrows():
-        cells = "".join(f"<td{' class=thesis' if str(c).startswith('thesis') else ''}>{fmt(v)}</td>" for c, v in r.items())
+        row_thesis = str(r.iloc[0]).startswith("thesis")  # transposed tables: one metric per row
+        cells = "".join(f"<td{' class=thesis' if row_thesis or str(c).startswith('thesis') else ''}>{fmt(v)}</td>"
+                        for c, v in r.items())
         rows.append(f"<tr>{cells}</tr>")
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def render_html(title: str, intro: list[str], sections: list[Section], footer: str = "") -> str:
-    """The report as one HTML string. Columns whose name starts with ``thesis`` are shaded."""
+    """The report as one HTML string. Columns, or rows whose first cell, start with ``thesis`` are shaded."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(p)}</p>" for p in intro]

@@ -122,12 +122,14 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report_html = render_html(
         "SSc vs HC: patient clusterings per embedding method",
-        [f"Plates: {', '.join(plates_used)}. {int(wells['Metadata_Well'].nunique())} wells per method at most. "
+        [f"Plates: {', '.join(plates_used)}. "
+         f"{int(wells.groupby('method')[['Metadata_Plate', 'Metadata_Well']].apply(lambda d: len(d.drop_duplicates())).max())} "
+         f"wells per method. "
          f"Dagster run {context.run.run_id}.", *READING_GUIDE],
         [Section("Cross-method comparison (headline)",
                  ["Columns starting with 'thesis' are the seed thesis' numbers for reference "
                   f"({THESIS_SOURCE}); they were computed on other data with ungrouped folds."],
-                 [("comparison", shown)])] + sections,
+                 [("comparison (one column per method; shaded rows: the thesis)", _by_metric(shown))])] + sections,
         footer=f"Generated {stamp} by ssc-assets; MLflow experiment ssc-clustering.")
     report_path = storage.path("reports", f"clusterings-{stamp}.html")
     write_text(report_path, report_html)
@@ -147,6 +149,13 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     comp.to_csv(buf, index=False)
     return {"plates": plates_used, "report": report_path, "runs": runs, "comparison_csv": buf.getvalue(),
             "metrics": {m: _flat_numeric(r) for m, r in results.items()}}
+
+
+def _by_metric(comp: pd.DataFrame) -> pd.DataFrame:
+    """Comparison table transposed for reading: one row per metric, one column per method."""
+    t = comp.set_index("method").T
+    t.index.name = "metric"
+    return t.reset_index()
 
 
 def _method_table(res: dict) -> pd.DataFrame:
