@@ -102,6 +102,17 @@ def _wait_materialized(home: Path, asset: str, timeout: float = 240) -> None:
     raise AssertionError(f"{asset} was not materialized within {timeout} s")
 
 
+def _dismiss_welcome(page) -> None:
+    """Close the first-visit community dialog, which can appear a moment after the page loads."""
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.wait_for(state="visible", timeout=4000)
+    except Exception:  # noqa: BLE001 - not shown (already dismissed)
+        return
+    skip.click()
+    skip.wait_for(state="hidden")
+
+
 def test_materialize_plate_partition_in_the_browser(webserver):
     from playwright.sync_api import sync_playwright
 
@@ -111,28 +122,26 @@ def test_materialize_plate_partition_in_the_browser(webserver):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
-        for asset in ("raw_sites", "site_qc"):  # site_qc needs its upstream partition first
-            page.goto(f"{base}/assets/{asset}", wait_until="networkidle")
-            skip = page.get_by_role("button", name="Skip")  # first-visit community dialog
-            if skip.count():
-                skip.click()
-            page.get_by_role("button", name="Materialize").first.click()
-            page.get_by_role("button", name="All", exact=True).click()  # the plate partitions: just ours
-            page.get_by_role("button", name="Launch 1 run").click()
-            try:
+        try:
+            for asset in ("raw_sites", "site_qc"):  # site_qc needs its upstream partition first
+                page.goto(f"{base}/assets/{asset}", wait_until="networkidle")
+                _dismiss_welcome(page)
+                page.get_by_role("button", name="Materialize").first.click()
+                page.get_by_role("button", name="All", exact=True).click()  # the plate partitions: just ours
+                page.get_by_role("button", name="Launch 1 run").click()
                 _wait_materialized(webserver["home"], asset)
-            except AssertionError:
-                page.screenshot(path=str(ARTIFACTS / f"ui-{asset}-failed.png"), full_page=True)
-                raise
-        page.goto(f"{base}/assets/site_qc", wait_until="networkidle")
-        page.get_by_text("qc_histograms").first.wait_for()
-        assert page.get_by_text(webserver["key"]).count() >= 1  # the materialized partition is shown
-        page.screenshot(path=str(ARTIFACTS / "ui-site_qc-materialized.png"), full_page=True)
-        # open the histograms (markdown with an embedded PNG)
-        page.get_by_role("row").filter(has_text="qc_histograms").get_by_text("Show Markdown").click()
-        img = page.locator('img[src^="data:image/png"]').first
-        img.wait_for(state="visible")
-        assert img.bounding_box()["width"] > 100
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(ARTIFACTS / "ui-site_qc-histograms.png"))
+            page.goto(f"{base}/assets/site_qc", wait_until="networkidle")
+            page.get_by_text("qc_histograms").first.wait_for()
+            assert page.get_by_text(webserver["key"]).count() >= 1  # the materialized partition is shown
+            page.screenshot(path=str(ARTIFACTS / "ui-site_qc-materialized.png"), full_page=True)
+            # open the histograms (markdown with an embedded PNG)
+            page.get_by_role("row").filter(has_text="qc_histograms").get_by_text("Show Markdown").click()
+            img = page.locator('img[src^="data:image/png"]').first
+            img.wait_for(state="visible")
+            assert img.bounding_box()["width"] > 100
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "ui-site_qc-histograms.png"))
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "ui-failure.png"), full_page=True)  # for the CI log reader
+            raise
         browser.close()
