@@ -128,7 +128,11 @@ def _log_fit(context, mlflow_res: MlflowTracking, experiment: str, model_name: s
     else:
         import mlflow.sklearn
 
-        info = mlflow.sklearn.log_model(fit.model, name="model", input_example=fit.input_example)
+        from mlflow.models import infer_signature
+
+        # a transformer (no predict, so no pyfunc flavor): a signature, not an input example to validate
+        signature = infer_signature(fit.input_example, fit.model.transform(fit.input_example))
+        info = mlflow.sklearn.log_model(fit.model, name="model", signature=signature)
     reg = None
     if register:
         # PCA has no validation loss: rank by negative donor-grouped SVM accuracy instead
