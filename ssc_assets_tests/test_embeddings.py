@@ -18,3 +18,29 @@ def test_well_median_by_hand():
     assert b02["Metadata_Donor"] == "D1" and b02["method"] == "classifier"
     assert list(wells.columns[:7]) == ["Metadata_Plate", "Metadata_Well", "Metadata_Donor", "Metadata_Condition",
                                        "Metadata_Group", "method", "n_sites"]
+
+
+def test_autoencoder_embedding_reads_once_and_matches_per_channel(tmp_path):
+    """One 3-channel read, sliced per channel == each channel embedded on its own."""
+    import torch
+
+    from ssc_assets.core.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+    from ssc_assets.core.embeddings import autoencoder_embeddings, embed_sites
+    from ssc_assets.core.models import ChannelAutoencoder
+    from ssc_assets.core.ome_zarr_store import HcsPlateWriter
+
+    store = str(tmp_path / "P.ome.zarr")
+    rng = np.random.default_rng(0)
+    with HcsPlateWriter(store, "P", list(IMAGE_CHANNELS)) as w:
+        for site in (1, 2):
+            w.write_site("B02", site, rng.random((3, 48, 48), dtype=np.float32) * [[[1]], [[5]], [[20]]])
+    table = pd.DataFrame({"Metadata_Plate": "P", "Metadata_Well": "B02", "Metadata_Site": [1, 2], "Metadata_Donor": "D",
+                          "Metadata_Condition": "HC", "Metadata_Group": "HC", "label": 0, "store": store,
+                          "masks_store": None, "side": 48})
+    torch.manual_seed(0)
+    models = {ch: ChannelAutoencoder(patch_size=16, embedding_size=4, widths=(4, 4, 4, 4), hidden=8) for ch in MODEL_CHANNELS}
+    joint = autoencoder_embeddings(models, table, 16)
+    separate = np.concatenate([embed_sites(lambda x, m=models[ch]: m.encode(x), table, (ch,), 16) for ch in MODEL_CHANNELS], axis=1)
+    assert joint.shape == (2, 12)
+    np.testing.assert_allclose(joint, separate, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(joint[:, :4], joint[:, 4:8])  # channels really differ

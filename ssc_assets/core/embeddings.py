@@ -26,21 +26,23 @@ def feature_names(n: int) -> list[str]:
 
 
 @torch.no_grad()
-def embed_sites(model: torch.nn.Module, table: pd.DataFrame, channels: tuple[str, ...], input_size: int,
-                batch_size: int = 8, embed: str = "embed") -> np.ndarray:
+def embed_sites(encode, table: pd.DataFrame, channels: tuple[str, ...], input_size: int,
+                batch_size: int = 8) -> np.ndarray:
     """Embeddings (n_sites, E) float32 of centre crops of ``input_size`` px.
 
-    ``embed`` names the model method that returns the embedding (``embed`` for the
-    classifiers, ``encode`` for the autoencoders). The pyramid level is chosen per plate
-    from the stored side, with the training rule.
+    ``encode``: a model in eval mode with ``embed`` (the classifiers), or any callable mapping
+    a batch (B, len(channels), S, S) to (B, E). Each site is read once. The pyramid level is
+    chosen per plate from the stored side, with the training rule.
     """
-    model.eval()
+    if isinstance(encode, torch.nn.Module):
+        encode.eval()
+        encode = encode.embed
     result: np.ndarray | None = None
     position = {idx: i for i, idx in enumerate(table.index)}
     for _, part in table.groupby("Metadata_Plate", sort=False):
         level = pick_level(int(part["side"].max() or input_size), input_size)
         ds = SiteDataset(refs(part), channels, IMAGE_CHANNELS, "test", AugmentParams(input_size=input_size), level=level)
-        emb = np.concatenate([getattr(model, embed)(x).float().cpu().numpy() for x, _ in DataLoader(ds, batch_size=batch_size)])
+        emb = np.concatenate([encode(x).float().cpu().numpy() for x, _ in DataLoader(ds, batch_size=batch_size)])
         if result is None:
             result = np.full((len(table), emb.shape[1]), np.nan, np.float32)
         result[[position[i] for i in part.index]] = emb
@@ -48,8 +50,17 @@ def embed_sites(model: torch.nn.Module, table: pd.DataFrame, channels: tuple[str
 
 
 def autoencoder_embeddings(models: dict[str, torch.nn.Module], table: pd.DataFrame, patch_size: int) -> np.ndarray:
-    """actin || borders || nuclei encodings (n_sites, 3 x E), the thesis' order."""
-    return np.concatenate([embed_sites(models[ch], table, (ch,), patch_size, embed="encode") for ch in MODEL_CHANNELS], axis=1)
+    """actin || borders || nuclei encodings (n_sites, 3 x E), the thesis' order.
+
+    One read per site: each channel of the (per-channel normalized) crop goes to its model.
+    """
+    for m in models.values():
+        m.eval()
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([models[ch].encode(x[:, i : i + 1]) for i, ch in enumerate(MODEL_CHANNELS)], dim=1)
+
+    return embed_sites(encode, table, MODEL_CHANNELS, patch_size)
 
 
 def pca_embeddings(pipeline, table: pd.DataFrame, size: int) -> np.ndarray:

@@ -117,11 +117,6 @@ def _datasets(table, channels, input_size, factor, seed, level, target=None):
     return out
 
 
-def _items(ds: dict) -> dict[str, int]:
-    """Items per split after augmentation (``n_items_train`` = sites x factor)."""
-    return {f"n_items_{k}": len(v) for k, v in ds.items()}
-
-
 def _final_metrics(model, datasets, task, batch_size) -> dict[str, dict[str, float]]:
     out = {}
     for split, ds in datasets.items():
@@ -132,6 +127,33 @@ def _final_metrics(model, datasets, task, batch_size) -> dict[str, dict[str, flo
         if split == "test" and "y_true" in res:
             out["_test_predictions"] = {"y_true": res["y_true"], "prob": res["prob"]}
     return out
+
+
+@dataclass
+class _Trained:
+    datasets: dict
+    result: object  # training.TrainResult
+    metrics: dict
+    params: dict  # what every family logs: input size, factor, pyramid level, items per split
+
+
+def _fit(model, task: str, table: pd.DataFrame, channels: tuple[str, ...], input_size: int, factor: int,
+         params: TrainParams, on_epoch: Callable | None, target: str | None = None) -> _Trained:
+    """The path every torch family shares: pyramid level, datasets, training, final metrics."""
+    level = pick_level(int(table["side"].max() or input_size), input_size)
+    ds = _datasets(table, channels, input_size, factor, params.seed, level, target)
+    res = train(model, task, ds["train"], ds["val"], params, on_epoch)
+    metrics = _final_metrics(model, ds, task, params.batch_size)
+    logged = {"input_size": input_size, "augmentation_factor": factor, "pyramid_level": level,
+              **{f"n_items_{k}": len(v) for k, v in ds.items()}}  # n_items_train = sites x factor
+    return _Trained(ds, res, metrics, logged)
+
+
+def _output(model, t: _Trained, figs: dict, params: dict, extra: dict) -> FitOutput:
+    r = t.result
+    return FitOutput(model, r.history, r.best_epoch, r.best_val_loss, t.metrics, figs,
+                     t.datasets["test"][0][0][None].numpy(), {**t.params, **params},
+                     {"level": t.params["pyramid_level"], **extra}, r.seconds)
 
 
 def _curves_png(history: list[dict], title: str) -> bytes:
@@ -176,22 +198,17 @@ def fit_classifier(table: pd.DataFrame, kind: str, params: TrainParams, input_si
         model = DenseNetClassifier(**kw)
     else:
         raise ValueError(f"kind must be 'custom' or 'densenet', not {kind!r}")
-    level = pick_level(int(table["side"].max() or input_size), input_size)
-    ds = _datasets(table, MODEL_CHANNELS, input_size, factor, params.seed, level)
-    res = train(model, "classify", ds["train"], ds["val"], params, on_epoch)
-    metrics = _final_metrics(model, ds, "classify", params.batch_size)
-    pred = metrics.pop("_test_predictions", None)
-    figs = {"learning_curves.png": _curves_png(res.history, f"{kind} classifier, augmentation x{factor}")}
-    cm = None
+    t = _fit(model, "classify", table, MODEL_CHANNELS, input_size, factor, params, on_epoch)
+    pred = t.metrics.pop("_test_predictions", None)
+    figs = {"learning_curves.png": _curves_png(t.result.history, f"{kind} classifier, augmentation x{factor}")}
+    extra = {"confusion_matrix": None}
     if pred is not None:
         cm = confusion(pred["y_true"], pred["prob"])
         figs["confusion_matrix.png"] = _confusion_png(cm)
-    example = ds["test"][0][0][None].numpy()
-    extra = {"confusion_matrix": cm.tolist() if cm is not None else None, "level": level}
+        extra["confusion_matrix"] = cm.tolist()
     if kind == "densenet":
         extra["weights_source"] = model.weights_source
-    return FitOutput(model, res.history, res.best_epoch, res.best_val_loss, metrics, figs, example,
-                     {"input_size": input_size, "augmentation_factor": factor, "pyramid_level": level, **_items(ds), **kw}, extra, res.seconds)
+    return _output(model, t, figs, kw, extra)
 
 
 def _reconstruction_png(model, ds, n: int = 4) -> bytes:
@@ -222,15 +239,10 @@ def fit_autoencoder(table: pd.DataFrame, channel: str, params: TrainParams, patc
     set_seed(params.seed)
     kw = dict(model_kwargs or {})
     model = ChannelAutoencoder(patch_size=patch_size, **kw)
-    level = pick_level(int(table["side"].max() or patch_size), patch_size)
-    ds = _datasets(table, (channel,), patch_size, factor, params.seed, level)
-    res = train(model, "reconstruct", ds["train"], ds["val"], params, on_epoch)
-    metrics = _final_metrics(model, ds, "reconstruct", params.batch_size)
-    figs = {"learning_curves.png": _curves_png(res.history, f"{channel} autoencoder"),
-            "reconstructions.png": _reconstruction_png(model, ds["test"])}
-    return FitOutput(model, res.history, res.best_epoch, res.best_val_loss, metrics, figs, ds["test"][0][0][None].numpy(),
-                     {"channel": channel, "patch_size": patch_size, "augmentation_factor": factor, "pyramid_level": level, **_items(ds), **kw},
-                     {"level": level}, res.seconds)
+    t = _fit(model, "reconstruct", table, (channel,), patch_size, factor, params, on_epoch)
+    figs = {"learning_curves.png": _curves_png(t.result.history, f"{channel} autoencoder"),
+            "reconstructions.png": _reconstruction_png(model, t.datasets["test"])}
+    return _output(model, t, figs, {"channel": channel, **kw}, {})
 
 
 def _segmentation_png(model, ds, n: int = 3) -> bytes:
@@ -257,17 +269,12 @@ def fit_unet(table: pd.DataFrame, params: TrainParams, tile_size: int = 512, fac
 
     set_seed(params.seed)
     kw = dict(model_kwargs or {})
-    usable = table[table["masks_store"].notna()]
     model = UNet(in_channels=2, n_classes=2, **kw)
-    level = pick_level(int(usable["side"].max() or tile_size), tile_size)
-    ds = _datasets(usable, ("borders", "actin"), tile_size, factor, params.seed, level, target="unet")
-    res = train(model, "segment", ds["train"], ds["val"], params, on_epoch)
-    metrics = _final_metrics(model, ds, "segment", params.batch_size)
-    figs = {"learning_curves.png": _curves_png(res.history, "U-Net (actin inside cells)"),
-            "segmentation_overlays.png": _segmentation_png(model, ds["test"])}
-    return FitOutput(model, res.history, res.best_epoch, res.best_val_loss, metrics, figs, ds["test"][0][0][None].numpy(),
-                     {"tile_size": tile_size, "augmentation_factor": factor, "pyramid_level": level, **_items(ds), **kw},
-                     {"level": level, "bottleneck": list(model.bottleneck_shape(tile_size, tile_size))}, res.seconds)
+    t = _fit(model, "segment", table[table["masks_store"].notna()], ("borders", "actin"), tile_size, factor, params,
+             on_epoch, target="unet")
+    figs = {"learning_curves.png": _curves_png(t.result.history, "U-Net (actin inside cells)"),
+            "segmentation_overlays.png": _segmentation_png(model, t.datasets["test"])}
+    return _output(model, t, figs, kw, {"bottleneck": list(model.bottleneck_shape(tile_size, tile_size))})
 
 
 def site_vectors(table: pd.DataFrame, size: int = 64) -> np.ndarray:

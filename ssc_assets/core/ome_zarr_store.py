@@ -71,15 +71,16 @@ class HcsPlateWriter:
 
     def __init__(self, final_path: str | os.PathLike, plate_name: str, channel_names: list[str]):
         self.remote = not _is_local(final_path)
-        self.final_url = str(final_path)
-        self.final = Path(_local_path(final_path)) if not self.remote else Path(str(final_path).rsplit("/", 1)[-1])
+        self.final_url = str(final_path)  # remote: where the finished store is uploaded
+        self.final = Path(_local_path(final_path))  # local: where it is renamed to
         self.plate_name = plate_name
         self.channel_names = list(channel_names)
-        if self.remote:  # built locally, uploaded on exit
+        tmp_name = f"{self.final.name}{TMP_MARK}{uuid.uuid4().hex}"
+        if self.remote:  # built in a local temp dir, uploaded on exit
             self._tmpdir = tempfile.mkdtemp(prefix="ssc-zarr-")
-            self.tmp = Path(self._tmpdir, f"{self.final.name}{TMP_MARK}{uuid.uuid4().hex}")
+            self.tmp = Path(self._tmpdir, tmp_name)
         else:
-            self.tmp = self.final.with_name(f"{self.final.name}{TMP_MARK}{uuid.uuid4().hex}")
+            self.tmp = self.final.with_name(tmp_name)
         self.fields: dict[str, list[int]] = {}
         self.ranges: list[list[float]] = [[np.inf, -np.inf] for _ in channel_names]
 

@@ -52,9 +52,8 @@ def _normalize_profiles(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     from ssc_assets.core.profiles import select_and_normalize
 
     feats = _features(df)
-    tmp = df.rename(columns={"method": "Metadata_method", "n_sites": "Metadata_n_sites"})[
-        [c for c in df.rename(columns={"method": "Metadata_method", "n_sites": "Metadata_n_sites"}).columns
-         if c.startswith("Metadata_")] + feats]
+    renamed = df.rename(columns={"method": "Metadata_method", "n_sites": "Metadata_n_sites"})
+    tmp = renamed[[c for c in renamed.columns if c.startswith("Metadata_")] + feats]
     with warnings.catch_warnings():  # all-NaN features of a plate warn in sklearn; they are dropped by selection
         warnings.simplefilter("ignore", RuntimeWarning)
         out, kept = select_and_normalize(tmp, feats)

@@ -79,16 +79,14 @@ def site_embeddings_autoencoder(context: dg.AssetExecutionContext, corrected_ima
     for ch in MODEL_CHANNELS:
         models[ch], info = mlflow_tracking.load_champion(f"ssc-autoencoder-{ch}")
         infos.append(info)
-    patch = int(infos[0]["params"].get("patch_size", 256))
-    emb = autoencoder_embeddings(models, table, patch)
+    emb = autoencoder_embeddings(models, table, int(infos[0]["params"]["input_size"]))
     return _emit(context, embedding_frame(table, "autoencoder", emb), _model_metadata(mlflow_tracking, infos))
 
 
 def _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, name: str, method: str) -> pd.DataFrame:
     table = _plate_table(context, corrected_images, raw_sites)
     model, info = mlflow_tracking.load_champion(name)
-    crop = int(info["params"].get("input_size") or info["params"].get("crop_size", 512))
-    emb = embed_sites(model, table, MODEL_CHANNELS, crop)
+    emb = embed_sites(model, table, MODEL_CHANNELS, int(info["params"]["input_size"]))
     md = _model_metadata(mlflow_tracking, [info])
     if "weights_source" in info["params"]:
         md["weights_source"] = info["params"]["weights_source"]

@@ -100,7 +100,7 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame({"metric": names, **{s: [round(metrics[s].get(n, np.nan), 4) for n in names] for s in splits}})
 
 
-def _log_fit(context, mlflow_res: MlflowTracking, experiment: str, model_name: str, run_name: str, fit: FitOutput,
+def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutput,
              config: dg.Config, table: pd.DataFrame, flavor: str = "pytorch", register: bool = True,
              extra_params: dict | None = None):
     """Log a finished fit as one MLflow run (metrics per epoch were streamed by ``on_epoch``)."""
@@ -118,7 +118,7 @@ def _log_fit(context, mlflow_res: MlflowTracking, experiment: str, model_name: s
         mlflow.log_metric("best_epoch", fit.best_epoch)
     for name, png in fit.figures.items():
         log_png(png, f"figures/{name}")
-    mlflow.log_text(_metrics_table({k: v for k, v in fit.metrics.items() if isinstance(v, dict)}).to_csv(index=False), "metrics.csv")
+    mlflow.log_text(_metrics_table(fit.metrics).to_csv(index=False), "metrics.csv")
     mlflow.log_text(table.to_csv(index=False), "splits.csv")
     if flavor == "pytorch":
         import mlflow.pytorch
@@ -174,7 +174,7 @@ def _metadata(mlflow_res: MlflowTracking, run, reg: dict | None, fit: FitOutput,
         "mlflow_run_id": run.info.run_id,
         "mlflow_run": dg.MetadataValue.url(mlflow_res.run_link(run)),
         "mlflow_tracking_uri": mlflow_res.tracking_uri,
-        "metrics": dg.MetadataValue.md(md_table(_metrics_table({k: v for k, v in fit.metrics.items() if isinstance(v, dict)}))),
+        "metrics": dg.MetadataValue.md(md_table(_metrics_table(fit.metrics))),
         "splits": dg.MetadataValue.json(split_summary(table)),
         "best_epoch": fit.best_epoch,
         "training_seconds": round(fit.seconds, 1),
@@ -219,7 +219,7 @@ def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, 
             mlflow.set_tag("ssc.weights_source", fit.extra["weights_source"])
             if fit.extra["weights_source"].startswith("random-init"):
                 context.log.warning(f"DenseNet-121 is NOT ImageNet-initialized: {fit.extra['weights_source']}")
-        run, reg = _log_fit(context, mlflow_res, experiment, name, run.info.run_name, fit, config, table,
+        run, reg = _log_fit(context, mlflow_res, name, fit, config, table,
                             register=config.register_model, extra_params=extra)
     md = _metadata(mlflow_res, run, reg, fit, table)
     if kind == "densenet":
@@ -273,8 +273,7 @@ def autoencoder_models(context: dg.AssetExecutionContext, config: AutoencoderCon
         with mlflow_tracking.start_run(context, "ssc-autoencoder", f"autoencoder {ch}", _partitions(table), {"ssc.channel": ch}) as run:
             fit = fit_autoencoder(table, ch, config.train_params(), config.patch_size, config.augmentation_factor, kw,
                                   _epoch_logger(context, f"{ch} "))
-            run, reg = _log_fit(context, mlflow_tracking, "ssc-autoencoder", f"{MODEL_PREFIX}-autoencoder-{ch}", run.info.run_name,
-                                fit, config, table, register=config.register_model)
+            run, reg = _log_fit(context, mlflow_tracking, f"{MODEL_PREFIX}-autoencoder-{ch}", fit, config, table, register=config.register_model)
         out["models"][ch] = _manifest(run, reg, fit)
         rows.append({"channel": ch, **{f"{s}_loss": round(fit.metrics[s]["loss"], 4) for s in ("train", "val", "test")},
                      "best_epoch": fit.best_epoch, "version": reg["version"] if reg else None, "run_id": run.info.run_id})
@@ -302,7 +301,7 @@ def segmentation_model(context: dg.AssetExecutionContext, config: UNetConfig, co
     kw = {"base_channels": config.base_channels, "depth": config.depth}
     with mlflow_tracking.start_run(context, "ssc-unet", "unet", _partitions(table)) as run:
         fit = fit_unet(table, config.train_params(), config.tile_size, config.augmentation_factor, kw, _epoch_logger(context))
-        run, reg = _log_fit(context, mlflow_tracking, "ssc-unet", f"{MODEL_PREFIX}-unet", "unet", fit, config, table,
+        run, reg = _log_fit(context, mlflow_tracking, f"{MODEL_PREFIX}-unet", fit, config, table,
                             register=config.register_model)
     md = _metadata(mlflow_tracking, run, reg, fit, table)
     md["bottleneck_shape"] = "x".join(map(str, fit.extra["bottleneck"]))
@@ -328,7 +327,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
         fit = fit_pca_svm(table, config.n_components, config.size, config.n_folds, config.seed, config.split_by)
         for i, v in enumerate(fit.extra["explained_variance_ratio"]):
             mlflow.log_metric("explained_variance_ratio", v, step=i + 1)
-        run, reg = _log_fit(context, mlflow_tracking, "ssc-pca", f"{MODEL_PREFIX}-pca", "pca", fit, config, table,
+        run, reg = _log_fit(context, mlflow_tracking, f"{MODEL_PREFIX}-pca", fit, config, table,
                             flavor="sklearn", register=config.register_model)
     cv = pd.DataFrame([{"folds": k, **{m: round(v, 4) for m, v in fit.metrics[k].items()}} for k in ("cv_grouped", "cv_ungrouped")])
     context.add_output_metadata({
@@ -376,8 +375,7 @@ def augmentation_sweep(context: dg.AssetExecutionContext, config: SweepConfig, c
         with mlflow_tracking.start_run(context, experiment, f"{kind} sweep x{factor}", _partitions(table),
                                        {"ssc.sweep": context.run.run_id}) as run:
             fit = fit_classifier(table, kind, config.train_params(), config.crop_size, factor, kw, _epoch_logger(context, f"x{factor} "))
-            run, _ = _log_fit(context, mlflow_tracking, experiment, "", run.info.run_name, fit, config, table,
-                              register=False, extra_params={"augmentation_factor": factor})
+            run, _ = _log_fit(context, mlflow_tracking, "", fit, config, table, register=False)
         curves[factor] = fit.history
         rows.append({"factor": factor, "best_epoch": fit.best_epoch, "best_val_loss": round(fit.best_val_loss, 4),
                      "test_accuracy": round(fit.metrics["test"].get("accuracy", np.nan), 4), "run_id": run.info.run_id})
