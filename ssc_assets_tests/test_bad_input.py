@@ -13,6 +13,7 @@ from ssc_assets.core.ingest import (
     plate_readiness,
     qc_items,
     qc_one_image,
+    qc_work_items,
     site_table,
 )
 from ssc_assets.core.platemap import PlateMapError
@@ -22,7 +23,7 @@ from ssc_assets_tests.conftest import tree_digest
 def run_qc(plate):
     raw = build_raw_sites(plate)
     rows = qc_items(raw.table)
-    items = [(p, (h, w) if e is None else None) for p, h, w, e in zip(rows.path, rows.height, rows.width, rows.header_error)]
+    items = qc_work_items(rows)
     qc = assemble_site_qc(rows, [qc_one_image(i) for i in items])
     return raw, qc, site_table(qc)
 

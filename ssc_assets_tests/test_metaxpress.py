@@ -53,7 +53,7 @@ def test_parse_htd(plate_factory):
     assert htd.wells == ("A01", "B03", "H12")
     assert htd.sites == (1, 2, 3)
     assert htd.wave_names == {1: "DAPI", 2: "FITC", 3: "TRITC"}
-    assert len(expected_images(htd, None, ChannelMap())) == 3 * 3 * 3
+    assert len(expected_images(htd, None, [1, 2, 3])) == 3 * 3 * 3
 
 
 def test_scan_layout_thumbs_zsteps_timepoints(plate_factory):

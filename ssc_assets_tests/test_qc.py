@@ -6,9 +6,11 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from ssc_assets.core.qc import (
-    QcConfig,
-    flag_outliers,
+    apply_overrides,
+    apply_qc_rules,
+    edge_width_px,
     intensity_stats,
+    noise_sd,
     power_log_log_slope,
     power_log_log_slope_reference,
     robust_z,
@@ -78,39 +80,125 @@ def test_robust_z_hand_values():
     assert z.iloc[2] == 0
 
 
-def _qc_frame(n=40, seed=0):
-    rng = np.random.default_rng(seed)
+def test_noise_sd_of_white_noise():
+    rng = np.random.default_rng(4)
+    img = (1000 + rng.normal(0, 10, (256, 256))).round().astype(np.uint16)
+    assert noise_sd(img) == pytest.approx(10.0, rel=0.05)
+    # smooth structure (vignetting, cells) does not count as noise
+    ramp = np.linspace(0, 3000, 256)[None, :] + np.linspace(0, 2000, 256)[:, None]
+    assert noise_sd((img + ramp).astype(np.uint16)) == pytest.approx(10.0, rel=0.1)
+
+
+def _disks(sigma: float, speck: bool = False) -> np.ndarray:
+    yy, xx = np.mgrid[:256, :256]
+    img = np.zeros((256, 256))
+    for cy, cx in [(60, 60), (60, 190), (190, 60), (190, 190), (128, 128)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 22**2] = 3000.0
+    img = gaussian_filter(img, sigma) if sigma else img
+    if speck:  # a sharp speck of debris, much brighter than the objects
+        img[20:23, 240:243] = 20000.0
+    return img + 200
+
+
+@pytest.mark.parametrize("sigma", [2.0, 3.0, 5.0])
+def test_edge_width_recovers_known_blur(sigma):
+    assert edge_width_px(_disks(sigma)) == pytest.approx(sigma, rel=0.2)
+    # a sharp bright speck does not make a blurred field look sharp
+    assert edge_width_px(_disks(sigma, speck=True)) == pytest.approx(sigma, rel=0.2)
+
+
+def test_edge_width_of_sharp_edges_is_small():
+    assert edge_width_px(_disks(0)) < 1.0
+
+
+def _site_rows(group="g1", well="B02", site=1, scale=1.0, biology=1.0, **nuclei):
+    """Measures of one healthy site (3 channels); ``scale`` = optics, ``biology`` = actin level."""
+    base = dict(Metadata_Plate="P", Metadata_Well=well, Metadata_Site=site, Metadata_AcquisitionGroup=group,
+                Metadata_PixelSizeUm=0.34, read_error=None, saturated_fraction=0.0, std=100.0 * scale)
     rows = []
-    for i in range(n):
-        for ch in ("nuclei", "borders"):
-            rows.append(
-                dict(
-                    Metadata_Plate="P", Metadata_Well=f"B{i:02d}", Metadata_Site=1, channel=ch,
-                    focus_score=rng.normal(-2.0, 0.05), percent_maximal=0.0001, median=rng.normal(500, 10),
-                    std=rng.normal(200, 5), q99=rng.normal(3000, 50), read_error=None,
-                )
-            )
+    for ch, level in (("nuclei", 5000.0), ("borders", 3000.0), ("actin", 2500.0 * biology)):
+        r = dict(base, channel=ch, median=400.0 * scale, q99=400.0 * scale + level * scale, contrast=level * scale,
+                 bright_contrast=level * scale + 50, snr=level / 20.0, focus_score=-2.0 + 0.01 * site,
+                 edge_width_um=0.45 + 0.005 * site if ch == "nuclei" else np.nan)
+        if ch == "nuclei":
+            r.update(nuclei)
+        rows.append(r)
+    return rows
+
+
+def _plate(overrides=None):
+    """Two objectives (4x less light in g2) and donors with a 3x actin phenotype."""
+    rows = []
+    for k in range(24):
+        well = f"{'BCD'[k // 8]}{k % 8 + 2:02d}"
+        group, scale = ("g1", 1.0) if k < 12 else ("g2", 0.25)
+        for site in (1, 2, 3, 4):
+            extra = (overrides or {}).get((well, site), {})
+            rows += _site_rows(group, well, site, scale, biology=3.0 if k % 3 == 0 else 1.0, **extra)
     return pd.DataFrame(rows)
 
 
-def test_flags_planted_outliers_with_reasons():
-    qc = _qc_frame()
-    blur = qc.index[(qc.Metadata_Well == "B03") & (qc.channel == "nuclei")][0]
-    sat = qc.index[(qc.Metadata_Well == "B07") & (qc.channel == "borders")][0]
-    qc.loc[blur, "focus_score"] = -3.5
-    qc.loc[sat, "percent_maximal"] = 12.0
-    qc.loc[qc.index[(qc.Metadata_Well == "B09") & (qc.channel == "nuclei")][0], "read_error"] = "x.tif: truncated"
-    out = flag_outliers(qc, QcConfig())
-    failed = out[~out.passed_qc].drop_duplicates("Metadata_Well")
-    assert set(failed.Metadata_Well) == {"B03", "B07", "B09"}
-    assert "out of focus" in out.loc[blur, "image_reason"]
-    assert "saturated" in out.loc[sat, "image_reason"]
-    # the site-level reason names the channel and is shared by the site's rows
-    b07 = out[out.Metadata_Well == "B07"]
-    assert (b07.qc_reason == b07.qc_reason.iloc[0]).all() and b07.qc_reason.iloc[0].startswith("borders:")
-    assert "unreadable: x.tif: truncated" in out[out.Metadata_Well == "B09"].qc_reason.iloc[0]
+def test_objectives_and_phenotype_never_fail():
+    out = apply_qc_rules(_plate())
+    assert out.passed_qc.all(), out.loc[~out.passed_qc, "qc_reason"].unique()
 
 
-def test_no_flags_on_clean_data():
-    out = flag_outliers(_qc_frame(seed=5), QcConfig())
+def test_artifacts_fail_with_reasons():
+    out = apply_qc_rules(_plate({
+        ("B03", 2): {"saturated_fraction": 0.05},
+        ("C04", 1): {"snr": 3.0, "contrast": 60.0},  # camera noise only
+        ("D05", 3): {"edge_width_um": 2.5},  # blurred
+        ("B06", 4): {"contrast": 500.0, "bright_contrast": 550.0},  # cell-free among cells of its well
+    }))
+    sites = out.drop_duplicates(["Metadata_Well", "Metadata_Site"]).set_index(["Metadata_Well", "Metadata_Site"])
+    failed = sites[~sites.passed_qc]
+    assert set(failed.index) == {("B03", 2), ("C04", 1), ("D05", 3), ("B06", 4)}
+    assert "saturated" in failed.loc[("B03", 2), "qc_reason"]
+    assert "empty field" in failed.loc[("C04", 1), "qc_reason"]
+    assert "out of focus" in failed.loc[("D05", 3), "qc_reason"]
+    assert "cell-free" in failed.loc[("B06", 4), "qc_reason"]
+
+
+def test_intensity_outlier_is_review_not_failure():
+    plate = _plate()
+    sel = (plate.Metadata_Well == "B04") & (plate.Metadata_Site == 1) & (plate.channel == "borders")
+    plate.loc[sel, ["median", "q99"]] *= 4.0
+    out = apply_qc_rules(plate)
     assert out.passed_qc.all()
+    site = out[(out.Metadata_Well == "B04") & (out.Metadata_Site == 1)]
+    assert site.qc_review.all() and "borders: unusual background level for its well" in site.review_reason_site.iloc[0]
+    assert out.qc_review.sum() == len(site)
+
+
+def test_debris_needs_nuclei_and_another_channel():
+    plate = _plate()
+    site = (plate.Metadata_Well == "C02") & (plate.Metadata_Site == 3)
+    plate.loc[site & (plate.channel == "actin"), "bright_contrast"] *= 3  # biology-like: one channel
+    assert apply_qc_rules(plate).passed_qc.all()
+    plate.loc[site & (plate.channel == "nuclei"), "bright_contrast"] *= 3  # autofluorescent in every channel
+    out = apply_qc_rules(plate)
+    assert set(out.loc[~out.passed_qc, "Metadata_Well"]) == {"C02"}
+    assert "debris" in out.loc[~out.passed_qc, "qc_reason"].iloc[0]
+
+
+def test_unreadable_and_constant_images_fail():
+    plate = _plate()
+    plate.loc[0, "read_error"] = "x.tif: truncated"
+    plate.loc[5, ["std", "focus_score"]] = [0.0, np.nan]
+    out = apply_qc_rules(plate)
+    assert "unreadable: x.tif: truncated" in out.loc[0, "qc_reason"]
+    assert "constant image" in out.loc[5, "image_reason"]
+
+
+def test_user_overrides():
+    plate = _plate({("B03", 2): {"saturated_fraction": 0.05}})
+    plate["qc_override"] = None
+    plate["qc_override_note"] = None
+    b03 = (plate.Metadata_Well == "B03") & (plate.Metadata_Site == 2)
+    b05 = (plate.Metadata_Well == "B05") & (plate.Metadata_Site == 1)
+    plate.loc[b03, ["qc_override", "qc_override_note"]] = ["pass", "saturation is a bright mitosis"]
+    plate.loc[b05, ["qc_override", "qc_override_note"]] = ["fail", "scratch"]
+    out = apply_overrides(apply_qc_rules(plate))
+    assert out[b03].passed_qc.all() and (out[b03].qc_decision == "user pass").all()
+    assert not out[b05].passed_qc.any() and out[b05].qc_reason.iloc[0].startswith("user decision: fail (scratch)")
+    assert out[~(b03 | b05)].passed_qc.all()

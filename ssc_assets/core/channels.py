@@ -60,6 +60,10 @@ class ChannelMap:
             )
         return cls(tuple(specs))
 
+    def to_string(self) -> str:
+        """``"1=nuclei,2=borders,..."``, the inverse of :meth:`from_string`."""
+        return ",".join(f"{c.wavelength}={c.name}" for c in self.channels)
+
     def check_against_htd(self, wave_names: dict[int, str]) -> list[str]:
         """Return human-readable mismatches between this map and HTD ``WaveName<n>`` entries."""
         problems = []

@@ -27,33 +27,95 @@ def png_markdown(png: bytes, alt: str = "figure") -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def qc_histograms(qc: pd.DataFrame, measures: Sequence[str], title: str = "") -> bytes:
-    """Grid of histograms (rows: channels, columns: measures); failed images in red.
+def _robust_range(values: np.ndarray) -> tuple[float, float]:
+    """x range that ignores a few extreme values: [q01, q99] widened by 3 IQR-ish margins."""
+    lo, q25, q75, hi = np.quantile(values, [0.01, 0.25, 0.75, 0.99])
+    span = max(hi - lo, 3 * (q75 - q25), 1e-9)
+    return float(lo - 0.15 * span), float(hi + 0.15 * span)
 
-    ``qc`` needs ``channel``, ``image_passed`` and the measure columns.
+
+def qc_histograms(
+    qc: pd.DataFrame,
+    measures: Sequence[str],
+    title: str = "",
+    thresholds: dict[tuple[str, str], float] | None = None,
+) -> bytes:
+    """Grid of histograms (rows: channels, columns: measures), readable at a glance.
+
+    Passed images in blue, failed in red (stacked, so failed bars are never hidden), review
+    flags in orange; x ranges are robust (1st-99th percentile plus a margin) and values
+    outside are clipped into the edge bins and counted in the panel ("n beyond"); dashed
+    lines mark absolute ``thresholds`` ((channel or "*", measure) -> value). ``qc`` needs
+    ``channel``, ``image_passed`` (and optionally ``image_review``) and the measure columns.
     """
+    thresholds = thresholds or {}
     channels = list(dict.fromkeys(qc["channel"]))
-    fig, axes = plt.subplots(
-        len(channels), len(measures), figsize=(2.0 * len(measures), 1.6 * len(channels)), squeeze=False
-    )
+    measures = [m for m in measures if m in qc and qc[m].notna().any()]
+    fig, axes = plt.subplots(len(channels), len(measures), figsize=(2.7 * len(measures), 2.1 * len(channels)), squeeze=False)
+    review = qc["image_review"] if "image_review" in qc else pd.Series(False, index=qc.index)
     for i, ch in enumerate(channels):
-        sub = qc[qc["channel"] == ch]
+        sub = qc["channel"] == ch
         for j, m in enumerate(measures):
             ax = axes[i, j]
-            vals = sub[m].astype(float)
-            finite = vals[np.isfinite(vals)]
-            bins = np.histogram_bin_edges(finite, bins=20) if len(finite) else 10
-            ax.hist(vals[sub["image_passed"] & np.isfinite(vals)], bins=bins, color="#4477aa")
-            ax.hist(vals[~sub["image_passed"] & np.isfinite(vals)], bins=bins, color="#cc3311")
-            ax.tick_params(labelsize=6)
+            vals = qc[m].astype(float)
+            finite = sub & np.isfinite(vals)
+            if not finite.any():
+                ax.set_axis_off()
+                continue
+            lo, hi = _robust_range(vals[finite].to_numpy())
+            thr = thresholds.get((ch, m), thresholds.get(("*", m)))
+            if thr is not None:
+                lo, hi = min(lo, thr - 0.05 * abs(thr)), max(hi, thr + 0.05 * abs(thr))
+            clipped = vals.clip(lo, hi)
+            beyond = int(((vals < lo) | (vals > hi))[finite].sum())
+            bins = np.linspace(lo, hi, 26)
+            groups = [(finite & qc["image_passed"] & ~review, "#4477aa", "passed"),
+                      (finite & qc["image_passed"] & review, "#ee7733", "review"),
+                      (finite & ~qc["image_passed"], "#cc3311", "failed")]
+            data = [clipped[g] for g, _, _ in groups]
+            ax.hist(data, bins=bins, stacked=True, color=[c for _, c, _ in groups], label=[lab for _, _, lab in groups])
+            if thr is not None:
+                ax.axvline(thr, color="black", ls="--", lw=1.2)
+            if beyond:
+                ax.text(0.98, 0.95, f"{beyond} beyond", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+            ax.tick_params(labelsize=8)
             if i == 0:
-                ax.set_title(m, fontsize=8)
+                ax.set_title(m, fontsize=10)
             if j == 0:
-                ax.set_ylabel(ch, fontsize=8)
+                ax.set_ylabel(f"{ch}\nimages", fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=9, ncols=3, frameon=False)
     if title:
-        fig.suptitle(title + "  (red: flagged)", fontsize=9)
+        fig.suptitle(title + "   (dashed: absolute threshold)", fontsize=11, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig_to_png(fig, dpi=80)
+
+
+def review_gallery(tiles: Sequence[tuple[np.ndarray | None, str, str, str]], ncols: int = 4) -> bytes:
+    """Thumbnails with their QC verdict: ``(image or None, site label, reason, status)`` with
+    status "failed" (red caption) or "review" (orange). Reasons are wrapped, not cut."""
+    import textwrap
+
+    n = max(len(tiles), 1)
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (img, label, reason, status) in zip(axes.ravel(), tiles):
+        if img is not None:
+            ax.imshow(to_display(img), cmap="gray", interpolation="nearest")
+        else:
+            ax.text(0.5, 0.5, "no readable image", ha="center", va="center", fontsize=9)
+        colour = "#cc3311" if status == "failed" else "#ee7733"
+        text = textwrap.fill(f"{label} [{status}] {reason}", 38)
+        lines = text.splitlines()
+        if len(lines) > 6:
+            text = "\n".join(lines[:6]) + " ..."
+        ax.set_title(text, fontsize=7.5, color=colour, loc="left")
     fig.tight_layout()
-    return fig_to_png(fig)
+    return fig_to_png(fig, dpi=80)
 
 
 def to_display(img: np.ndarray, lo_q: float = 0.01, hi_q: float = 0.995) -> np.ndarray:

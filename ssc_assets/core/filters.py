@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -882,6 +882,24 @@ class PreprocessParams:
         default_factory=lambda: ChannelPreprocess(outlier_radius=50.0, outlier_threshold=2000.0)
     )
     actin: ChannelPreprocess = field(default_factory=ChannelPreprocess)
+
+    def scaled(self, factor: float) -> "PreprocessParams":
+        """The same chain for another pixel size: every radius x ``factor`` (= reference
+        pixel size / this site's pixel size), so that radii stay the same in um. A median
+        radius that falls below 0.5 px is disabled; thresholds and crops are unchanged."""
+        if factor == 1.0:
+            return self
+
+        def one(c: ChannelPreprocess) -> ChannelPreprocess:
+            med = c.median_radius * factor if c.median_radius else None
+            return replace(
+                c,
+                outlier_radius=max(1.0, c.outlier_radius * factor) if c.outlier_radius else c.outlier_radius,
+                rolling_ball_radius=max(1.0, c.rolling_ball_radius * factor) if c.rolling_ball_radius else c.rolling_ball_radius,
+                median_radius=med if med and med >= 0.5 else None,
+            )
+
+        return PreprocessParams(nuclei=one(self.nuclei), borders=one(self.borders), actin=one(self.actin))
 
     def for_channel(self, channel: str) -> ChannelPreprocess:
         try:

@@ -10,11 +10,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ssc_assets.core.acquisition import acquisition_frame, assign_acquisition_groups, fill_acquisition
 from ssc_assets.core.channels import IMAGE_CHANNELS, ChannelMap
-from ssc_assets.core.metaxpress import PlateScan, expected_images, missing_images, scan_plate
+from ssc_assets.core.metaxpress import (
+    PlateScan,
+    expected_images,
+    missing_images,
+    missing_required_channels,
+    normalize_well,
+    plate_wavelengths,
+    scan_plate,
+)
 from ssc_assets.core.platemap import PlateMapError, read_platemap
-from ssc_assets.core.qc import QcConfig, flag_outliers, image_qc
-from ssc_assets.core.tiff_io import EXPECTED_DTYPE, ImageReadError, read_header, read_image
+from ssc_assets.core.qc import QcConfig, apply_overrides, apply_qc_rules, image_qc
+from ssc_assets.core.tiff_io import EXPECTED_DTYPE, ImageReadError, read_header_description, read_image
+
+#: Optional user decisions in a plate folder: well, site, decision (pass|fail), note.
+OVERRIDES_FILE = "qc_overrides.csv"
 
 
 class PlateError(ValueError):
@@ -34,13 +46,14 @@ class RawSites:
     problems: list[str] = field(default_factory=list)
 
 
-def _headers(paths: list[str], workers: int = 8) -> list[tuple[tuple[int, ...] | None, str | None, str | None]]:
+def _headers(paths: list[str], workers: int = 8) -> list[tuple[tuple[int, ...] | None, str | None, str | None, str | None]]:
+    """(shape, dtype, error, ImageDescription) of every file, headers only."""
     def one(p: str):
         try:
-            shape, dtype = read_header(p)
-            return shape, dtype, None
+            shape, dtype, desc = read_header_description(p)
+            return shape, dtype, None, desc
         except ImageReadError as exc:
-            return None, None, str(exc)
+            return None, None, str(exc), None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, paths))
@@ -51,8 +64,12 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
 
     Columns: ``Metadata_Plate, Metadata_Well, Metadata_Row, Metadata_Column, Metadata_Site,
     Metadata_TimePoint, channel, wavelength, acquisition, path, file_size (bytes), mtime_ns,
-    height, width, dtype, header_error`` (str or None, names the file) and every plate-map column
-    (``Metadata_Donor, Metadata_Condition, Metadata_Group``, extras as ``Metadata_<col>``).
+    height, width, dtype, header_error`` (str or None, names the file), every plate-map column
+    (``Metadata_Donor, Metadata_Condition, Metadata_Group``, extras as ``Metadata_<col>``), the
+    acquisition metadata of :data:`~ssc_assets.core.acquisition.ACQUISITION_COLUMNS` (from
+    each file's MetaSeries XML, else the plate map, HTD and defaults),
+    ``Metadata_AcquisitionGroup``, and ``qc_override`` / ``qc_override_note`` from the
+    optional ``qc_overrides.csv``.
 
     Raises :class:`PlateError` for an empty folder or a missing plate map and
     :class:`~ssc_assets.core.platemap.PlateMapError` for an unusable plate map.
@@ -84,6 +101,7 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
         dtype=[h[1] or "" for h in headers],
         header_error=[h[2] for h in headers],
     )
+    images = pd.concat([images.reset_index(drop=True), acquisition_frame([h[3] for h in headers])], axis=1)
     ok = images["header_error"].isna()
     bad_dtype = ok & (images["dtype"] != str(EXPECTED_DTYPE))
     images.loc[bad_dtype, "header_error"] = images.loc[bad_dtype, "path"] + ": expected 16-bit (uint16) pixels, got " + images.loc[bad_dtype, "dtype"]
@@ -100,6 +118,17 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
         )
     images = images.drop(columns=["ndim"])
     table = images.merge(platemap, on="Metadata_Well", how="left").reset_index(drop=True)
+    table = fill_acquisition(table, scan.htd.wave_names if scan.htd else None)
+    table["Metadata_AcquisitionGroup"] = assign_acquisition_groups(table)
+    problems += _illumination_mismatches(table, channel_map)
+    overrides, override_problems = read_overrides(scan.plate_dir)
+    problems += override_problems
+    table = attach_overrides(table, overrides)
+    absent = missing_required_channels(scan, channel_map, IMAGE_CHANNELS)
+    if absent:
+        problems.append(
+            f"channel(s) {absent} not found on the plate (wavelengths present: "
+            f"{['w%d' % w for w in plate_wavelengths(scan, channel_map)]}; check SSC_CHANNEL_MAP)")
     if len(set(table["file_plate_name"])) > 1:
         problems.append(f"image files carry several plate names: {sorted(set(table['file_plate_name']))}")
     missing = missing_images(scan, platemap["Metadata_Well"].tolist(), channel_map)
@@ -113,7 +142,7 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
             problems.append(f"plate-map wells not acquired according to {scan.htd.path}: {unknown}")
     return RawSites(
         table=table,
-        excluded=pd.concat(excluded, ignore_index=True),
+        excluded=pd.concat([e for e in excluded if len(e)] or [excluded[0]], ignore_index=True),
         scan=scan,
         missing=missing,
         wells_without_images=wells_without,
@@ -126,17 +155,20 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
 SITE_KEY = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
 
 
-def qc_one_image(item: tuple[str, tuple[int, int] | None]) -> dict:
-    """QC measures of one image file. ``item`` = (path, expected (H, W) or None).
+def qc_one_image(item: tuple) -> dict:
+    """QC measures of one image file (:func:`~ssc_assets.core.qc.image_qc`).
 
-    Never raises for bad images: returns ``{"read_error": "<path>: ..."}`` instead.
+    ``item`` = (path, expected (H, W) or None[, channel, pixel size um, bit depth]). Never
+    raises for bad images: returns ``{"read_error": "<path>: ..."}`` instead.
     """
-    path, shape = item
+    path, shape, *rest = item
+    channel, pixel_size, bits = (list(rest) + [None, None, None])[:3]
     try:
         img = read_image(path, expected_shape=shape)
     except ImageReadError as exc:
         return {"read_error": str(exc)}
-    out = image_qc(img)
+    sat = float(2 ** int(bits) - 1) if bits and 8 <= int(bits) <= 16 else 65535.0
+    out = image_qc(img, channel=channel, pixel_size_um=pixel_size, saturation_level=sat)
     out["read_error"] = None
     return out
 
@@ -146,25 +178,42 @@ def qc_items(raw_sites: pd.DataFrame, channels: tuple[str, ...] = IMAGE_CHANNELS
     return raw_sites[raw_sites["channel"].isin(channels)].reset_index(drop=True)
 
 
+def qc_work_items(rows: pd.DataFrame) -> list[tuple]:
+    """Picklable work items for :func:`qc_one_image`, one per row of :func:`qc_items`."""
+    ok = rows["header_error"].isna() if "header_error" in rows else pd.Series(True, index=rows.index)
+    px = rows["Metadata_PixelSizeUm"] if "Metadata_PixelSizeUm" in rows else pd.Series(None, index=rows.index)
+    bits = rows["Metadata_BitDepth"] if "Metadata_BitDepth" in rows else pd.Series(None, index=rows.index)
+    return [
+        (p, (int(h), int(w)) if good else None, ch, None if pd.isna(x) else float(x), None if pd.isna(b) else int(b))
+        for p, h, w, good, ch, x, b in zip(rows["path"], rows["height"], rows["width"], ok, rows["channel"], px, bits)
+    ]
+
+
+MEASURE_COLUMNS = ("focus_score", "percent_maximal", "median", "std", "q01", "q25", "q75", "q99", "total_intensity",
+                   "mean", "max", "saturated_fraction", "noise_sd", "contrast", "bright_contrast", "snr", "edge_width_um")
+
+
 def assemble_site_qc(
     rows: pd.DataFrame, measures: list[dict], config: QcConfig = QcConfig(), channels: tuple[str, ...] = IMAGE_CHANNELS
 ) -> pd.DataFrame:
-    """Join per-image measures to their ``raw_sites`` rows and add outlier flags.
+    """Join per-image measures to their ``raw_sites`` rows, apply the QC rules
+    (:func:`~ssc_assets.core.qc.apply_qc_rules`) and the user's overrides.
 
     Images whose header was already bad keep that error as ``read_error``.
     """
     meas = pd.DataFrame(measures, index=rows.index)
     keep = [c for c in rows.columns if c.startswith("Metadata_")] + ["channel", "wavelength", "path"]
+    keep += [c for c in ("qc_override", "qc_override_note") if c in rows]
     out = pd.concat([rows[keep], meas], axis=1)
     if "header_error" in rows:
         has = rows["header_error"].notna()
         out.loc[has, "read_error"] = rows.loc[has, "header_error"]
-    for m in ("focus_score", "percent_maximal", "median", "std", "q01", "q25", "q75", "q99", "total_intensity", "mean", "max"):
+    for m in MEASURE_COLUMNS:
         if m not in out:
             out[m] = np.nan
     out = _add_missing_channels(out, channels)
     out["read_error"] = out["read_error"].astype(object).where(out["read_error"].notna(), None)
-    return flag_outliers(out, config)
+    return apply_overrides(apply_qc_rules(out, config))
 
 
 def _add_missing_channels(qc: pd.DataFrame, channels: tuple[str, ...]) -> pd.DataFrame:
@@ -172,11 +221,12 @@ def _add_missing_channels(qc: pd.DataFrame, channels: tuple[str, ...]) -> pd.Dat
     sites = qc.drop_duplicates(SITE_KEY)
     have = set(zip(*(qc[c] for c in SITE_KEY), qc["channel"]))
     extra = []
+    site_cols = [c for c in qc.columns if c.startswith("Metadata_") or c in ("qc_override", "qc_override_note")]
     for _, site in sites.iterrows():
         key = tuple(site[c] for c in SITE_KEY)
         for ch in channels:
             if key + (ch,) not in have:
-                row = {c: site[c] for c in qc.columns if c.startswith("Metadata_")}
+                row = {c: site[c] for c in site_cols}
                 row.update(channel=ch, path=None, read_error=f"missing image: plate {key[0]} well {key[1]} site {key[2]} has no {ch} file")
                 extra.append(row)
     if not extra:
@@ -185,8 +235,75 @@ def _add_missing_channels(qc: pd.DataFrame, channels: tuple[str, ...]) -> pd.Dat
 
 
 def site_table(site_qc: pd.DataFrame) -> pd.DataFrame:
-    """One row per site: ``passed_qc`` and the combined reason."""
-    return site_qc.groupby(SITE_KEY, as_index=False).agg(passed_qc=("passed_qc", "first"), qc_reason=("qc_reason", "first"))
+    """One row per site: ``passed_qc``, ``qc_reason``, ``qc_review``, ``review_reason``,
+    ``qc_decision`` and the site's acquisition group."""
+    agg = {"passed_qc": ("passed_qc", "first"), "qc_reason": ("qc_reason", "first")}
+    for col, src in (("qc_review", "qc_review"), ("review_reason", "review_reason_site"), ("qc_decision", "qc_decision"),
+                     ("Metadata_AcquisitionGroup", "Metadata_AcquisitionGroup")):
+        if src in site_qc:
+            agg[col] = (src, "first")
+    return site_qc.groupby(SITE_KEY, as_index=False).agg(**agg)
+
+
+# --------------------------------------------------------------------------- user decisions
+
+
+def read_overrides(plate_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
+    """The plate folder's ``qc_overrides.csv`` (well, site, decision, note), validated.
+
+    Returns (overrides with ``Metadata_Well, Metadata_Site, qc_override, qc_override_note``,
+    problems naming the file and line of every row that was ignored). Missing file: empty.
+    """
+    cols = ["Metadata_Well", "Metadata_Site", "qc_override", "qc_override_note"]
+    path = os.path.join(str(plate_dir), OVERRIDES_FILE)
+    if not os.path.isfile(path):
+        return pd.DataFrame(columns=cols), []
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a user error
+        return pd.DataFrame(columns=cols), [f"{path}: cannot parse CSV ({exc}); no override applied"]
+    df.columns = [c.strip().lower() for c in df.columns]
+    if not {"well", "site", "decision"} <= set(df.columns):
+        return pd.DataFrame(columns=cols), [f"{path}: needs columns well, site, decision[, note]; found {list(df.columns)}"]
+    rows, problems = [], []
+    for i, r in enumerate(df.itertuples(index=False), start=2):
+        try:
+            well = normalize_well(r.well)
+            site = int(str(r.site).strip())
+            decision = str(r.decision).strip().lower()
+            if decision not in ("pass", "fail"):
+                raise ValueError(f"decision must be pass or fail, got {r.decision!r}")
+        except ValueError as exc:
+            problems.append(f"{path} line {i}: ignored ({exc})")
+            continue
+        rows.append((well, site, decision, str(getattr(r, "note", "") or "").strip()))
+    out = pd.DataFrame(rows, columns=cols).drop_duplicates(["Metadata_Well", "Metadata_Site"], keep="last")
+    return out, problems
+
+
+def attach_overrides(table: pd.DataFrame, overrides: pd.DataFrame) -> pd.DataFrame:
+    """Add ``qc_override`` ("pass" / "fail" / None) and ``qc_override_note`` to every row."""
+    t = table.drop(columns=[c for c in ("qc_override", "qc_override_note") if c in table])
+    if overrides.empty:
+        t["qc_override"] = None
+        t["qc_override_note"] = None
+        return t
+    o = overrides.astype({"Metadata_Site": t["Metadata_Site"].dtype})
+    return t.merge(o, on=["Metadata_Well", "Metadata_Site"], how="left")
+
+
+def _illumination_mismatches(table: pd.DataFrame, channel_map: ChannelMap) -> list[str]:
+    """Wavelengths whose illumination setting (XML or HTD) does not look like their channel."""
+    problems = []
+    for (w, ch), g in table.groupby(["wavelength", "channel"]):
+        names = sorted({str(n) for n in g["Metadata_Illumination"].dropna()})
+        spec = channel_map.by_wavelength().get(int(w))
+        if not names or spec is None or not spec.htd_names:
+            continue
+        bad = [n for n in names if not any(tok in n.upper() for tok in spec.htd_names)]
+        if bad:
+            problems.append(f"w{w} is mapped to {ch!r} ({spec.stain}) but its images say illumination {bad}: check SSC_CHANNEL_MAP")
+    return problems
 
 
 # --------------------------------------------------------------------------- readiness (sensor)
@@ -237,14 +354,17 @@ def plate_readiness(
             reason = f"plate map unusable: {exc}"
             wells = None
     sites = scan.images["Metadata_Site"].unique().tolist() if len(scan.images) else []
-    expected = expected_images(scan.htd, wells, channel_map, sites) if (scan.htd or wells) else set()
-    known = {c.wavelength for c in channel_map.channels}
-    expected = {e for e in expected if e[2] in known}
+    waves = plate_wavelengths(scan, channel_map)
+    expected = expected_images(scan.htd, wells, waves, sites) if (scan.htd or wells) else set()
     missing = missing_images(scan, wells, channel_map) if expected else []
-    complete = bool(expected) and not missing and scan.platemap_path is not None and not reason
+    absent = missing_required_channels(scan, channel_map, IMAGE_CHANNELS) if len(scan.images) else []
+    complete = bool(expected) and not missing and not absent and scan.platemap_path is not None and not reason
     if not reason:
         if not len(scan.images):
             reason = "no images yet"
+        elif absent:
+            reason = (f"no images of channel(s) {absent} (wavelengths on the plate: {['w%d' % w for w in waves]}; "
+                      f"channel map {channel_map.to_string()})")
         elif missing:
             reason = f"{len(missing)} of {len(expected)} expected images missing (e.g. {missing[0]})"
         elif not settled:

@@ -373,29 +373,39 @@ def scan_plate(
     )
 
 
+def plate_wavelengths(scan: "PlateScan", channel_map: ChannelMap) -> list[int]:
+    """The plate's channels: the HTD's wavelengths when there is an HTD, else the wavelengths
+    present among its images; only those the channel map names. A three-wavelength export
+    therefore expects three channels, whatever the channel map also lists."""
+    known = {c.wavelength for c in channel_map.channels}
+    if scan.htd is not None:
+        waves = range(1, scan.htd.n_wavelengths + 1)
+    else:
+        waves = scan.images["wavelength"].unique().tolist() if len(scan.images) else []
+    return sorted(int(w) for w in waves if w in known)
+
+
 def expected_images(
     htd: HtdInfo | None,
     platemap_wells: list[str] | None,
-    channel_map: ChannelMap,
+    wavelengths: list[int],
     observed_sites: list[int] | None = None,
 ) -> set[tuple[str, int, int]]:
     """Expected (well, site, wavelength) triples of a plate.
 
-    From the HTD (selected wells x sites x wavelengths) when present; otherwise every plate-map
-    well x the observed sites x every wavelength in the channel map. Plate-map wells restrict
-    the HTD wells when both exist.
+    Wells and sites from the HTD (selected wells x sites) when present, restricted to the
+    plate-map wells; otherwise every plate-map well x the observed sites. ``wavelengths``
+    are the plate's channels (:func:`plate_wavelengths`).
     """
     if htd is not None:
         wells = list(htd.wells)
         if platemap_wells:
             wells = [w for w in wells if w in set(platemap_wells)]
         sites = list(htd.sites)
-        waves = list(range(1, htd.n_wavelengths + 1))
     else:
         wells = list(platemap_wells or [])
         sites = sorted(set(observed_sites or [1]))
-        waves = [c.wavelength for c in channel_map.channels]
-    return {(w, s, k) for w in wells for s in sites for k in waves}
+    return {(w, s, k) for w in wells for s in sites for k in wavelengths}
 
 
 def missing_images(scan: PlateScan, platemap_wells: list[str] | None, channel_map: ChannelMap) -> list[tuple[str, int, int]]:
@@ -405,6 +415,11 @@ def missing_images(scan: PlateScan, platemap_wells: list[str] | None, channel_ma
     if len(scan.images):
         observed = set(zip(scan.images.Metadata_Well, scan.images.Metadata_Site, scan.images.wavelength))
         sites = scan.images.Metadata_Site.unique().tolist()
-    known = {c.wavelength for c in channel_map.channels}
-    expected = {e for e in expected_images(scan.htd, platemap_wells, channel_map, sites) if e[2] in known}
+    expected = expected_images(scan.htd, platemap_wells, plate_wavelengths(scan, channel_map), sites)
     return sorted(expected - observed)
+
+
+def missing_required_channels(scan: PlateScan, channel_map: ChannelMap, required: tuple[str, ...]) -> list[str]:
+    """Required channel names (e.g. nuclei, borders, actin) with no wavelength on the plate."""
+    present = {channel_map.name_of(w) for w in plate_wavelengths(scan, channel_map)}
+    return [c for c in required if c not in present]

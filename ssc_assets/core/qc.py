@@ -1,7 +1,19 @@
-"""Per-image quality control: focus score, intensity statistics and robust outlier flags.
+"""Per-image quality control: measures, artifact rules and review flags.
 
-Definitions follow CellProfiler's ``MeasureImageQuality`` where one exists, so numbers
-can be compared with a CellProfiler pipeline run on the same images.
+QC fails *artifacts*, never biology (thesis 2.5: out-of-focus images, debris, clipping /
+saturation; plus empty fields and unreadable files). Intensity levels move with biology
+(SSc donors) and with optics (objectives), so they only raise *review* flags.
+
+Measures follow CellProfiler's ``MeasureImageQuality`` where one exists (focus score =
+``PowerLogLogSlope``, ``percent_maximal``), so numbers can be compared with a CellProfiler
+pipeline run on the same images. Rules (:func:`apply_qc_rules`, thresholds in
+:class:`QcConfig`):
+
+- absolute, physically meaningful (catch a plate that is bad throughout): pixels at the
+  camera maximum, nuclei signal above the camera noise (empty field / no stain), nuclei
+  edge width in um (focus), constant or unreadable images;
+- relative: a site against its own well's other sites (same donor, same biology) and its
+  acquisition group (same optics), never against plate-wide intensity levels.
 """
 
 from __future__ import annotations
@@ -160,40 +172,132 @@ def intensity_stats(image: np.ndarray) -> dict[str, float]:
     }
 
 
-def image_qc(image: np.ndarray) -> dict[str, float]:
-    """All QC measures of one image (see :data:`MEASURES`)."""
+def noise_sd(image: np.ndarray) -> float:
+    """Pixel noise SD (counts) from horizontal second differences on every other row:
+    1.4826 x median |I(y, x-1) - 2 I(y, x) + I(y, x+1)| / sqrt(6). Smooth structure
+    (vignetting ramps, cell interiors) cancels, so this is the camera + shot noise of the
+    background (the median ignores object edges)."""
+    a = np.asarray(image)
+    if a.shape[1] < 3:
+        return float("nan")
+    rows = a[::2].astype(np.int32, copy=False)
+    d = np.abs(rows[:, :-2] - 2 * rows[:, 1:-1] + rows[:, 2:]).ravel()
+    if a.dtype == np.uint16:
+        counts = np.bincount(d, minlength=1)
+        med = float(np.searchsorted(np.cumsum(counts), (d.size + 1) // 2))
+    else:
+        med = float(np.median(d))
+    return 1.4826 * med / np.sqrt(6.0)
+
+
+def edge_width_px(image: np.ndarray, percentile: float = 99.5) -> float:
+    """Blur of the sharpest object edges, as a Gaussian sigma in px (a physical focus measure).
+
+    For a step of contrast C blurred by a Gaussian of sigma s, the steepest gradient is
+    C / (s sqrt(2 pi)). After a sigma-1 smoothing (noise), C = q99 - median of the image
+    and G = the ``percentile`` of the gradient magnitude (Sobel), so s_total = C / (G
+    sqrt(2 pi)) and the edge sigma is sqrt(s_total^2 - 1). Objects much brighter than the
+    cells (median + 1.5 C: debris, dust) and a margin around them are left out, so a few
+    sharp specks cannot make a blurred field look sharp. Meant for the nuclei channel,
+    whose objects have sharp edges in focus; NaN for a flat image.
+    """
+    import cv2
+
+    a = np.asarray(image, dtype=np.float32)
+    if min(a.shape) < 8:
+        return float("nan")
+    s = cv2.GaussianBlur(a, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+    sub = s[::2, ::2].ravel()
+    k50, k99 = int(0.5 * (sub.size - 1)), int(0.99 * (sub.size - 1))
+    part = np.partition(sub, (k50, k99))
+    med, contrast = float(part[k50]), float(part[k99] - part[k50])
+    if not contrast > 0:
+        return float("nan")
+    gx = cv2.Sobel(s, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(s, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    g = cv2.magnitude(gx, gy)
+    very_bright = (s > med + 1.5 * contrast).astype(np.uint8)
+    if very_bright.any():
+        r = max(3, int(round(0.01 * max(a.shape))))
+        near = cv2.dilate(very_bright, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * r + 1, 2 * r + 1))) > 0
+        g = g[~near]
+    gv = g[1:-1:2] if g.ndim == 2 else g[::2]
+    gv = gv.ravel()
+    if gv.size < 16:
+        return float("nan")
+    kg = int(percentile / 100.0 * (gv.size - 1))
+    grad = float(np.partition(gv, kg)[kg])
+    if not grad > 0:
+        return float("nan")
+    total = contrast / (grad * np.sqrt(2.0 * np.pi))
+    return float(np.sqrt(max(total * total - 1.0, 0.0)))
+
+
+def image_qc(
+    image: np.ndarray,
+    *,
+    channel: str | None = None,
+    pixel_size_um: float | None = None,
+    saturation_level: float = 65535.0,
+) -> dict[str, float]:
+    """All QC measures of one (H, W) image, in raw counts unless stated.
+
+    Intensity statistics (:func:`intensity_stats`), ``focus_score`` (PowerLogLogSlope,
+    dimensionless), ``saturated_fraction`` (fraction of pixels >= ``saturation_level``, the
+    camera maximum), ``noise_sd`` (:func:`noise_sd`), ``snr`` = (q99 - median) / noise_sd,
+    ``contrast`` = q99 - median, ``bright_contrast`` = q99 - q01; for the nuclei channel also
+    ``edge_width_um`` (:func:`edge_width_px` x ``pixel_size_um``; px when no pixel size).
+    """
     out = intensity_stats(image)
+    a = np.asarray(image)
+    out["saturated_fraction"] = np.count_nonzero(a >= saturation_level) / max(a.size, 1)
+    out["noise_sd"] = noise_sd(a)
+    out["contrast"] = out["q99"] - out["median"]
+    out["bright_contrast"] = out["q99"] - out["q01"]
+    out["snr"] = out["contrast"] / out["noise_sd"] if out["noise_sd"] > 0 else (0.0 if out["contrast"] == 0 else float("inf"))
     out["focus_score"] = power_log_log_slope(image)
+    if channel == "nuclei":
+        out["edge_width_um"] = edge_width_px(a) * (pixel_size_um or 1.0)
     return out
 
 
 @dataclass(frozen=True)
-class OutlierRule:
-    """Flag a measure whose robust z-score passes ``z`` on ``side`` ("low", "high" or "both").
+class QcConfig:
+    """QC thresholds. Absolute rules are physical; relative ones use robust z-scores
+    ((x - median) / (1.4826 MAD)) within a site's well or acquisition group x channel.
 
-    ``mad_floor`` is a minimum MAD in the measure's own units, so that a measure that is
-    nearly constant across a plate (e.g. percent maximal) does not flag tiny differences.
+    - ``max_saturated_fraction``: fail above this fraction of pixels at the camera maximum;
+    - ``min_nuclei_snr``: fail a nuclei image whose (q99 - median) is below this many noise
+      SDs (empty field, no stain, camera noise only);
+    - ``min_nuclei_contrast_ratio``: fail a nuclei image whose contrast is below this
+      fraction of its well's (or group's) median: a cell-free field among cells;
+    - ``max_edge_width_um`` / ``max_edge_width_px``: fail nuclei whose edge blur sigma
+      exceeds the larger of the two (out of focus, whatever the plate);
+    - ``z_focus``: fail a site whose nuclei edge width is this many robust SDs above its
+      acquisition group; a focus score this many robust SDs below its well (residuals
+      pooled over the group) is only flagged for review (PowerLogLogSlope also moves with
+      specks of debris and texture);
+    - ``debris_ratio``: fail a site whose background-subtracted q99 (q99 - q01) is this many
+      times its well's median in the nuclei channel AND another channel (autofluorescent
+      debris is bright everywhere; biology is not);
+    - ``z_review``: a site whose intensity (median, q99) differs from its own well's by
+      this many robust SDs (log ratios pooled over the acquisition group x channel, MAD
+      floored at ``review_log_mad_floor``) is flagged for review, never failed;
+    - ``min_group_sites``: smaller groups are not used for group statistics.
     """
 
-    measure: str
-    side: str
-    hint: str
-    mad_floor: float = 0.0
-    rel_mad_floor: float = 0.0
-
-
-@dataclass(frozen=True)
-class QcConfig:
-    z_threshold: float = 5.0
-    rules: tuple[OutlierRule, ...] = field(
-        default_factory=lambda: (
-            OutlierRule("focus_score", "low", "out of focus / blurred", mad_floor=0.05),
-            OutlierRule("percent_maximal", "high", "saturated", mad_floor=0.05),
-            OutlierRule("median", "both", "abnormal background level", rel_mad_floor=0.02),
-            OutlierRule("std", "low", "empty / no signal", rel_mad_floor=0.02),
-            OutlierRule("q99", "high", "abnormally bright (saturation, debris)", rel_mad_floor=0.02),
-        )
-    )
+    max_saturated_fraction: float = 0.01
+    min_nuclei_snr: float = 10.0
+    min_nuclei_contrast_ratio: float = 0.25
+    max_edge_width_um: float = 1.5
+    max_edge_width_px: float = 1.5
+    z_focus: float = 5.0
+    focus_mad_floor: float = 0.05
+    edge_mad_floor_um: float = 0.1
+    debris_ratio: float = 1.75
+    z_review: float = 5.0
+    review_log_mad_floor: float = 0.05
+    min_group_sites: int = 6
 
 
 def robust_z(values: pd.Series, mad_floor: float = 0.0, rel_mad_floor: float = 0.0) -> pd.Series:
@@ -205,42 +309,177 @@ def robust_z(values: pd.Series, mad_floor: float = 0.0, rel_mad_floor: float = 0
     return (v - med) / (1.4826 * max(mad, floor))
 
 
-def flag_outliers(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFrame:
-    """Add robust z-scores and outlier flags per plate x channel.
+SITE_COLS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+GROUP_COL = "Metadata_AcquisitionGroup"
 
-    Input: one row per image with ``Metadata_Plate, channel`` and the :data:`MEASURES`
-    columns, plus an optional ``read_error`` column (str or None). Output: the same rows with
-    ``z_<measure>`` columns, ``image_passed`` (bool), ``image_reason`` (str, "" if passed),
-    and site-level ``passed_qc`` / ``qc_reason`` (a site fails if any of its images fails).
-    Unreadable images always fail and never enter the statistics.
+
+def _well_reference(df: pd.DataFrame, measure: str) -> pd.Series:
+    """Median of ``measure`` over each image's well (same channel); NaN for single-site wells."""
+    keys = [df["Metadata_Plate"], df["Metadata_Well"], df["channel"]]
+    med = df.groupby(keys)[measure].transform("median")
+    n = df.groupby(keys)[measure].transform("count")
+    return med.where(n >= 3)
+
+
+def apply_qc_rules(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFrame:
+    """Artifact failures and review flags for one plate's QC table.
+
+    Input: one row per image with ``Metadata_Plate, Metadata_Well, Metadata_Site, channel``,
+    the measures of :func:`image_qc`, optional ``Metadata_AcquisitionGroup`` (one group
+    when absent), ``read_error`` (str or None) and ``Metadata_PixelSizeUm``. Output: the same
+    rows plus ``z_focus_score``, ``z_median``, ``z_q99`` (robust z of the site against its
+    well, pooled over the group x channel),
+    ``image_passed`` / ``image_reason`` (artifacts), ``image_review`` / ``review_reason``
+    (intensity outliers, kept) and the site-level ``passed_qc``, ``qc_reason``,
+    ``qc_review``, ``review_reason_site``. Unreadable images always fail and never enter
+    the statistics.
     """
     out = qc.copy()
     if "read_error" not in out:
         out["read_error"] = None
-    readable = out["read_error"].isna()
-    reasons: list[list[str]] = [[] for _ in range(len(out))]
+    if GROUP_COL not in out:
+        out[GROUP_COL] = "all"
+    for m in ("saturated_fraction", "snr", "contrast", "bright_contrast", "edge_width_um", "focus_score", "median", "q99", "std"):
+        if m not in out:
+            out[m] = np.nan
+    px = pd.to_numeric(out.get("Metadata_PixelSizeUm", pd.Series(np.nan, index=out.index)), errors="coerce")
+    fail: list[list[str]] = [[] for _ in range(len(out))]
+    review: list[list[str]] = [[] for _ in range(len(out))]
     pos = {idx: i for i, idx in enumerate(out.index)}
-    for idx, err in out.loc[~readable, "read_error"].items():
-        reasons[pos[idx]].append(f"unreadable: {err}")
-    for rule in config.rules:
-        out[f"z_{rule.measure}"] = np.nan
-    for _, grp in out[readable].groupby(["Metadata_Plate", "channel"], sort=False):
-        for rule in config.rules:
-            z = robust_z(grp[rule.measure], rule.mad_floor, rule.rel_mad_floor)
-            out.loc[grp.index, f"z_{rule.measure}"] = z
-            bad = (z < -config.z_threshold) if rule.side == "low" else (z > config.z_threshold)
-            if rule.side == "both":
-                bad = z.abs() > config.z_threshold
-            for idx in z.index[bad.fillna(rule.measure == "focus_score")]:
-                reasons[pos[idx]].append(f"{rule.hint}: {rule.measure} robust z={z[idx]:.1f}")
-    out["image_reason"] = ["; ".join(r) for r in reasons]
+
+    def add(target, mask: pd.Series, text) -> None:
+        for idx in mask.index[mask.fillna(False).astype(bool)]:
+            target[pos[idx]].append(text(idx) if callable(text) else text)
+
+    readable = out["read_error"].isna()
+    add(fail, ~readable, lambda i: f"unreadable: {out.at[i, 'read_error']}")
+    r = out[readable]
+    nuc = r["channel"] == "nuclei"
+    # --- absolute rules
+    add(fail, (r["std"] == 0) | (r["focus_score"].isna() & r["std"].notna()), "constant image (no signal)")
+    add(fail, r["saturated_fraction"] > config.max_saturated_fraction,
+        lambda i: f"saturated: {100 * out.at[i, 'saturated_fraction']:.1f} % of pixels at the camera maximum")
+    add(fail, nuc & (r["snr"] < config.min_nuclei_snr) & (r["std"] > 0),
+        lambda i: f"empty field / no nuclei stain: nuclei signal {out.at[i, 'snr']:.1f} noise SDs above background")
+    limit = np.maximum(config.max_edge_width_um, config.max_edge_width_px * px.fillna(1.0))
+    blurred = nuc & (r["edge_width_um"] > limit[r.index])
+    add(fail, blurred, lambda i: f"out of focus: nuclei edge blur {out.at[i, 'edge_width_um']:.2f} um "
+                                 f"(limit {limit[i]:.2f} um)")
+    # --- relative to the well (same donor and biology)
+    contrast_ref = _well_reference(r, "contrast")
+    grp_contrast = r.groupby([r[GROUP_COL], r["channel"]])["contrast"].transform("median")
+    ref = contrast_ref.fillna(grp_contrast)
+    add(fail, nuc & (r["contrast"] < config.min_nuclei_contrast_ratio * ref) & (r["snr"] >= config.min_nuclei_snr),
+        lambda i: f"cell-free field: nuclei contrast {out.at[i, 'contrast']:.0f} counts, "
+                  f"{out.at[i, 'contrast'] / max(ref[i], 1e-9):.0%} of its well")
+    bright = r["bright_contrast"] / _well_reference(r, "bright_contrast").fillna(
+        r.groupby([r[GROUP_COL], r["channel"]])["bright_contrast"].transform("median"))
+    is_bright = bright >= config.debris_ratio
+    site_key = [r[c] for c in SITE_COLS]
+    nuc_bright = (is_bright & nuc).groupby(site_key).transform("any")
+    other_bright = (is_bright & ~nuc).groupby(site_key).transform("any")
+    add(fail, is_bright & nuc_bright & other_bright,
+        lambda i: f"debris / bright artifact: q99 {bright[i]:.1f}x its well")
+    focus_res = r["focus_score"] - _well_reference(r, "focus_score")
+    # --- statistics per acquisition group x channel
+    out["z_focus_score"] = np.nan
+    out["z_median"] = np.nan
+    out["z_q99"] = np.nan
+    for (_, ch), g in r.groupby([GROUP_COL, "channel"], sort=False):
+        sites_in_group = g.drop_duplicates(SITE_COLS).shape[0]
+        if sites_in_group < config.min_group_sites:
+            continue
+        res = focus_res[g.index].dropna()
+        if len(res) >= config.min_group_sites:
+            zf = res / (1.4826 * max((res - res.median()).abs().median(), config.focus_mad_floor))
+            out.loc[zf.index, "z_focus_score"] = zf
+            add(review, zf < -config.z_focus,
+                lambda i: f"less sharp than its well: focus score {out.at[i, 'z_focus_score']:.1f} robust SD below")
+        if ch == "nuclei":
+            ze = robust_z(g["edge_width_um"], config.edge_mad_floor_um)
+            add(fail, (ze > config.z_focus) & ~blurred[g.index], lambda i, ze=ze: f"out of focus: nuclei edge blur {out.at[i, 'edge_width_um']:.2f} um, "
+                                                          f"robust z={ze[i]:.1f} in its acquisition group")
+        for m, word in (("median", "background"), ("q99", "bright signal")):
+            # log ratio to the site's own well (same donor); the group level for single-site wells
+            logv = np.log(g[m].clip(lower=1.0))
+            ref = np.log(_well_reference(g, m).clip(lower=1.0))
+            res = (logv - ref).fillna(logv - logv.median())
+            z = res / (1.4826 * max(float((res - res.median()).abs().median()), config.review_log_mad_floor))
+            out.loc[g.index, f"z_{m}"] = z
+            add(review, z.abs() > config.z_review,
+                lambda i, m=m, word=word: f"unusual {word} level for its well: {m} robust z={out.at[i, f'z_{m}']:.1f}")
+    out["image_reason"] = ["; ".join(dict.fromkeys(x)) for x in fail]
     out["image_passed"] = out["image_reason"] == ""
-    site_cols = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
-    site_fail = out.groupby(site_cols)["image_passed"].transform("all")
-    out["passed_qc"] = site_fail.astype(bool)
-    labelled = out["channel"] + ": " + out["image_reason"]
-    labelled = labelled.where(~out["image_passed"], "")
-    out["qc_reason"] = labelled.groupby([out[c] for c in site_cols]).transform(
-        lambda s: " | ".join(x for x in s if x)
-    )
+    out["review_reason"] = ["; ".join(dict.fromkeys(x)) for x in review]
+    out["image_review"] = (out["review_reason"] != "") & out["image_passed"]
+    keys = [out[c] for c in SITE_COLS]
+    out["passed_qc"] = out.groupby(keys)["image_passed"].transform("all").astype(bool)
+    out["qc_reason"] = _site_text(out, "image_reason", ~out["image_passed"], keys)
+    out["qc_review"] = out.groupby(keys)["image_review"].transform("any").astype(bool) & out["passed_qc"]
+    out["review_reason_site"] = _site_text(out, "review_reason", out["image_review"], keys)
     return out
+
+
+def _site_text(out: pd.DataFrame, col: str, use: pd.Series, keys) -> pd.Series:
+    """Site-level text: ``"<channel>: <reason>"`` of the site's images, joined with " | "."""
+    labelled = (out["channel"] + ": " + out[col]).where(use, "")
+    return labelled.groupby(keys).transform(lambda s: " | ".join(x for x in s if x))
+
+
+def apply_overrides(qc: pd.DataFrame) -> pd.DataFrame:
+    """Apply the user's ``qc_overrides.csv`` decisions (columns ``qc_override`` = "pass" /
+    "fail" / None and ``qc_override_note`` on the rows of a site).
+
+    ``fail`` fails the site whatever QC said; ``pass`` passes a site that QC failed, except
+    for unreadable or missing images (nothing to process). ``qc_decision`` records
+    ``auto`` / ``user pass`` / ``user fail``.
+    """
+    out = qc.copy()
+    out["qc_decision"] = "auto"
+    if "qc_override" not in out:
+        return out
+    dec = out["qc_override"].astype(object)
+    note = out.get("qc_override_note", pd.Series("", index=out.index)).fillna("").astype(str)
+    unreadable = out["read_error"].notna().groupby([out[c] for c in SITE_COLS]).transform("any")
+    fail = dec == "fail"
+    out.loc[fail, "passed_qc"] = False
+    out.loc[fail, "qc_reason"] = ("user decision: fail" + note[fail].map(lambda n: f" ({n})" if n else "")
+                                  + out.loc[fail, "qc_reason"].map(lambda r: f" | auto: {r}" if r else ""))
+    ok = (dec == "pass") & ~unreadable
+    out.loc[ok & ~out["passed_qc"], "qc_reason"] = ("user decision: pass" + note[ok].map(lambda n: f" ({n})" if n else "")
+                                                    + " | auto: " + out.loc[ok & ~out["passed_qc"], "qc_reason"])
+    out.loc[ok, "passed_qc"] = True
+    out.loc[fail, "qc_decision"] = "user fail"
+    out.loc[ok, "qc_decision"] = "user pass"
+    return out
+
+
+#: Measures shown in the ``site_qc`` histograms (those the rules use).
+QC_HISTOGRAM_MEASURES = ("focus_score", "edge_width_um", "snr", "saturated_fraction", "bright_contrast", "median", "q99")
+
+
+def qc_thresholds(config: QcConfig, qc: pd.DataFrame | None = None) -> dict[tuple[str, str], float]:
+    """Absolute thresholds to draw on the histograms: (channel or "*", measure) -> value."""
+    px = 1.0
+    if qc is not None and "Metadata_PixelSizeUm" in qc and qc["Metadata_PixelSizeUm"].notna().any():
+        px = float(pd.to_numeric(qc["Metadata_PixelSizeUm"], errors="coerce").median())
+    return {
+        ("*", "saturated_fraction"): config.max_saturated_fraction,
+        ("nuclei", "snr"): config.min_nuclei_snr,
+        ("nuclei", "edge_width_um"): max(config.max_edge_width_um, config.max_edge_width_px * px),
+    }
+
+
+def failure_counts(reasons: pd.Series) -> pd.DataFrame:
+    """Sites per failure kind: the text before ':' of each reason part (after the channel)."""
+    kinds: dict[str, int] = {}
+    for text in reasons.fillna(""):
+        seen = set()
+        for part in text.split(" | "):
+            body = part.split(": ", 1)[1] if ": " in part else part
+            for item in body.split("; "):
+                kind = item.split(":")[0].strip()
+                if kind and kind not in seen:
+                    seen.add(kind)
+                    kinds[kind] = kinds.get(kind, 0) + 1
+    return pd.DataFrame(sorted(kinds.items(), key=lambda kv: -kv[1]), columns=["reason", "n_sites"])

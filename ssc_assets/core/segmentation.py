@@ -21,6 +21,8 @@ from skimage.segmentation import clear_border, find_boundaries, relabel_sequenti
 #: ImageXpress Micro Confocal 20x pixel size (~0.34 um on a 2048 sCMOS) that is ~43 px. The
 #: default is a little smaller (36 px) to keep small and mitotic nuclei whole.
 DEFAULT_NUCLEUS_DIAMETER_PX = 36.0
+#: The same default in um, at the thesis pixel size of 0.34 um (what the masks asset takes).
+DEFAULT_NUCLEUS_DIAMETER_UM = DEFAULT_NUCLEUS_DIAMETER_PX * 0.34
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,12 @@ from ssc_assets.core.tiff_io import read_image
 PREVIEW_SIDE = 128
 
 
-def illumination_background(item: tuple[str, tuple[int, int]]) -> np.ndarray:
+def illumination_background(item: tuple) -> np.ndarray:
     """Cleaned background grid (float32, ~64 x 64, raw units) of one raw image.
-    ``item`` = (path, expected (H, W))."""
-    path, shape = item
-    return image_background(read_image(path, expected_shape=shape))
+    ``item`` = (path, expected (H, W)[, n_iter, k_sd]) (bright-area suppression settings)."""
+    path, shape, *rest = item
+    kw = dict(zip(("n_iter", "k_sd"), rest))
+    return image_background(read_image(path, expected_shape=shape), **kw)
 
 
 @lru_cache(maxsize=8)

@@ -19,10 +19,17 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], str]:
 
     Raises :class:`ImageReadError` if the file is not a readable TIFF.
     """
+    shape, dtype, _ = read_header_description(path)
+    return shape, dtype
+
+
+def read_header_description(path: str | os.PathLike) -> tuple[tuple[int, ...], str, str | None]:
+    """Shape, dtype and ImageDescription (MetaSeries XML on ImageXpress files, or None) of
+    the first page of a TIFF, without reading pixels. Raises :class:`ImageReadError`."""
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
-            return tuple(int(s) for s in page.shape), str(page.dtype)
+            return tuple(int(s) for s in page.shape), str(page.dtype), page.description or None
     except Exception as exc:  # noqa: BLE001 - tifffile raises many types on corrupt files
         raise ImageReadError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from exc
 

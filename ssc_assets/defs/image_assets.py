@@ -13,7 +13,8 @@ from ssc_assets.core.filters import TV_WEIGHT, ChannelPreprocess, PreprocessPara
 from ssc_assets.core.illumination import profile_from_backgrounds
 from ssc_assets.core.ingest import SITE_KEY
 from ssc_assets.core.ome_zarr_store import HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
-from ssc_assets.core.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, MaskParams, NucleiParams
+from ssc_assets.core.acquisition import DEFAULT_PIXEL_SIZE_UM, group_slug
+from ssc_assets.core.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, DEFAULT_NUCLEUS_DIAMETER_UM, MaskParams, NucleiParams
 from ssc_assets.core.site_pipeline import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
 from ssc_assets.core.storage import atomic_write_bytes
 from ssc_assets.defs.automation import IO_RETRY
@@ -29,6 +30,20 @@ def passed_images(raw_sites: pd.DataFrame, site_qc: pd.DataFrame) -> pd.DataFram
     return rows.merge(ok, on=SITE_KEY, how="inner")
 
 
+def _group_column(rows: pd.DataFrame) -> str | pd.Series:
+    """The acquisition-group column (one group "all" for tables written before groups existed)."""
+    return "Metadata_AcquisitionGroup" if "Metadata_AcquisitionGroup" in rows else pd.Series("all", index=rows.index)
+
+
+def _pixel_size(rows: pd.DataFrame) -> float:
+    """A site's pixel size (um) from its raw_sites rows; the documented default if unknown."""
+    if "Metadata_PixelSizeUm" in rows:
+        v = pd.to_numeric(rows["Metadata_PixelSizeUm"], errors="coerce").dropna()
+        if len(v) and v.iloc[0] > 0:
+            return float(v.iloc[0])
+    return DEFAULT_PIXEL_SIZE_UM
+
+
 def failed_sites(site_qc: pd.DataFrame) -> pd.DataFrame:
     return site_qc.loc[~site_qc["passed_qc"], SITE_KEY + ["qc_reason"]].drop_duplicates(SITE_KEY)
 
@@ -42,6 +57,7 @@ class IlluminationConfig(dg.Config):
     sigma_fraction: float = Field(1 / 32, description="Gaussian smoothing sigma as a fraction of the image side.")
     k_sd: float = Field(3.0, description="Bright-area suppression: replace pixels above local median + k_sd x SD.")
     n_iter: int = Field(5, description="Bright-area suppression iterations.")
+    min_sites_per_group: int = Field(40, description="Warn when an acquisition group has fewer QC-passed sites (profile accuracy, see docs).")
 
 
 def _profile_png(flatfields: dict[str, np.ndarray]) -> bytes:
@@ -81,39 +97,51 @@ def illumination_profiles(
     plate = context.partition_key
     rows = passed_images(raw_sites, site_qc)
     if rows.empty:
-        raise ValueError(f"plate {plate}: no QC-passed site, cannot estimate illumination profiles")
+        raise dg.Failure(description=f"plate {plate}: no QC-passed site, cannot estimate illumination profiles",
+                         allow_retries=False)
     shape = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
-    manifest: dict = {"plate": plate, "shape": list(shape), "channels": {}}
-    flatfields = {}
-    for ch in IMAGE_CHANNELS:
-        paths = rows.loc[rows["channel"] == ch, "path"].tolist()
-        results = compute.map(illumination_background, [(p, shape) for p in paths])
-        grids = [r.value for r in results if r.ok]
-        for p, r in zip(paths, results):
-            if not r.ok:
-                context.log.warning(f"illumination: skipped {p}: {r.error}")
-        profile = profile_from_backgrounds(
-            grids, shape, darkfield=config.camera_offset if config.camera_offset is not None else "auto",
-            sigma_fraction=config.sigma_fraction,
-        )
-        path = storage.path("illumination_profiles", plate, f"{ch}.npy")
-        buf = io.BytesIO()
-        np.save(buf, profile.flatfield.astype(np.float32))
-        atomic_write_bytes(path, buf.getvalue())
-        flatfields[ch] = profile.flatfield
-        manifest["channels"][ch] = {"flatfield": path, **profile.summary()}
-        context.log.info(f"{ch}: {len(grids)} images, darkfield {profile.darkfield:.1f} ({profile.darkfield_method}), "
-                         f"flatfield min/max {profile.min_ratio:.3f}/{profile.max_ratio:.3f}")
-    summary = pd.DataFrame(
-        [{"channel": ch, "n_images": v["n_images"], "darkfield": round(v["darkfield"], 1), "darkfield_method": v["darkfield_method"],
-          "min": round(v["flatfield_min"], 3), "max": round(v["flatfield_max"], 3), "min/max ratio": round(v["flatfield_min"] / v["flatfield_max"], 3)}
-         for ch, v in manifest["channels"].items()]
-    )
+    manifest: dict = {"plate": plate, "shape": list(shape), "groups": {}}
+    flatfields, summary_rows = {}, []
+    for group, grows in rows.groupby(_group_column(rows), sort=False):
+        slug = group_slug(str(group))
+        n_sites = grows[SITE_KEY].drop_duplicates().shape[0]
+        entry = {"slug": slug, "n_sites": n_sites, "channels": {}}
+        if n_sites < config.min_sites_per_group:
+            context.log.warning(f"acquisition group {group!r}: only {n_sites} QC-passed sites for its illumination "
+                                f"profile (recommended >= {config.min_sites_per_group}); the profile is noisier")
+        for ch in IMAGE_CHANNELS:
+            paths = grows.loc[grows["channel"] == ch, "path"].tolist()
+            results = compute.map(illumination_background, [(p, shape, config.n_iter, config.k_sd) for p in paths])
+            grids = [r.value for r in results if r.ok]
+            for p, r in zip(paths, results):
+                if not r.ok:
+                    context.log.warning(f"illumination: skipped {p}: {r.error}")
+            if not grids:
+                continue
+            profile = profile_from_backgrounds(
+                grids, shape, darkfield=config.camera_offset if config.camera_offset is not None else "auto",
+                sigma_fraction=config.sigma_fraction,
+            )
+            path = storage.path("illumination_profiles", plate, slug, f"{ch}.npy")
+            buf = io.BytesIO()
+            np.save(buf, profile.flatfield.astype(np.float32))
+            atomic_write_bytes(path, buf.getvalue())
+            flatfields[f"{ch} | {group}" if len(set(rows[_group_column(rows)])) > 1 else ch] = profile.flatfield
+            entry["channels"][ch] = {"flatfield": path, **profile.summary()}
+            context.log.info(f"{group} / {ch}: {len(grids)} images, darkfield {profile.darkfield:.1f} ({profile.darkfield_method}), "
+                             f"flatfield min/max {profile.min_ratio:.3f}/{profile.max_ratio:.3f}")
+            summary_rows.append({"acquisition group": group, "channel": ch, "n_images": len(grids),
+                                 "darkfield": round(profile.darkfield, 1), "darkfield_method": profile.darkfield_method,
+                                 "min": round(profile.min_ratio, 3), "max": round(profile.max_ratio, 3),
+                                 "min/max ratio": round(profile.min_ratio / profile.max_ratio, 3)})
+        manifest["groups"][str(group)] = entry
+    summary = pd.DataFrame(summary_rows)
     context.add_output_metadata(
         {
             "profiles": dg.MetadataValue.md(figures.png_markdown(_profile_png(flatfields), "flatfields")),
             "summary": dg.MetadataValue.md(md_table(summary)),
-            "min_max_ratio": dg.MetadataValue.json({r.channel: r["min/max ratio"] for _, r in summary.iterrows()}),
+            "n_acquisition_groups": len(manifest["groups"]),
+            "min_max_ratio": dg.MetadataValue.json({f"{r['acquisition group']} / {r['channel']}": r["min/max ratio"] for r in summary_rows}),
             "folder": dg.MetadataValue.path(storage.path("illumination_profiles", plate)),
         }
     )
@@ -133,6 +161,8 @@ class PreprocessConfig(dg.Config):
     tv_weight: float = Field(TV_WEIGHT, description="TV-denoise weight on the robust [0,1] scale; 0 disables. See docs.")
     crop_fraction: float = Field(0.75, description="Centre crop as a fraction of the side (1536 on 2048).")
     crop_size: int | None = Field(None, description="Absolute centre-crop side (px); overrides crop_fraction.")
+    reference_pixel_size_um: float = Field(
+        DEFAULT_PIXEL_SIZE_UM, description="Radii above are px at this pixel size (um); each site's radii scale with its own pixel size.")
     max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
     n_preview: int = Field(4, description="Sites in the before/after montage.")
 
@@ -196,13 +226,18 @@ def corrected_images(
     plate = context.partition_key
     rows = passed_images(raw_sites, site_qc)
     shape = tuple(illumination_profiles["shape"])
-    profiles = tuple((ch, v["flatfield"], float(v["darkfield"])) for ch, v in illumination_profiles["channels"].items())
+    profiles = {g: tuple((ch, v["flatfield"], float(v["darkfield"])) for ch, v in e["channels"].items())
+                for g, e in illumination_profiles["groups"].items()}
     params = config.params()
-    tasks = []
+    tasks, site_px = [], []
+    group_col = _group_column(rows)
     for (well, site), grp in rows.groupby(["Metadata_Well", "Metadata_Site"], sort=True):
         paths = dict(zip(grp["channel"], grp["path"]))
+        px = _pixel_size(grp)
+        site_px.append([well, int(site), px])
         tasks.append(CorrectSiteTask(well, int(site), tuple((ch, paths[ch]) for ch in IMAGE_CHANNELS if ch in paths),
-                                     profiles, shape, params, preview=len(tasks) < config.n_preview))
+                                     profiles[str(grp[group_col].iloc[0])], shape,
+                                     params.scaled(config.reference_pixel_size_um / px), preview=len(tasks) < config.n_preview))
     store = storage.path("corrected_images", f"{plate}.ome.zarr")
     cleanup_stale_tmp(storage.path("corrected_images"))
     previews, out_shape = [], None
@@ -245,7 +280,9 @@ def corrected_images(
                 labels += [f"{t.well} s{t.site} {ch} raw", f"{t.well} s{t.site} {ch} corrected"]
         metadata["before_after"] = dg.MetadataValue.md(figures.png_markdown(figures.montage(tiles, labels, ncols=6), "before/after"))
     context.add_output_metadata(metadata)
+    px_of = {(w, s_): p for w, s_, p in site_px}
     return {"plate": plate, "store": store, "channels": list(IMAGE_CHANNELS), "sites": written,
+            "pixel_size_um": [[w, s_, px_of[(w, s_)]] for w, s_ in written],
             "side": int(min(out_shape[-2:])) if out_shape else 0,
             "failed": failures.to_dict("records"), "skipped_qc": skipped[["Metadata_Well", "Metadata_Site"]].values.tolist()}
 
@@ -253,7 +290,7 @@ def corrected_images(
 class MasksConfig(dg.Config):
     """Mask settings; sizes in px of the corrected images."""
 
-    nucleus_diameter_px: float = Field(DEFAULT_NUCLEUS_DIAMETER_PX, description="Expected nucleus equivalent diameter; the watershed parameters derive from it.")
+    nucleus_diameter_um: float = Field(DEFAULT_NUCLEUS_DIAMETER_UM, description="Expected nucleus equivalent diameter (um); in px it follows each site's pixel size, and the watershed parameters derive from it.")
     regularization: float = Field(0.05, description="Propagation regularization (CellProfiler default 0.05).")
     propagate_scale: int = Field(2, description="Propagate on a grid downsampled by this factor (1 = full resolution).")
     border_width_px: int = Field(3, description="Width of the borders mask.")
@@ -262,9 +299,13 @@ class MasksConfig(dg.Config):
     max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
     n_overlays: int = Field(4, description="Sites shown as overlays in the metadata.")
 
-    def params(self) -> MaskParams:
-        return MaskParams(NucleiParams(expected_diameter_px=self.nucleus_diameter_px), self.regularization,
-                          self.propagate_scale, self.border_width_px, self.w0, self.sigma)
+    def params(self, pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM) -> MaskParams:
+        """Mask parameters for a site of ``pixel_size_um``: the nucleus diameter in px, and
+        propagation at full resolution once objects are small (binned images)."""
+        diameter_px = self.nucleus_diameter_um / pixel_size_um
+        scale = self.propagate_scale if diameter_px >= 2 * DEFAULT_NUCLEUS_DIAMETER_PX / 3 else 1
+        return MaskParams(NucleiParams(expected_diameter_px=diameter_px), self.regularization,
+                          scale, self.border_width_px, self.w0, self.sigma)
 
 
 def _overlay_png(store: str, sites: list, masks_store: str) -> bytes:
@@ -304,8 +345,9 @@ def masks(
     """
     plate = context.partition_key
     store = corrected_images["store"]
-    params = config.params()
-    tasks = [MaskSiteTask(store, w, int(s), tuple(corrected_images["channels"]), params) for w, s in corrected_images["sites"]]
+    px = {(w, int(s_)): float(p) for w, s_, p in corrected_images.get("pixel_size_um", [])}
+    tasks = [MaskSiteTask(store, w, int(s), tuple(corrected_images["channels"]), config.params(px.get((w, int(s)), DEFAULT_PIXEL_SIZE_UM)))
+             for w, s in corrected_images["sites"]]
     masks_store = storage.path("masks", f"{plate}.ome.zarr")
     cleanup_stale_tmp(storage.path("masks"))
     summaries = []

@@ -1,14 +1,25 @@
 """Per-plate ingestion assets: ``raw_sites`` (file index) and ``site_qc`` (quality control)."""
 
 
+import dataclasses
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from ssc_assets.core import figures
+from ssc_assets.core.acquisition import acquisition_summary, channel_exposures
 from ssc_assets.core.channels import IMAGE_CHANNELS
-from ssc_assets.core.ingest import SITE_KEY, assemble_site_qc, build_raw_sites, qc_items, qc_one_image, site_table
-from ssc_assets.core.qc import QcConfig
+from ssc_assets.core.ingest import (
+    SITE_KEY,
+    assemble_site_qc,
+    build_raw_sites,
+    qc_items,
+    qc_one_image,
+    qc_work_items,
+    site_table,
+)
+from ssc_assets.core.qc import QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
 from ssc_assets.core.storage import write_text
 from ssc_assets.core.tiff_io import ImageReadError, read_image
 from ssc_assets.defs.partitions import plates
@@ -21,7 +32,11 @@ def md_table(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
     """Markdown table of the first ``max_rows`` rows, with a note on how many were left out."""
     if df.empty:
         return "_none_"
-    text = df.head(max_rows).to_markdown(index=False)
+    shown = df.head(max_rows).copy()
+    for c in shown.columns:  # '|' inside a cell would end the cell
+        if shown[c].dtype == object:
+            shown[c] = shown[c].map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+    text = shown.to_markdown(index=False)
     if len(df) > max_rows:
         text += f"\n\n_{len(df) - max_rows} more rows not shown_"
     return text
@@ -32,7 +47,7 @@ def md_table(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
     io_manager_key="parquet_io_manager",
     group_name="ingest",
     kinds={"python", "parquet"},
-    code_version="1",
+    code_version="2",
     check_specs=[
         dg.AssetCheckSpec(
             "plate_complete",
@@ -76,11 +91,19 @@ def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource, stor
         "n_bad_images": len(bad),
         "bad_images": dg.MetadataValue.md(md_table(bad[["path", "header_error"]])),
         "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in raw.problems) or "_none_"),
+        "acquisition": dg.MetadataValue.md(md_table(acquisition_summary(table))),
+        "exposures_ms": dg.MetadataValue.md(md_table(channel_exposures(table))),
+        "n_acquisition_groups": int(table["Metadata_AcquisitionGroup"].nunique()),
+        "objectives": ", ".join(sorted(table["Metadata_Objective"].astype(str).unique())),
+        "pixel_size_um": ", ".join(f"{v:.4g}" for v in sorted(table["Metadata_PixelSizeUm"].unique())),
+        "metadata_source": ", ".join(sorted(table["Metadata_AcquisitionSource"].astype(str).unique())),
+        "n_user_overrides": int(table.drop_duplicates(SITE_KEY)["qc_override"].notna().sum()),
         "fingerprint": raw.scan.fingerprint,
     }
     yield dg.Output(table, metadata=metadata, data_version=dg.DataVersion(raw.scan.fingerprint))
     missing = pd.DataFrame(raw.missing, columns=["well", "site", "wavelength"])
-    passed = missing.empty and not raw.wells_without_images and not any("not acquired" in p for p in raw.problems)
+    passed = missing.empty and not raw.wells_without_images and not any(
+        ("not acquired" in p or "not found on the plate" in p) for p in raw.problems)
     yield dg.AssetCheckResult(
         check_name="plate_complete",
         asset_key="raw_sites",
@@ -95,28 +118,50 @@ def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource, stor
     )
 
 
+_QC = QcConfig()
+
+
 class SiteQcConfig(dg.Config):
-    """QC settings (editable in the launchpad)."""
+    """QC settings (editable in the launchpad; defaults from :class:`~ssc_assets.core.qc.QcConfig`)."""
 
-    z_threshold: float = Field(5.0, description="Robust z-score (median/MAD) beyond which an image is an outlier.")
+    max_saturated_fraction: float = Field(_QC.max_saturated_fraction, description="Fail an image with more than this fraction of pixels at the camera maximum.")
+    min_nuclei_snr: float = Field(_QC.min_nuclei_snr, description="Fail a nuclei image whose q99 - median is below this many noise SDs (empty field, no stain).")
+    min_nuclei_contrast_ratio: float = Field(_QC.min_nuclei_contrast_ratio, description="Fail a nuclei image with less than this fraction of its well's nuclei contrast (cell-free field).")
+    max_edge_width_um: float = Field(_QC.max_edge_width_um, description="Fail nuclei whose edge blur sigma exceeds this many um (out of focus).")
+    max_edge_width_px: float = Field(_QC.max_edge_width_px, description="... or this many pixels, whichever is larger.")
+    z_focus: float = Field(_QC.z_focus, description="Fail a site this many robust SDs less sharp than its well / acquisition group.")
+    debris_ratio: float = Field(_QC.debris_ratio, description="Fail a site whose q99 - q01 is this many times its well's, in nuclei and another channel (debris).")
+    z_review: float = Field(_QC.z_review, description="Intensity robust z (within the acquisition group) beyond which a site is flagged for review, never failed.")
     max_failed_fraction: float = Field(0.1, description="The check warns when more sites than this fraction fail QC.")
-    n_montage: int = Field(12, description="Flagged sites shown in the thumbnail montage.")
+    n_gallery: int = Field(24, description="Failed and review-flagged sites shown in the review gallery.")
+
+    def qc_config(self) -> QcConfig:
+        return dataclasses.replace(
+            _QC, **{f.name: getattr(self, f.name) for f in dataclasses.fields(QcConfig) if f.name in type(self).model_fields})
 
 
-def _flagged_montage(qc: pd.DataFrame, n: int) -> str:
-    flagged = qc[~qc["image_passed"] & qc["path"].notna()].head(n)
-    tiles, labels = [], []
-    for row in flagged.itertuples():
-        try:
-            img = read_image(row.path)
-        except ImageReadError:
-            continue
-        tiles.append(figures.downsample(img, 128))
-        first = row.image_reason.split(";")[0]
-        labels.append(f"{row.Metadata_Well} s{row.Metadata_Site} {row.channel}\n{first.split(':')[0][:28]}")
-    if not tiles:
-        return "_no readable flagged images_"
-    return figures.png_markdown(figures.montage(tiles, labels), "flagged sites")
+def _gallery(qc: pd.DataFrame, sites: pd.DataFrame, n: int) -> str:
+    """Thumbnails of failed, then review-flagged sites (nuclei channel, else the first readable
+    image of the site) captioned with the reason."""
+    chosen = pd.concat([sites[~sites["passed_qc"]].assign(status="failed"),
+                        sites[sites["passed_qc"] & sites.get("qc_review", False)].assign(status="review")]).head(n)
+    if chosen.empty:
+        return "_no failed or review-flagged site_"
+    tiles = []
+    for r in chosen.itertuples():
+        imgs = qc[(qc["Metadata_Well"] == r.Metadata_Well) & (qc["Metadata_Site"] == r.Metadata_Site) & qc["path"].notna()
+                  & qc["read_error"].isna()]
+        imgs = imgs.sort_values("channel", key=lambda c: c != "nuclei")
+        tile = None
+        for row in imgs.itertuples():
+            try:
+                tile = figures.downsample(read_image(row.path), 160)
+                break
+            except ImageReadError:
+                continue
+        reason = r.qc_reason if r.status == "failed" else getattr(r, "review_reason", "")
+        tiles.append((tile, f"{r.Metadata_Well} s{r.Metadata_Site}", reason, r.status))
+    return figures.png_markdown(figures.review_gallery(tiles), "QC review gallery")
 
 
 @dg.asset(
@@ -124,7 +169,7 @@ def _flagged_montage(qc: pd.DataFrame, n: int) -> str:
     io_manager_key="parquet_io_manager",
     group_name="ingest",
     kinds={"python", "parquet"},
-    code_version="1",
+    code_version="2",
     check_specs=[
         dg.AssetCheckSpec(
             "qc_failure_fraction",
@@ -134,18 +179,19 @@ def _flagged_montage(qc: pd.DataFrame, n: int) -> str:
     ],
 )
 def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: pd.DataFrame, compute: SiteCompute):
-    """QC per site x channel: CellProfiler focus score (PowerLogLogSlope), percent maximal,
-    intensity statistics, robust-z outlier flags and ``passed_qc`` per site.
+    """QC per site x channel: artifacts fail a site, intensity outliers only flag it for review.
+
+    Measures: CellProfiler focus score (PowerLogLogSlope), pixels at the camera maximum,
+    nuclei signal-to-noise, nuclei edge blur (um), intensity statistics. Rules: absolute
+    (saturation, empty field, focus) and relative to the site's well and acquisition group,
+    never to plate-wide intensity levels (see docs/ingest-qc.md). User decisions in the plate
+    folder's ``qc_overrides.csv`` are applied last.
 
     Stored as ``$SSC_STORAGE_DIR/site_qc/<plate>.parquet``. Downstream assets skip sites with
     ``passed_qc == False``.
     """
     rows = qc_items(raw_sites, IMAGE_CHANNELS)
-    shape_ok = rows["header_error"].isna()
-    items = [
-        (p, (int(h), int(w)) if ok else None)
-        for p, h, w, ok in zip(rows["path"], rows["height"], rows["width"], shape_ok)
-    ]
+    items = qc_work_items(rows)
     done = {"n": 0}
 
     def progress(result) -> None:
@@ -157,22 +203,33 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
     measures = [
         r.value if r.error is None else {"read_error": f"{items[i][0]}: {r.error}"} for i, r in enumerate(results)
     ]
-    qc = assemble_site_qc(rows, measures, QcConfig(z_threshold=config.z_threshold))
+    qc_config = config.qc_config()
+    qc = assemble_site_qc(rows, measures, qc_config)
     sites = site_table(qc)
     failed = sites[~sites["passed_qc"]]
+    review = sites[sites["passed_qc"] & sites["qc_review"]]
     for r in failed.itertuples():
         context.log.warning(f"site {r.Metadata_Well} s{r.Metadata_Site} failed QC: {r.qc_reason}")
-    hist_measures = ["focus_score", "percent_maximal", "median", "std", "q01", "q99", "total_intensity"]
-    hist = figures.qc_histograms(qc, hist_measures, title=f"{context.partition_key}: QC per channel")
+    hist = figures.qc_histograms(qc, QC_HISTOGRAM_MEASURES, title=f"{context.partition_key}: QC per channel",
+                                 thresholds=qc_thresholds(qc_config, qc))
     frac = len(failed) / max(len(sites), 1)
+    by_group = sites.groupby("Metadata_AcquisitionGroup").agg(
+        n_sites=("passed_qc", "size"), failed=("passed_qc", lambda s: int((~s).sum())),
+        review=("qc_review", "sum")).reset_index().rename(columns={"Metadata_AcquisitionGroup": "acquisition group"})
+    by_reason = failure_counts(failed["qc_reason"])
     metadata = {
         "n_sites": len(sites),
         "n_sites_failed": len(failed),
+        "n_sites_review": len(review),
         "failed_fraction": round(frac, 4),
-        "failed_sites": dg.MetadataValue.md(md_table(failed)),
+        "failed_by_reason": dg.MetadataValue.md(md_table(by_reason)),
+        "by_acquisition_group": dg.MetadataValue.md(md_table(by_group)),
+        "failed_sites": dg.MetadataValue.md(md_table(failed[SITE_KEY + ["qc_reason", "qc_decision"]])),
+        "review_sites": dg.MetadataValue.md(md_table(review[SITE_KEY + ["review_reason"]])),
+        "review_gallery": dg.MetadataValue.md(_gallery(qc, sites, config.n_gallery)),
         "qc_histograms": dg.MetadataValue.md(figures.png_markdown(hist, "QC histograms")),
-        "flagged_montage": dg.MetadataValue.md(_flagged_montage(qc, config.n_montage)),
-        "z_threshold": config.z_threshold,
+        "user_overrides": int((sites["qc_decision"] != "auto").sum()),
+        "qc_rules": dg.MetadataValue.json(dataclasses.asdict(qc_config)),
     }
     yield dg.Output(qc, metadata=metadata)
     yield dg.AssetCheckResult(

@@ -12,17 +12,30 @@ from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import PlateSource
 
 
-def evaluate_plates(plate_source: PlateSource, cursor: dict[str, str], existing: set[str], now_ns: int | None = None, log=None):
+def evaluate_plates(plate_source: PlateSource, cursor: dict[str, str], existing: set[str], now_ns: int | None = None, log=None,
+                    waiting: dict[str, str] | None = None):
     """One sensor tick, as a plain function (also used by ``ssc-assets demo``).
 
     Returns (new partition keys, run requests, new cursor). The cursor maps plate key ->
     fingerprint of the last requested version; entries of vanished folders are dropped, so
-    it is bounded by the number of plate folders present.
+    it is bounded by the number of plate folders present. Plates that are not ingested get
+    their reason in ``waiting`` (plate key -> reason); an error on one plate folder is
+    reported for that plate and the others proceed.
     """
     new_keys, requests, new_cursor = [], [], {}
+    waiting = {} if waiting is None else waiting
     for key, folder in plate_source.plate_folders().items():
-        state = plate_readiness(folder, plate_source.channels(), plate_source.settle_seconds, now_ns, plate_source.time_point)
+        try:
+            state = plate_readiness(folder, plate_source.channels(), plate_source.settle_seconds, now_ns, plate_source.time_point)
+        except Exception as exc:  # noqa: BLE001 - one bad folder must not stop the others
+            waiting[key] = f"cannot scan {folder}: {type(exc).__name__}: {exc}"
+            if log:
+                log.error(f"plate {key}: {waiting[key]}")
+            if key in cursor:
+                new_cursor[key] = cursor[key]
+            continue
         if not state.ready:
+            waiting[key] = state.reason
             if log:
                 log.info(f"plate {key}: not ingested yet ({state.reason})")
             if key in cursor:
@@ -70,8 +83,14 @@ def plate_sensor(context: dg.SensorEvaluationContext, plate_source: PlateSource)
     # plates ingested outside this sensor (ssc-assets demo, the UI): their raw_sites data version
     # is the folder fingerprint, so an unchanged plate is not processed again
     cursor = {**ingested_versions(context.instance, sorted(existing - set(cursor))), **cursor}
-    new_keys, requests, new_cursor = evaluate_plates(plate_source, cursor, existing, time.time_ns(), context.log)
+    waiting: dict[str, str] = {}
+    new_keys, requests, new_cursor = evaluate_plates(plate_source, cursor, existing, time.time_ns(), context.log, waiting)
+    skip = None
+    if not requests:
+        skip = ("; ".join(f"{k}: {v}" for k, v in sorted(waiting.items()))[:1500] if waiting
+                else f"no new or changed complete plate under {plate_source.plates_dir}")
     return dg.SensorResult(
+        skip_reason=skip,
         run_requests=requests,
         dynamic_partitions_requests=[plates.build_add_request(new_keys)] if new_keys else [],
         cursor=json.dumps(new_cursor, sort_keys=True),
