@@ -169,3 +169,28 @@ def test_unknown_wavelength_is_excluded_and_reported(plate):
     raw = build_raw_sites(plate)
     assert any("unknown wavelength w6" in r for r in raw.excluded.reason)
     assert len(raw.table) == 32
+
+
+def test_qc_overrides_file(plate):
+    """A user's qc_overrides.csv changes the plate's version and the site decisions; bad rows
+    are reported with the file and line, never silently applied."""
+    before = build_raw_sites(plate).scan.fingerprint
+    (plate / "qc_overrides.csv").write_text(
+        "well,site,decision,note\nB02,1,fail,scratch in the well\nb3,2,pass,\nC02,1,maybe,unsure\n")
+    raw, qc, sites = run_qc(plate)
+    assert raw.scan.fingerprint != before  # the sensor sees a new plate version
+    assert any("qc_overrides.csv line 4" in p and "maybe" in p for p in raw.problems)
+    s = sites.set_index(["Metadata_Well", "Metadata_Site"])
+    assert not s.loc[("B02", 1), "passed_qc"] and s.loc[("B02", 1), "qc_reason"].startswith("user decision: fail (scratch")
+    assert s.loc[("B03", 2), "qc_decision"] == "user pass" and s.loc[("B03", 2), "passed_qc"]
+    assert s.loc[("C02", 1), "qc_decision"] == "auto"
+    assert s.passed_qc.sum() == len(s) - 1
+
+
+def test_override_cannot_pass_an_unreadable_image(plate):
+    target = first(plate, "TESTPLATE_B02_s1_w2[0-9A-F]*.tif")
+    target.write_bytes(b"not a tiff")
+    (plate / "qc_overrides.csv").write_text("well,site,decision\nB02,1,pass\n")
+    _, _, sites = run_qc(plate)
+    row = sites[(sites.Metadata_Well == "B02") & (sites.Metadata_Site == 1)].iloc[0]
+    assert not row.passed_qc and str(target) in row.qc_reason

@@ -89,3 +89,40 @@ def test_plate_ingested_outside_the_sensor_is_not_requested_again(plate_factory,
         os.utime(f, ns=(time.time_ns() - 10**11, time.time_ns() - 10**11))
         r = tick(instance, source, r.cursor)
         assert [rr.partition_key for rr in r.run_requests] == ["PLATE_A"]
+
+
+def test_three_wavelength_export_without_htd_is_ingested(plate_factory):
+    """Real exports often lack the HTD and the 4th (CY5) wavelength: the default channel map
+    must not demand w4."""
+    plate_factory(name="THREE", n_wave=3, htd=False)
+    source = PlateSource(plates_dir=str(plate_factory.root), settle_seconds=0)
+    with dg.instance_for_test() as instance:
+        r = tick(instance, source)
+        assert [rr.partition_key for rr in r.run_requests] == ["THREE"]
+
+
+def test_waiting_plates_say_why_and_a_bad_folder_does_not_stop_the_others(plate_factory, monkeypatch):
+    plate_factory(name="GOOD")
+    plate_factory(name="NOACTIN", n_wave=2, htd=False)
+    source = PlateSource(plates_dir=str(plate_factory.root), settle_seconds=0)
+    with dg.instance_for_test() as instance:
+        r = tick(instance, source)
+        assert [rr.partition_key for rr in r.run_requests] == ["GOOD"]
+        r2 = tick(instance, source, r.cursor)
+        assert not r2.run_requests
+        msg = r2.skip_reason.skip_message
+        assert "NOACTIN" in msg and "actin" in msg and "w1" in msg
+
+    import ssc_assets.defs.sensors as sensors
+
+    real = sensors.plate_readiness
+
+    def flaky(folder, *a, **k):
+        if folder.name == "NOACTIN":
+            raise OSError(40, "Too many levels of symbolic links")
+        return real(folder, *a, **k)
+
+    monkeypatch.setattr(sensors, "plate_readiness", flaky)
+    with dg.instance_for_test() as instance:
+        r = tick(instance, source)
+        assert [rr.partition_key for rr in r.run_requests] == ["GOOD"]

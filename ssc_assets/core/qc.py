@@ -313,12 +313,14 @@ SITE_COLS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
 GROUP_COL = "Metadata_AcquisitionGroup"
 
 
-def _well_reference(df: pd.DataFrame, measure: str) -> pd.Series:
-    """Median of ``measure`` over each image's well (same channel); NaN for single-site wells."""
+def _well_reference(df: pd.DataFrame, measure: str, exclude: pd.Series | None = None) -> pd.Series:
+    """Median of ``measure`` over each image's well (same channel), leaving out images in
+    ``exclude`` (already failed); NaN where fewer than 2 images remain (single-site wells)."""
+    v = df[measure] if exclude is None else df[measure].where(~exclude.reindex(df.index, fill_value=False))
     keys = [df["Metadata_Plate"], df["Metadata_Well"], df["channel"]]
-    med = df.groupby(keys)[measure].transform("median")
-    n = df.groupby(keys)[measure].transform("count")
-    return med.where(n >= 3)
+    med = v.groupby(keys).transform("median")
+    n = v.groupby(keys).transform("count")
+    return med.where(n >= 2)
 
 
 def apply_qc_rules(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFrame:
@@ -365,15 +367,17 @@ def apply_qc_rules(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFr
     blurred = nuc & (r["edge_width_um"] > limit[r.index])
     add(fail, blurred, lambda i: f"out of focus: nuclei edge blur {out.at[i, 'edge_width_um']:.2f} um "
                                  f"(limit {limit[i]:.2f} um)")
-    # --- relative to the well (same donor and biology)
-    contrast_ref = _well_reference(r, "contrast")
-    grp_contrast = r.groupby([r[GROUP_COL], r["channel"]])["contrast"].transform("median")
-    ref = contrast_ref.fillna(grp_contrast)
+    # --- relative to the well (same donor and biology), leaving out images failed so far;
+    # capped by the acquisition group's median so that artifacts cannot inflate a well's level
+    failed_so_far = pd.Series([bool(x) for x in fail], index=out.index)[r.index]
+    site_failed = failed_so_far.groupby([r[c] for c in SITE_COLS]).transform("any")
+    grp_contrast = r["contrast"].where(~site_failed).groupby([r[GROUP_COL], r["channel"]]).transform("median")
+    ref = np.fmin(_well_reference(r, "contrast", site_failed), grp_contrast)
     add(fail, nuc & (r["contrast"] < config.min_nuclei_contrast_ratio * ref) & (r["snr"] >= config.min_nuclei_snr),
         lambda i: f"cell-free field: nuclei contrast {out.at[i, 'contrast']:.0f} counts, "
                   f"{out.at[i, 'contrast'] / max(ref[i], 1e-9):.0%} of its well")
-    bright = r["bright_contrast"] / _well_reference(r, "bright_contrast").fillna(
-        r.groupby([r[GROUP_COL], r["channel"]])["bright_contrast"].transform("median"))
+    grp_bright = r["bright_contrast"].where(~site_failed).groupby([r[GROUP_COL], r["channel"]]).transform("median")
+    bright = r["bright_contrast"] / _well_reference(r, "bright_contrast", site_failed).fillna(grp_bright)
     is_bright = bright >= config.debris_ratio
     site_key = [r[c] for c in SITE_COLS]
     nuc_bright = (is_bright & nuc).groupby(site_key).transform("any")
@@ -446,8 +450,9 @@ def apply_overrides(qc: pd.DataFrame) -> pd.DataFrame:
     out.loc[fail, "qc_reason"] = ("user decision: fail" + note[fail].map(lambda n: f" ({n})" if n else "")
                                   + out.loc[fail, "qc_reason"].map(lambda r: f" | auto: {r}" if r else ""))
     ok = (dec == "pass") & ~unreadable
-    out.loc[ok & ~out["passed_qc"], "qc_reason"] = ("user decision: pass" + note[ok].map(lambda n: f" ({n})" if n else "")
-                                                    + " | auto: " + out.loc[ok & ~out["passed_qc"], "qc_reason"])
+    flip = ok & ~out["passed_qc"]
+    out.loc[flip, "qc_reason"] = ("user decision: pass" + note[flip].map(lambda n: f" ({n})" if n else "")
+                                  + " | auto: " + out.loc[flip, "qc_reason"])
     out.loc[ok, "passed_qc"] = True
     out.loc[fail, "qc_decision"] = "user fail"
     out.loc[ok, "qc_decision"] = "user pass"

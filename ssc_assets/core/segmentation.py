@@ -27,9 +27,10 @@ DEFAULT_NUCLEUS_DIAMETER_UM = DEFAULT_NUCLEUS_DIAMETER_PX * 0.34
 
 @dataclass(frozen=True)
 class NucleiParams:
-    """Nuclei segmentation. Everything but ``opening_radius`` scales with the expected diameter D.
+    """Nuclei segmentation. Every size scales with the expected diameter D (px).
 
-    - ``opening_radius`` 3 px: the thesis' opening (removes specks and thin bridges);
+    - ``opening_radius``: the thesis' opening (removes specks and thin bridges), 3 px at the
+      default D = 36 px, i.e. round(D / 12) (at least 1) when left as ``None``;
     - minimum area: ``min_area_fraction`` x area of a disk of diameter D (debris is smaller);
     - distance map smoothed with sigma = D / 24 (removes ragged-edge ridges);
     - markers: regional maxima of the smoothed distance map deeper than h = D / 12, so two
@@ -38,7 +39,7 @@ class NucleiParams:
     """
 
     expected_diameter_px: float = DEFAULT_NUCLEUS_DIAMETER_PX
-    opening_radius: int = 3
+    opening_radius: int | None = None
     min_area_fraction: float = 0.1
     clear_border: bool = True
 
@@ -49,6 +50,11 @@ class NucleiParams:
     @property
     def min_area_px(self) -> float:
         return self.min_area_fraction * np.pi * (self.expected_diameter_px / 2) ** 2
+
+    @property
+    def opening_px(self) -> int:
+        """Opening radius in px: ``opening_radius`` if set, else round(D / 12), at least 1."""
+        return self.opening_radius if self.opening_radius is not None else max(1, int(round(self.expected_diameter_px / 12.0)))
 
     @property
     def smoothing_sigma(self) -> float:
@@ -91,7 +97,7 @@ def segment_nuclei(nuclei_img: np.ndarray, params: NucleiParams = NucleiParams()
     if img.size == 0 or float(img.max()) - float(img.min()) < 1e-6:
         return np.zeros(img.shape, np.int32)
     fg = img > threshold_otsu(img)
-    fg = ndi.binary_opening(fg, structure=disk(params.opening_radius))
+    fg = ndi.binary_opening(fg, structure=disk(params.opening_px))
     fg = _fill_holes_per_object(fg)
     lab, n = ndi.label(fg)
     if n == 0:
