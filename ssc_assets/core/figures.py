@@ -28,10 +28,13 @@ def png_markdown(png: bytes, alt: str = "figure") -> str:
 
 
 def _robust_range(values: np.ndarray) -> tuple[float, float]:
-    """x range that ignores a few extreme values: [q01, q99] widened by 3 IQR-ish margins."""
-    lo, q25, q75, hi = np.quantile(values, [0.01, 0.25, 0.75, 0.99])
-    span = max(hi - lo, 3 * (q75 - q25), 1e-9)
-    return float(lo - 0.15 * span), float(hi + 0.15 * span)
+    """x range that ignores a few extreme values: [q25 - 3 IQR, q75 + 3 IQR], clipped to the
+    data's range (a handful of saturated sites must not squash the axis)."""
+    vmin, q25, q75, vmax = np.quantile(values, [0.0, 0.25, 0.75, 1.0])
+    iqr = max(q75 - q25, 1e-6 * max(abs(q75), 1.0))
+    lo, hi = max(vmin, q25 - 3 * iqr), min(vmax, q75 + 3 * iqr)
+    pad = 0.05 * max(hi - lo, iqr)
+    return float(lo - pad), float(hi + pad)
 
 
 def qc_histograms(
