@@ -119,11 +119,7 @@ class MlflowTracking(dg.ConfigurableResource):
         client = self.client()
         mv = mlflow.register_model(model_uri or f"runs:/{run_id}/model", model_name,
                                    tags={"val_loss": f"{val_loss:.6g}", "run_id": run_id})
-        current = None
-        try:
-            current = client.get_model_version_by_alias(model_name, CHAMPION)
-        except Exception:  # no champion yet
-            current = None
+        current = current_champion(client, model_name)
         cur_loss = float(current.tags.get("val_loss", "inf")) if current is not None else float("inf")
         promoted = val_loss < cur_loss
         if promoted:
@@ -158,3 +154,29 @@ class MlflowTracking(dg.ConfigurableResource):
 
             model = mlflow.sklearn.load_model(info["uri"])
         return model, info
+
+
+def no_champion_yet(exc: Exception) -> bool:
+    """True only when the registry says the alias (or the model) does not exist; any other
+    error (network, database, permissions) is not a reason to promote a new model."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    code = getattr(exc, "error_code", "")
+    text = str(exc).lower()
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text)
+
+
+def current_champion(client, model_name: str):
+    """The ``champion`` model version, or None when there is none yet. A registry error is
+    raised as a retryable ``dagster.Failure`` (the champion must never move on a failed read)."""
+    import dagster as dg
+
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except Exception as exc:  # noqa: BLE001 - classified below
+        if no_champion_yet(exc):
+            return None
+        raise dg.Failure(description=f"cannot read the current champion of {model_name!r} from the model registry "
+                                     f"({type(exc).__name__}: {exc}); champion not moved", allow_retries=True) from exc
