@@ -1,10 +1,12 @@
-"""Illumination (flat-field) correction per plate and channel (thesis section 2.5).
+"""Illumination (flat-field) correction per acquisition group and channel (thesis section 2.5).
 
 Thesis method: on the QC-passed images of one channel of one plate, bright areas and debris
 are filtered out iteratively (pixels more than 3 SD above the local median take the value of
 their neighbourhood), a median-weighted average of the images is computed and smoothed by
 a Gaussian, and the correction image is ``mean(background) / smoothed background``; every
-image of that channel and plate is multiplied by it.
+image of that channel and plate is multiplied by it. The pipeline applies it per
+*acquisition group* (sites imaged with the same objective / binning; each has its own
+vignetting), see ``docs/illumination.md``.
 
 Implementation (streaming: one full-size image in memory at a time):
 
@@ -12,24 +14,35 @@ Implementation (streaming: one full-size image in memory at a time):
    (32 x 32-pixel blocks at 2048 px): 4x4 means (OpenCV ``INTER_AREA``) and then the
    ``block_percentile`` (10th) percentile of each block, i.e. the local *background* under
    the cells. A percentile commutes with ``f * S + D``, so this keeps the illumination
-   pattern while ignoring most of the foreground;
-2. on that grid, ``n_iter`` passes replace cells above ``local median + k_sd * SD`` by the
-   local median (5 x 5 cells; SD = 1.4826 x MAD of ``grid - local median``): the thesis'
-   iterative suppression of bright areas and debris;
+   pattern while ignoring most of the foreground. A low percentile of *noisy* values lies
+   about ``z * sigma`` below the noise-free level (``z`` = 1.26 for the 10th of 64 values);
+   with a dim background that bias is a sizeable, nearly constant part of the signal and
+   flattens the estimated vignetting, so it is added back, with ``sigma`` the noise of the
+   4x4 means measured in the block (:func:`background_grid`). The same pass records a
+   *foreground level* per block (mean of its bright 4x4 means, where the block holds
+   something clearly brighter than its noise), used only to estimate the camera offset;
+2. on the background grid, ``n_iter`` passes replace cells above ``local median + k_sd *
+   SD`` by the local median (5 x 5 cells; SD = 1.4826 x MAD of ``grid - local median``): the
+   thesis' iterative suppression of bright areas and debris;
 3. the camera offset (darkfield, a constant) is estimated explicitly
-   (:func:`estimate_darkfield`) unless given;
+   (:func:`estimate_darkfield`: from background levels that differ between images, or else
+   from the foreground level against the background across the field) unless given;
 4. "median-weighted average": each cleaned background minus the darkfield is divided by its
    own median (so that images with more background or more cells do not dominate) and the
    normalised backgrounds are averaged;
 5. the average is smoothed with a Gaussian of sigma ``sigma_fraction`` x the shorter side
-   (default 1/32, i.e. 64 px at 2048 px), normalised to mean 1 and enlarged bilinearly to
-   full size (linear extrapolation over the outer half block): that is the flatfield;
+   (default 1/32, i.e. 64 px at 2048 px) as a Gaussian-weighted *local linear* fit
+   (:func:`smooth_grid`): identical to the plain Gaussian inside the field, but without its
+   bias at the edges, where a reflected or truncated Gaussian flattens a steep vignetting
+   fall-off; normalised to mean 1 and enlarged bilinearly to full size (linear
+   extrapolation over the outer half block): that is the flatfield;
    ``correction = 1 / flatfield`` = mean(background) / background.
 
 ``apply_illumination(raw, profile) = (raw - darkfield) * correction``: the offset is
 removed explicitly (pass ``add_offset=True`` to add it back after the correction).
 
-Pure numpy / scipy / OpenCV; no Dagster import.
+Accuracy against a known flatfield: ``benchmarks/illumination_accuracy.py`` and
+``docs/illumination.md``. Pure numpy / scipy / OpenCV; no Dagster import.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 import scipy.ndimage as ndi
+from scipy.special import gammaincinv, ndtri
 
 __all__ = [
     "IlluminationProfile",
@@ -50,6 +64,7 @@ __all__ = [
     "estimate_illumination_profile",
     "image_background",
     "profile_from_backgrounds",
+    "smooth_grid",
 ]
 
 
@@ -121,6 +136,61 @@ def _grid_geometry(shape: tuple[int, int], grid_size: int) -> tuple[int, int, in
     return block, pre, max(1, h // block), max(1, w // block)
 
 
+NOISE_QUANTILE = 0.1  # quantile of the window variances that measures the noise (least textured windows)
+FOREGROUND_SD = 8.0  # a block holds foreground when its brightest 4x4 mean is this many noise SDs above its background
+MIN_IMAGES_FOREGROUND = 20  # images needed for the foreground estimate of the darkfield
+
+
+def _block_stats(
+    img: np.ndarray, grid_size: int = 64, block_percentile: float = 10.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per block of the working grid: noise-corrected background, foreground level (NaN where
+    the block holds no foreground) and the noise SD of the averaged values, float32 (gh, gw)."""
+    a = np.asarray(img)
+    sat = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else np.inf
+    a = a.astype(np.float32)
+    block, pre, gh, gw = _grid_geometry(a.shape, grid_size)
+    a = np.ascontiguousarray(a[: gh * block, : gw * block])
+    c0 = float(np.median(a[::8, ::8]))  # centring keeps the float32 variances exact enough
+    a -= c0
+    if pre > 1:
+        size = (gw * block // pre, gh * block // pre)
+        m = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+        m2 = cv2.resize(a * a, size, interpolation=cv2.INTER_AREA)
+        n_avg, dof = pre * pre, pre * pre - 1
+    elif block >= 4:
+        m = cv2.blur(a, (3, 3), borderType=cv2.BORDER_REPLICATE)
+        m2 = cv2.blur(a * a, (3, 3), borderType=cv2.BORDER_REPLICATE)
+        n_avg, dof = 9, 8
+    else:
+        m, m2, n_avg, dof = a, None, 1, 0
+    b = block // pre
+    n = b * b
+    v = np.sort(m.reshape(gh, b, gw, b).transpose(0, 2, 1, 3).reshape(gh, gw, n), axis=2)
+    k = int(round(block_percentile / 100.0 * (n - 1)))
+    low = v[..., k]
+    if m2 is None:  # blocks of < 4 px: no averaging, no noise estimate
+        nan = np.full((gh, gw), np.nan, np.float32)
+        return (low + c0).astype(np.float32), nan, nan
+    # pixel variance inside each averaging window (noise + texture); texture only adds, so a
+    # low quantile of the block's window variances, scaled by the chi-square quantile, is
+    # the noise variance (noise level from the least textured windows)
+    var = np.maximum(m2 - m * m, 0.0) * (n_avg / dof)
+    w = var.reshape(gh, b, gw, b).transpose(0, 2, 1, 3).reshape(gh, gw, n)
+    j = int(round(NOISE_QUANTILE * (n - 1)))
+    chi_q = 2.0 * float(gammaincinv(dof / 2.0, (j + 1 - 0.375) / (n + 0.25))) / dof
+    sd = np.sqrt(np.partition(w, j, axis=2)[..., j] / chi_q / n_avg)  # SD of one averaged value
+    # expected k-th order statistic of n Gaussian values: mean + ndtri(Blom) * SD
+    z = -float(ndtri((k + 1 - 0.375) / (n + 0.25)))
+    background = low + z * sd
+    top = v[..., -1]
+    fg_mask = v > (0.5 * (low + top))[..., None]
+    fg = (v * fg_mask).sum(axis=2) / np.maximum(fg_mask.sum(axis=2), 1)
+    has_fg = (top - low > FOREGROUND_SD * sd) & (top + c0 < 0.95 * sat)
+    fg = np.where(has_fg, fg + c0, np.nan)
+    return (background + c0).astype(np.float32), fg.astype(np.float32), sd.astype(np.float32)
+
+
 def background_grid(
     img: np.ndarray, grid_size: int = 64, block_percentile: float = 10.0
 ) -> np.ndarray:
@@ -130,18 +200,19 @@ def background_grid(
     block // 8``; a 3 x 3 mean instead when ``pre == 1`` and blocks are >= 4 px) to damp
     the noise, then each block gives its ``block_percentile`` percentile. Block ``(i, j)``
     is centred on full-resolution pixel ``((i + 0.5) * block - 0.5, (j + 0.5) * block - 0.5)``.
+
+    Noise correction: the k-th smallest of the block's n averaged values lies ``z * sd``
+    below the noise-free level (``z = -ndtri((k + 0.625) / (n + 0.25))``, 1.26 for the 10th
+    percentile of 64 values), where ``sd`` is the noise SD of one averaged value. ``sd`` is
+    measured in the block: the pixel variance inside each averaging window, its
+    ``NOISE_QUANTILE`` (10 %) quantile over the block's windows (texture only adds variance,
+    so the least textured windows measure the noise), divided by the chi-square quantile of
+    that order and by the number of averaged pixels. ``z * sd`` is added back. Without it,
+    a background of a few read-noise SDs (a dim objective) is biased low by a nearly
+    constant amount, which acts like an extra offset and flattens the vignetting (3 % RMS
+    error on a 4x dimmer objective at 2048 px, see ``docs/illumination.md``).
     """
-    a = np.asarray(img, dtype=np.float32)
-    block, pre, gh, gw = _grid_geometry(a.shape, grid_size)
-    a = np.ascontiguousarray(a[: gh * block, : gw * block])
-    if pre > 1:
-        a = cv2.resize(a, (gw * block // pre, gh * block // pre), interpolation=cv2.INTER_AREA)
-    elif block >= 4:
-        a = cv2.blur(a, (3, 3), borderType=cv2.BORDER_REPLICATE)
-    b = block // pre
-    v = a.reshape(gh, b, gw, b).transpose(0, 2, 1, 3).reshape(gh, gw, b * b)
-    k = int(round(block_percentile / 100.0 * (b * b - 1)))
-    return np.ascontiguousarray(np.partition(v, k, axis=2)[..., k], dtype=np.float32)
+    return _block_stats(img, grid_size, block_percentile)[0]
 
 
 def clean_background(
@@ -170,7 +241,9 @@ def clean_background(
     return b
 
 
-def estimate_darkfield(backgrounds: np.ndarray, method: str = "auto") -> tuple[float, str]:
+def estimate_darkfield(
+    backgrounds: np.ndarray, method: str = "auto", *, foreground: np.ndarray | None = None
+) -> tuple[float, str]:
     """Constant camera offset ``D`` from a stack of cleaned background grids (N, gh, gw).
 
     ``method="auto"`` (default): model ``B_i(x) = a_i * f(x) + D`` (flatfield ``f``,
@@ -179,6 +252,20 @@ def estimate_darkfield(backgrounds: np.ndarray, method: str = "auto") -> tuple[f
     is their least-squares ratio (returned method ``"regression"``). It is identifiable
     only when the background level differs between images (wells, plasma
     autofluorescence: spread of ``s_i`` >= 2 %) and the field is vignetted (>= 2 %).
+
+    Otherwise, when ``foreground`` grids (N, gh, gw; NaN where a block holds no foreground,
+    from :func:`image_background`) are given: the flatfield multiplies bright objects as
+    well as the background, the offset does not. Where blocks hold foreground, its mean
+    level over the images ``F(x) = c * f(x) + D`` (``c``: mean object brightness, the same
+    everywhere in the field on average) against the mean background ``B(x) = a * f(x) + D``
+    is a line ``F = s * B + D * (1 - s)`` over the grid (``s = c / a``), weighted by the
+    number of foreground samples per cell, with cells more than 4 robust SDs off the line
+    dropped (debris). Returned method ``"foreground"``; it needs at least
+    ``MIN_IMAGES_FOREGROUND`` (20) images, foreground in at least a quarter of the cells
+    (>= 3 samples each), a vignetted field (>= 2 %) and foreground clearly brighter than
+    the background (``s >= 1.5``). This identifies the offset when every image has the same
+    background (one objective, one medium: e.g. a nuclear stain on a dark background).
+
     Otherwise ``D = 0`` (``"zero"``): no offset subtraction, which is what the thesis did
     (raw images multiplied by the correction); this under-corrects the vignetting by the
     offset's share of the background.
@@ -208,7 +295,50 @@ def estimate_darkfield(backgrounds: np.ndarray, method: str = "auto") -> tuple[f
                 d = float(np.dot(icpts, u) / np.dot(u, u))
                 if np.isfinite(d) and 0.0 <= d <= float(np.percentile(B, 1)):
                     return d, "regression"
+    if foreground is not None:
+        d = _foreground_darkfield(np.asarray(backgrounds, dtype=np.float64), np.asarray(foreground, dtype=np.float64))
+        if d is not None:
+            return d, "foreground"
     return 0.0, "zero"
+
+
+def _foreground_darkfield(B: np.ndarray, F: np.ndarray) -> float | None:
+    """Offset from the foreground level against the background across the field (see
+    :func:`estimate_darkfield`), or None when not identifiable."""
+    n = len(B)
+    if n < MIN_IMAGES_FOREGROUND or F.shape != B.shape:
+        return None
+    Bbar = B.reshape(n, -1).mean(axis=0)
+    Fi = F.reshape(n, -1)
+    cnt = np.isfinite(Fi).sum(axis=0)
+    use = cnt >= 3
+    if use.sum() < max(16, 0.25 * use.size):
+        return None
+    x = Bbar[use]
+    y = np.nansum(Fi[:, use], axis=0) / cnt[use]
+    w = cnt[use].astype(np.float64)
+    if not np.sqrt(np.average((x - np.average(x, weights=w)) ** 2, weights=w)) > 0.02 * abs(np.average(x, weights=w) - x.min()):
+        return None  # no vignetting to regress on
+    keep = np.ones(x.size, bool)
+    for _ in range(3):  # weighted least squares, dropping cells far off the line (debris)
+        xm, ym = np.average(x[keep], weights=w[keep]), np.average(y[keep], weights=w[keep])
+        vx = float(np.sum(w[keep] * (x[keep] - xm) ** 2))
+        if not vx > 0:
+            return None
+        s = float(np.sum(w[keep] * (x[keep] - xm) * (y[keep] - ym)) / vx)
+        c = ym - s * xm
+        r = (y - s * x - c) * np.sqrt(w)
+        scale = 1.4826 * float(np.median(np.abs(r[keep])))
+        new = np.abs(r) <= 4.0 * scale if scale > 0 else keep
+        if new.sum() < 16 or np.array_equal(new, keep):
+            break
+        keep = new
+    if not s >= 1.5:
+        return None  # foreground not clearly brighter than the background: D = c / (1 - s) is ill-conditioned
+    d = c / (1.0 - s)
+    if not (np.isfinite(d) and 0.0 <= d <= float(Bbar.min())):
+        return None
+    return float(d)
 
 
 def _enlarge_grid(grid: np.ndarray, shape: tuple[int, int], block: int) -> np.ndarray:
@@ -244,7 +374,7 @@ def estimate_illumination_profile(
     Parameters
     ----------
     images : iterable of (H, W) arrays (any real dtype, raw camera units) or an (N, H, W)
-        array. Consumed once, one image at a time: only the background grids (16 KB each
+        array. Consumed once, one image at a time: only the per-image grids (32 KB each
         at 64 x 64) are kept, so a 384-site plate never sits in memory.
     darkfield : known camera offset (raw units), or ``"auto"`` / ``None`` / ``"percentile"``
         to estimate it (:func:`estimate_darkfield`).
@@ -280,10 +410,16 @@ def image_background(
     k_sd: float = 3.0,
     median_size: int = 5,
 ) -> np.ndarray:
-    """Per-image step of :func:`estimate_illumination_profile`: the cleaned background grid,
-    float32 (gh, gw) in raw units. Run it where the image is (a worker), keep only the grid."""
-    g = background_grid(np.asarray(img), grid_size, block_percentile)
-    return clean_background(g, n_iter=n_iter, k_sd=k_sd, median_size=median_size)
+    """Per-image step of :func:`estimate_illumination_profile`, float32 (2, gh, gw) in raw
+    units: ``[0]`` the cleaned, noise-corrected background grid (:func:`background_grid`,
+    :func:`clean_background`), ``[1]`` the foreground level per block (NaN where the block
+    holds nothing brighter than ``FOREGROUND_SD`` noise SDs above its background), used by
+    :func:`estimate_darkfield`. Run it where the image is (a worker), keep only the grids
+    (32 KB at 64 x 64). :func:`profile_from_backgrounds` also accepts background-only
+    (gh, gw) grids."""
+    bg, fg, _ = _block_stats(np.asarray(img), grid_size, block_percentile)
+    bg = clean_background(bg, n_iter=n_iter, k_sd=k_sd, median_size=median_size)
+    return np.stack([bg, fg]).astype(np.float32)
 
 
 def profile_from_backgrounds(
@@ -294,19 +430,26 @@ def profile_from_backgrounds(
     grid_size: int = 64,
     sigma_fraction: float = 1.0 / 32.0,
 ) -> IlluminationProfile:
-    """Plate-level step: darkfield, median-weighted average, Gaussian smoothing and
-    enlargement to ``shape`` (H, W) from the per-image grids of :func:`image_background`."""
-    B = np.stack(list(grids))
+    """Plate-level step: darkfield, median-weighted average, smoothing (:func:`smooth_grid`)
+    and enlargement to ``shape`` (H, W) from the per-image grids of :func:`image_background`
+    ((2, gh, gw): background and foreground) or background-only (gh, gw) grids (then the
+    darkfield cannot use the foreground)."""
+    G = np.stack(list(grids)).astype(np.float64)
+    if G.ndim == 4:
+        B, F = G[:, 0], G[:, 1]
+    elif G.ndim == 3:
+        B, F = G, None
+    else:
+        raise ValueError(f"expected (gh, gw) or (2, gh, gw) grids, got {G.shape[1:]}")
     if darkfield is None or isinstance(darkfield, str):
-        dark, method = estimate_darkfield(B, darkfield or "auto")
+        dark, method = estimate_darkfield(B, darkfield or "auto", foreground=F)
     else:
         dark, method = float(darkfield), "given"
     # median-normalised ("median-weighted") average of the offset-free backgrounds
     lv = np.median((B - dark).reshape(len(B), -1), axis=1)
     lv = np.where(lv > 1e-6, lv, 1e-6)
     avg = ((B - dark) / lv[:, None, None]).mean(axis=0)
-    sigma = sigma_fraction * min(avg.shape)
-    smooth = ndi.gaussian_filter(avg, sigma, mode="reflect") if sigma > 0 else avg
+    smooth = smooth_grid(avg, sigma_fraction * min(avg.shape))
     block = _grid_geometry(shape, grid_size)[0]
     ff = _enlarge_grid(smooth / smooth.mean(), shape, block)
     return IlluminationProfile.from_arrays(
@@ -316,6 +459,38 @@ def profile_from_backgrounds(
         n_images=len(B),
         darkfield_method=method,
     )
+
+
+def smooth_grid(grid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing (sigma in grid cells) as a Gaussian-weighted local linear fit.
+
+    At every cell, the plane ``c0 + c1 * y + c2 * x`` that best fits the grid with Gaussian
+    weights around that cell (nothing outside the grid) gives the smoothed value
+    (normalised convolution of order 1). Inside the grid this equals the plain Gaussian
+    filter; within ~2 sigma of an edge the plain filter (reflected or truncated) pulls a
+    sloped profile towards the inside, by about slope x sigma: with a steep vignetting this
+    was ~1 % RMS of flatfield error by itself (0.05-0.1 % with the local linear fit).
+    """
+    g = np.asarray(grid, dtype=np.float64)
+    if not sigma > 0 or min(g.shape) < 2:
+        return g.copy()
+    gh, gw = g.shape
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float64)
+    yy = (yy - (gh - 1) / 2.0) / sigma
+    xx = (xx - (gw - 1) / 2.0) / sigma
+    basis = (np.ones_like(yy), yy, xx)
+
+    def filt(a: np.ndarray) -> np.ndarray:
+        return ndi.gaussian_filter(a, sigma, mode="constant", cval=0.0)
+
+    A = np.empty((gh, gw, 3, 3))
+    r = np.empty((gh, gw, 3))
+    for i in range(3):
+        r[..., i] = filt(basis[i] * g)
+        for j in range(i, 3):
+            A[..., i, j] = A[..., j, i] = filt(basis[i] * basis[j])
+    c = np.linalg.solve(A, r[..., None])[..., 0]
+    return c[..., 0] + c[..., 1] * yy + c[..., 2] * xx
 
 
 def apply_illumination(img: np.ndarray, profile: IlluminationProfile, *, add_offset: bool = False) -> np.ndarray:
