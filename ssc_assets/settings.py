@@ -4,7 +4,7 @@
 |---|---|---|
 | ``SSC_PLATES_DIR`` | ``data/plates`` | incoming plate folders (read-only for the pipeline) |
 | ``SSC_STORAGE_DIR`` | ``data/storage`` | asset outputs (Parquet, OME-Zarr, reports); local path or fsspec URL |
-| ``SSC_CHANNEL_MAP`` | ``1=nuclei,2=borders,3=actin,4=mitochondria`` | wavelength index -> channel |
+| ``SSC_CHANNEL_MAP`` | ``1=nuclei,2=borders,3=actin,4=mitochondria`` | wavelength index -> channel (validated when read: wavelengths 1-9, known unique channels, nuclei/borders/actin required) |
 | ``SSC_TIME_POINT`` | ``1`` | time point used when a plate has several |
 | ``SSC_SETTLE_SECONDS`` | ``60`` | a plate's files must be unchanged this long before ingestion |
 | ``SSC_COMPUTE_BACKEND`` | ``process`` | per-image work: ``process`` pool, ``serial`` or ``dask`` |
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-DEFAULT_CHANNEL_MAP = "1=nuclei,2=borders,3=actin,4=mitochondria"
+from ssc_assets.core.channels import DEFAULT_CHANNEL_MAP, ChannelMap
 
 
 def _path(var: str, default: str) -> str:
@@ -33,7 +33,18 @@ def storage_dir() -> str:
 
 
 def channel_map() -> str:
-    return os.environ.get("SSC_CHANNEL_MAP", DEFAULT_CHANNEL_MAP)
+    """``SSC_CHANNEL_MAP`` (validated: raises ``ValueError`` naming the variable and the bad part)."""
+    value = os.environ.get("SSC_CHANNEL_MAP", DEFAULT_CHANNEL_MAP)
+    try:
+        ChannelMap.from_string(value)
+    except ValueError as exc:
+        raise ValueError(f"SSC_CHANNEL_MAP={value!r}: {exc}") from None
+    return value
+
+
+def channel_map_explicit() -> bool:
+    """True when ``SSC_CHANNEL_MAP`` is set: the user chose the channel map."""
+    return bool(os.environ.get("SSC_CHANNEL_MAP", "").strip())
 
 
 def time_point() -> int:

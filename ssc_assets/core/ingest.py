@@ -59,7 +59,24 @@ def _headers(paths: list[str], workers: int = 8) -> list[tuple[tuple[int, ...] |
         return list(pool.map(one, paths))
 
 
-def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None = None, time_point: int = 1) -> RawSites:
+def strict_channels_for(channel_map: ChannelMap, strict_channels: bool | None) -> bool:
+    """HTD wavelength names that disagree with the channel map stop the plate (``True``)
+    or are only reported (``False``). ``None``: strict unless the map was set explicitly
+    (:attr:`~ssc_assets.core.channels.ChannelMap.explicit`)."""
+    return (not channel_map.explicit) if strict_channels is None else bool(strict_channels)
+
+
+def channel_mismatch_message(scan: PlateScan, channel_map: ChannelMap) -> str:
+    """Why a plate whose HTD wavelength names disagree with the channel map is not used."""
+    return (
+        f"{scan.htd.path if scan.htd else scan.plate_dir}: HTD wavelength names disagree with the channel map "
+        f"{channel_map.to_string()!r}: " + "; ".join(scan.channel_mismatches)
+        + ". Set SSC_CHANNEL_MAP to the plate's layout (then this is only a warning)"
+    )
+
+
+def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None = None, time_point: int = 1,
+                    strict_channels: bool | None = None) -> RawSites:
     """Index one plate folder into the ``raw_sites`` table without modifying anything in it.
 
     Columns: ``Metadata_Plate, Metadata_Well, Metadata_Row, Metadata_Column, Metadata_Site,
@@ -71,14 +88,20 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
     ``Metadata_AcquisitionGroup``, and ``qc_override`` / ``qc_override_note`` from the
     optional ``qc_overrides.csv``.
 
-    Raises :class:`PlateError` for an empty folder or a missing plate map and
-    :class:`~ssc_assets.core.platemap.PlateMapError` for an unusable plate map.
+    Raises :class:`PlateError` for an empty folder, a missing plate map, or HTD wavelength
+    names that disagree with the channel map when ``strict_channels`` (default: the map was
+    not set explicitly, see :func:`strict_channels_for`; otherwise they are listed in
+    ``problems``), and :class:`~ssc_assets.core.platemap.PlateMapError` for an unusable plate
+    map. A plate-map well without any image is listed in ``wells_without_images`` and
+    ``problems`` (the ``plate_complete`` check fails on either).
     """
     channel_map = channel_map or ChannelMap()
     scan = scan_plate(plate_dir, channel_map, time_point)
     if scan.platemap_path is None:
         raise PlateError(f"{plate_dir}: no platemap.csv in the plate folder (required: well,donor_id,condition,group)")
     platemap = read_platemap(scan.platemap_path)
+    if scan.channel_mismatches and strict_channels_for(channel_map, strict_channels):
+        raise PlateError(channel_mismatch_message(scan, channel_map))
     if scan.images.empty:
         raise PlateError(
             f"{plate_dir}: no usable images found ({len(scan.excluded)} files excluded"
@@ -332,12 +355,16 @@ def plate_readiness(
     settle_seconds: float = 60.0,
     now_ns: int | None = None,
     time_point: int = 1,
+    strict_channels: bool | None = None,
 ) -> PlateReadiness:
     """Decide if a plate folder is complete and settled (cheap: file names and stat only).
 
     Complete: every expected (well, site, wavelength) has an image, where "expected" comes
-    from the HTD (wells x sites x wavelengths) or else from the plate-map wells x observed sites
-    x mapped channels; a plate map must exist. Settled: no file changed for ``settle_seconds``.
+    from the HTD (wells x sites x wavelengths) or else from the plate-map wells x sites
+    1..(largest site seen) x the plate's channels; a usable plate map must exist, an HTD
+    that is present must be usable and, when ``strict_channels`` (see
+    :func:`strict_channels_for`), its wavelength names must agree with the channel map.
+    Settled: no file changed for ``settle_seconds``.
     """
     channel_map = channel_map or ChannelMap()
     scan = scan_plate(plate_dir, channel_map, time_point)
@@ -358,6 +385,10 @@ def plate_readiness(
     expected = expected_images(scan.htd, wells, waves, sites) if (scan.htd or wells) else set()
     missing = missing_images(scan, wells, channel_map) if expected else []
     absent = missing_required_channels(scan, channel_map, IMAGE_CHANNELS) if len(scan.images) else []
+    if not reason and scan.htd_error:
+        reason = f"HTD unusable (fix or remove it): {scan.htd_error}"
+    if not reason and scan.channel_mismatches and strict_channels_for(channel_map, strict_channels):
+        reason = channel_mismatch_message(scan, channel_map)
     complete = bool(expected) and not missing and not absent and scan.platemap_path is not None and not reason
     if not reason:
         if not len(scan.images):

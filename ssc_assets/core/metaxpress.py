@@ -37,6 +37,12 @@ TIMEPOINT_RE = re.compile(r"^TimePoint_(\d+)$", re.IGNORECASE)
 ZSTEP_RE = re.compile(r"^ZStep_(\d+)$", re.IGNORECASE)
 TIFF_SUFFIXES = (".tif", ".tiff")
 ROWS = "ABCDEFGHIJKLMNOP"
+#: Largest plate described by an HTD: 16 rows (A-P) x 24 columns (384 wells).
+MAX_COLUMNS = 24
+#: Largest site number accepted (HTD site grid and ``_s<site>`` in file names).
+MAX_SITES = 1000
+#: Deepest folder level below a plate folder that is listed.
+MAX_WALK_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,61 @@ def sanitize_plate_name(name: str) -> str:
     if not key:
         raise ValueError(f"plate folder name {name!r} gives an empty partition key")
     return key
+
+
+@dataclass
+class PlateFolders:
+    """Plate folders found under the plates directory.
+
+    ``folders``: partition key -> folder, only for keys that exactly one folder claims.
+    ``errors``: partition key (or the folder name when it gives no key) -> why it is not
+    used, e.g. two folders whose names sanitize to the same key: neither is ingested.
+    """
+
+    folders: dict[str, Path]
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def discover_plate_folders(root: str | os.PathLike) -> PlateFolders:
+    """Every visible sub-folder of ``root`` as a plate, never raising for one bad entry.
+
+    Names that sanitize to the same partition key (``SSC-DEMO 01`` and ``SSC-DEMO_01``) are
+    reported under that key with both folders and left out of ``folders``.
+    """
+    root = Path(root)
+    claims: dict[str, list[Path]] = {}
+    errors: dict[str, str] = {}
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return PlateFolders({})
+    except OSError as exc:
+        return PlateFolders({}, {str(root): f"cannot list the plates folder {root}: {exc}"})
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        try:
+            if not e.is_dir(follow_symlinks=True):
+                continue
+        except OSError as exc:
+            errors[e.name] = f"cannot read plate folder {e.path}: {exc}"
+            continue
+        try:
+            key = sanitize_plate_name(e.name)
+        except ValueError as exc:
+            errors[e.name] = f"{e.path}: {exc}"
+            continue
+        claims.setdefault(key, []).append(Path(e.path))
+    folders = {}
+    for key, paths in claims.items():
+        if len(paths) == 1:
+            folders[key] = paths[0]
+        else:
+            errors[key] = (
+                f"plate folders {', '.join(repr(str(p)) for p in paths)} all give partition key {key!r}: "
+                "none of them is ingested until all but one are renamed or moved"
+            )
+    return PlateFolders(folders, errors)
 
 
 # --------------------------------------------------------------------------- HTD
@@ -154,6 +215,11 @@ def parse_htd(path: str | os.PathLike) -> HtdInfo:
         return v.strip().upper() == "TRUE"
 
     x_wells, y_wells = integer("XWells"), integer("YWells")
+    if not 1 <= y_wells <= len(ROWS):
+        raise HtdError(f"{path}: 'YWells' is {y_wells}; rows must be 1..{len(ROWS)} (A-{ROWS[-1]}), "
+                       "larger plates are not supported")
+    if not 1 <= x_wells <= MAX_COLUMNS:
+        raise HtdError(f"{path}: 'XWells' is {x_wells}; columns must be 1..{MAX_COLUMNS}, larger plates are not supported")
     wells = []
     for r in range(y_wells):
         row = values.get(f"wellsselection{r + 1}")
@@ -161,6 +227,9 @@ def parse_htd(path: str | os.PathLike) -> HtdInfo:
             if row is None or (c < len(row) and truthy(row[c])):
                 wells.append(f"{ROWS[r]}{c + 1:02d}")
     x_sites, y_sites = integer("XSites", 1), integer("YSites", 1)
+    if x_sites < 1 or y_sites < 1 or x_sites * y_sites > MAX_SITES:
+        raise HtdError(f"{path}: site grid 'XSites' {x_sites} x 'YSites' {y_sites} must be at least 1 x 1 "
+                       f"and at most {MAX_SITES} sites")
     sites, n = [], 0
     site_sel = truthy(values.get("siteselection", ["FALSE"])[0]) if "siteselection" in values else False
     for r in range(y_sites):
@@ -172,6 +241,8 @@ def parse_htd(path: str | os.PathLike) -> HtdInfo:
     if not site_sel and x_sites * y_sites == 1:
         sites = [1]
     n_wave = integer("NWavelengths", 1)
+    if not 1 <= n_wave <= 9:
+        raise HtdError(f"{path}: 'NWavelengths' is {n_wave}; must be 1..9 (file names carry one digit, _w1.._w9)")
     wave_names = {
         w: values[f"wavename{w}"][0] for w in range(1, n_wave + 1) if f"wavename{w}" in values
     }
@@ -201,27 +272,63 @@ class FileEntry:
     mtime_ns: int
 
 
-def list_plate_files(plate_dir: str | os.PathLike) -> list[FileEntry]:
-    """All regular files under ``plate_dir`` (recursive, sorted by relative path), stat-ed once."""
+def walk_plate_files(plate_dir: str | os.PathLike, max_depth: int = MAX_WALK_DEPTH) -> tuple[list[FileEntry], list[str]]:
+    """All regular files under ``plate_dir`` (sorted by relative path, stat-ed once), and the
+    folders that were skipped, with the reason. Never raises for what is inside the folder.
+
+    The walk is bounded: hidden entries are skipped; a directory reached again through a
+    symlink (a loop, or a link to the plate folder or one of its parents) is visited once,
+    tracked by ``(st_dev, st_ino)``; unreadable entries and folders deeper than ``max_depth``
+    are skipped and reported.
+    """
     plate_dir = Path(plate_dir)
     out: list[FileEntry] = []
-    stack = [plate_dir]
+    problems: list[str] = []
+    visited: set[tuple[int, int]] = set()
+    try:
+        real = Path(os.path.realpath(plate_dir))
+        for anc in (real, *real.parents):  # a link back to the plate or a parent is a loop
+            st = os.stat(anc)
+            visited.add((st.st_dev, st.st_ino))
+    except OSError as exc:
+        return [], [f"{plate_dir}: cannot read the plate folder ({exc})"]
+    stack: list[tuple[str, int]] = [(str(plate_dir), 0)]
     while stack:
-        d = stack.pop()
+        d, depth = stack.pop()
         try:
-            entries = list(os.scandir(d))
-        except OSError:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError as exc:
+            problems.append(f"{d}: folder skipped, cannot list it ({exc.strerror or exc})")
             continue
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir(follow_symlinks=True):
-                stack.append(Path(e.path))
-            elif e.is_file(follow_symlinks=True):
-                st = e.stat()
-                out.append(FileEntry(e.path, os.path.relpath(e.path, plate_dir), st.st_size, st.st_mtime_ns))
+            try:
+                if e.is_dir(follow_symlinks=True):
+                    st = e.stat(follow_symlinks=True)
+                    ident = (st.st_dev, st.st_ino)
+                    if ident in visited:
+                        if e.is_symlink():
+                            problems.append(f"{e.path}: symlink to a folder already listed (a loop?), not followed")
+                        continue
+                    if depth + 1 > max_depth:
+                        problems.append(f"{e.path}: folder skipped, deeper than {max_depth} levels below the plate folder")
+                        continue
+                    visited.add(ident)
+                    stack.append((e.path, depth + 1))
+                elif e.is_file(follow_symlinks=True):
+                    st = e.stat(follow_symlinks=True)
+                    out.append(FileEntry(e.path, os.path.relpath(e.path, plate_dir), st.st_size, st.st_mtime_ns))
+            except OSError as exc:  # symlink loop (ELOOP), vanished or unreadable entry
+                problems.append(f"{e.path}: skipped ({exc.strerror or exc})")
     out.sort(key=lambda f: f.rel)
-    return out
+    return out, sorted(problems)
+
+
+def list_plate_files(plate_dir: str | os.PathLike) -> list[FileEntry]:
+    """All regular files under ``plate_dir`` (see :func:`walk_plate_files`)."""
+    return walk_plate_files(plate_dir)[0]
 
 
 def fingerprint(files: list[FileEntry]) -> str:
@@ -250,6 +357,11 @@ class PlateScan:
     fingerprint: str
     newest_mtime_ns: int
     problems: list[str] = field(default_factory=list)
+    #: the HTD exists but cannot be used (the :class:`HtdError` message, naming the file)
+    htd_error: str | None = None
+    #: HTD ``WaveName<n>`` entries that disagree with the channel map (also in ``problems``,
+    #: there prefixed with the HTD path)
+    channel_mismatches: list[str] = field(default_factory=list)
 
 
 EXCLUDED_COLUMNS = ["path", "reason"]
@@ -277,7 +389,9 @@ def scan_plate(
     """
     channel_map = channel_map or ChannelMap()
     plate_dir = Path(plate_dir)
-    files = list_plate_files(plate_dir) if files is None else files
+    walk_problems: list[str] = []
+    if files is None:
+        files, walk_problems = walk_plate_files(plate_dir)
     plate_key = sanitize_plate_name(plate_dir.name)
     excluded: list[tuple[str, str]] = []
     candidates = []
@@ -295,6 +409,9 @@ def scan_plate(
             continue
         if parsed.thumb:
             continue  # previews are expected: not reported
+        if not 1 <= parsed.site <= MAX_SITES:
+            excluded.append((f.path, f"site number s{parsed.site} outside 1..{MAX_SITES}"))
+            continue
         parts = Path(f.rel).parts[:-1]
         tp, z = 1, None
         acquisition = os.sep.join(p for p in parts if not TIMEPOINT_RE.match(p) and not ZSTEP_RE.match(p))
@@ -351,14 +468,18 @@ def scan_plate(
             }
         )
     images = pd.DataFrame(rows)
-    problems = []
+    problems = list(walk_problems)
     htd = None
+    htd_error = None
+    mismatches: list[str] = []
     if htd_path:
         try:
             htd = parse_htd(htd_path)
             problems += [f"{htd_path}: {p}" for p in channel_map.check_against_htd(htd.wave_names)]
+            mismatches = channel_map.htd_name_mismatches(htd.wave_names)
         except HtdError as exc:
-            problems.append(str(exc))
+            htd_error = str(exc)
+            problems.append(htd_error)
     return PlateScan(
         plate_dir=str(plate_dir),
         plate_key=plate_key,
@@ -370,6 +491,8 @@ def scan_plate(
         fingerprint=fingerprint(files),
         newest_mtime_ns=max((f.mtime_ns for f in files), default=0),
         problems=problems,
+        htd_error=htd_error,
+        channel_mismatches=mismatches,
     )
 
 
@@ -394,7 +517,9 @@ def expected_images(
     """Expected (well, site, wavelength) triples of a plate.
 
     Wells and sites from the HTD (selected wells x sites) when present, restricted to the
-    plate-map wells; otherwise every plate-map well x the observed sites. ``wavelengths``
+    plate-map wells; otherwise every plate-map well x sites 1..(the largest site seen on
+    the plate): without an HTD a partial copy is only recognised by comparing wells, so a
+    site number absent everywhere, or a well with fewer sites, is missing. ``wavelengths``
     are the plate's channels (:func:`plate_wavelengths`).
     """
     if htd is not None:
@@ -404,7 +529,7 @@ def expected_images(
         sites = list(htd.sites)
     else:
         wells = list(platemap_wells or [])
-        sites = sorted(set(observed_sites or [1]))
+        sites = list(range(1, max((int(s) for s in observed_sites or []), default=1) + 1))
     return {(w, s, k) for w in wells for s in sites for k in wavelengths}
 
 

@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ssc_assets import settings
-from ssc_assets.core.channels import ChannelMap
-from ssc_assets.core.metaxpress import sanitize_plate_name
+from ssc_assets.core.channels import DEFAULT_CHANNEL_MAP, ChannelMap
+from ssc_assets.core.metaxpress import PlateFolders, discover_plate_folders
 
 
 class PlateSource(dg.ConfigurableResource):
@@ -21,28 +21,50 @@ class PlateSource(dg.ConfigurableResource):
     time_point: int = Field(default_factory=settings.time_point, description="Time point to use when a plate has several.")
     settle_seconds: float = Field(default_factory=settings.settle_seconds, description="Files must be unchanged this long before a plate is ingested.")
 
+    @field_validator("channel_map")
+    @classmethod
+    def _valid_channel_map(cls, value: str) -> str:
+        ChannelMap.from_string(value)  # raises ValueError naming the bad part: fails when definitions load
+        return value
+
+    def channel_map_explicit(self) -> bool:
+        """The user chose the channel map: ``SSC_CHANNEL_MAP`` (and this resource uses it) or a
+        ``channel_map`` other than the default."""
+        cmap = ChannelMap.from_string(self.channel_map)
+        if not cmap.same_as(ChannelMap.from_string(DEFAULT_CHANNEL_MAP)):
+            return True
+        if not settings.channel_map_explicit():
+            return False
+        try:
+            return cmap.same_as(ChannelMap.from_string(settings.channel_map()))
+        except ValueError:  # an invalid SSC_CHANNEL_MAP is not the map in use
+            return False
+
+    def strict_channels(self) -> bool:
+        """HTD wavelength names that disagree with the channel map stop a plate unless the
+        user chose the map (then they are warnings in ``raw_sites``)."""
+        return not self.channel_map_explicit()
+
     def channels(self) -> ChannelMap:
-        return ChannelMap.from_string(self.channel_map)
+        """The channel map, carrying whether it was chosen explicitly (see :meth:`strict_channels`)."""
+        return ChannelMap.from_string(self.channel_map, explicit=self.channel_map_explicit())
+
+    def find_plate_folders(self) -> PlateFolders:
+        """Plate folders and, per partition key, why a folder is not used (e.g. two folders
+        whose names give the same key). Never raises for a bad entry."""
+        return discover_plate_folders(self.plates_dir)
 
     def plate_folders(self) -> dict[str, Path]:
-        """Partition key -> plate folder, for every sub-folder of ``plates_dir``."""
-        root = Path(self.plates_dir)
-        if not root.is_dir():
-            return {}
-        out = {}
-        for d in sorted(root.iterdir()):
-            if d.is_dir() and not d.name.startswith("."):
-                try:
-                    out.setdefault(sanitize_plate_name(d.name), d)
-                except ValueError:
-                    continue
-        return out
+        """Partition key -> plate folder, for every usable sub-folder of ``plates_dir``."""
+        return self.find_plate_folders().folders
 
     def plate_dir(self, plate_key: str) -> Path:
-        folders = self.plate_folders()
-        if plate_key not in folders:
+        found = self.find_plate_folders()
+        if plate_key in found.errors:
+            raise FileNotFoundError(f"partition {plate_key!r}: {found.errors[plate_key]}")
+        if plate_key not in found.folders:
             raise FileNotFoundError(f"no plate folder for partition {plate_key!r} under {self.plates_dir}")
-        return folders[plate_key]
+        return found.folders[plate_key]
 
 
 class SiteCompute(dg.ConfigurableResource):

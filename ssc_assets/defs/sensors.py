@@ -20,13 +20,23 @@ def evaluate_plates(plate_source: PlateSource, cursor: dict[str, str], existing:
     fingerprint of the last requested version; entries of vanished folders are dropped, so
     it is bounded by the number of plate folders present. Plates that are not ingested get
     their reason in ``waiting`` (plate key -> reason); an error on one plate folder is
-    reported for that plate and the others proceed.
+    reported for that plate and the others proceed. Folders whose names give the same
+    partition key are all left out, with a reason naming every one of them.
     """
     new_keys, requests, new_cursor = [], [], {}
     waiting = {} if waiting is None else waiting
-    for key, folder in plate_source.plate_folders().items():
+    found = plate_source.find_plate_folders()
+    for key, reason in sorted(found.errors.items()):  # e.g. two folders, one partition key: neither
+        waiting[key] = reason
+        if log:
+            log.error(f"plate {key}: {reason}")
+        if key in cursor:
+            new_cursor[key] = cursor[key]
+    channels, strict = plate_source.channels(), plate_source.strict_channels()
+    for key, folder in found.folders.items():
         try:
-            state = plate_readiness(folder, plate_source.channels(), plate_source.settle_seconds, now_ns, plate_source.time_point)
+            state = plate_readiness(folder, channels, plate_source.settle_seconds, now_ns, plate_source.time_point,
+                                    strict_channels=strict)
         except Exception as exc:  # noqa: BLE001 - one bad folder must not stop the others
             waiting[key] = f"cannot scan {folder}: {type(exc).__name__}: {exc}"
             if log:
