@@ -24,11 +24,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from ssc_assets.core.channels import ChannelMap
     from ssc_assets.core.ingest import plate_readiness
+    from ssc_assets.defs.resources import PlateSource
 
-    cmap = ChannelMap.from_string(settings.channel_map())
-    state = plate_readiness(args.plate_dir, cmap, args.settle, time_point=settings.time_point())
+    source = PlateSource()  # the same channel map and strictness as the sensor
+    state = plate_readiness(args.plate_dir, source.channels(), args.settle, time_point=source.time_point,
+                            strict_channels=source.strict_channels())
     print(json.dumps({**state.__dict__, "ready": state.ready}, indent=2))
     return 0 if state.ready else 1
 
