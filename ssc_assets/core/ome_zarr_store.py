@@ -16,21 +16,40 @@ live in their own store beside the images (NGFF labels must hang under an image;
 map, a float, is that image) so that each asset is written atomically and re-materialized on
 its own. In napari, open both stores to overlay the labels on the corrected images.
 
-Atomicity: :class:`HcsPlateWriter` builds the whole store in ``<final>.tmp-<uuid>`` and
-renames it into place only when every site is written, so a crash never leaves a store that
-looks complete; the previous version stays until the rename (POSIX rename). For fsspec URLs
-(``s3://``, ``memory://``...), which have no directory rename, the store is built in a local
-temp directory and uploaded with a commit protocol: the old store's root ``zarr.json`` is
-deleted first, then every other file is uploaded, and the root ``zarr.json`` (the plate
-metadata) last. A crash midway leaves a prefix without root metadata, which no reader opens.
+Atomicity and crashes. A store is *complete* when its root ``zarr.json`` holds the plate
+metadata, which :class:`HcsPlateWriter` writes last. The writer builds the whole store in
+``<store>.tmp-<host>-<pid>-<uuid>`` (the owner is in the name, see ``storage.owner_tag``) and
+puts it in place only when every site is written:
+
+* local paths: one atomic ``renameat2(RENAME_EXCHANGE)`` swaps the new store and the old one
+  (Linux; the old one then sits under the temp name and is deleted), so ``<store>`` is always
+  the old or the new version. Where the exchange is unsupported (not Linux, NFS), the old
+  store is renamed to ``<store>.old-<owner>-<uuid>``, the new one renamed into place, the
+  backup deleted; a crash between the two renames leaves a complete backup, which readers
+  fall back to and the next writer or :func:`cleanup_stale_tmp` renames back.
+* fsspec URLs (``s3://``, ``memory://``...), which have no directory rename: the store is
+  built in a local temp directory; on commit the current store is first copied to
+  ``<store>.old-<owner>-<uuid>`` (root ``zarr.json`` last), then its root ``zarr.json`` is
+  deleted, the new files uploaded and the new root ``zarr.json`` put last, then the backup
+  deleted. A crash or failed upload leaves a prefix without root metadata (no reader opens
+  it) and the complete backup, which the next writer of that store, or
+  :func:`cleanup_stale_tmp` on its folder, copies back.
+
+Temp stores and backups are removed only once their owner is gone (PID dead on this host, or
+no write for ``storage.STALE_AFTER_SECONDS`` from another host), so runs of different plates,
+or of the same plate, never delete each other's work in progress.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
 import shutil
+import sys
 import tempfile
-import uuid
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +57,19 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.writer import write_image, write_labels, write_plate_metadata, write_well_metadata
 
+from ssc_assets.core import storage
 from ssc_assets.core.metaxpress import well_row_col
 
 CHUNK = 512
 SCALE_FACTORS = (2, 4)
 TMP_MARK = ".tmp-"
+OLD_MARK = ".old-"
+LOCAL_BUILD_PREFIX = "ssc-zarr-"  # local build directories of stores bound for fsspec URLs
+HEARTBEAT_SECONDS = 30.0  # a writer touches its temp store at least this often while writing
+
+
+def _step(name: str) -> None:
+    """Fault-injection point between the steps of a commit (a no-op; tests replace it)."""
 
 
 def _well_path(well: str) -> tuple[str, str]:
@@ -64,9 +91,10 @@ class HcsPlateWriter:
     """Context manager that writes one plate's images into a fresh OME-Zarr HCS store.
 
     ``write_site(well, site, image)`` with ``image`` float32 (C, H, W). On a clean exit the
-    plate/well metadata list exactly the wells and fields written, and the store is renamed
-    to ``final_path`` (replacing any previous version). On an exception the temp store is
-    deleted and the previous version is untouched.
+    plate/well metadata list exactly the wells and fields written, and the store replaces
+    ``final_path`` atomically (see the module docstring). On an exception the temp store is
+    deleted and the previous version is untouched. On entry, the writer first repairs what a
+    crashed writer of the same store left behind (:func:`recover_store`).
     """
 
     def __init__(self, final_path: str | os.PathLike, plate_name: str, channel_names: list[str]):
@@ -75,18 +103,27 @@ class HcsPlateWriter:
         self.final = Path(_local_path(final_path))  # local: where it is renamed to
         self.plate_name = plate_name
         self.channel_names = list(channel_names)
-        tmp_name = f"{self.final.name}{TMP_MARK}{uuid.uuid4().hex}"
-        if self.remote:  # built in a local temp dir, uploaded on exit
-            self._tmpdir = tempfile.mkdtemp(prefix="ssc-zarr-")
-            self.tmp = Path(self._tmpdir, tmp_name)
-        else:
-            self.tmp = self.final.with_name(tmp_name)
+        self._tmp_name = storage.temp_name(self.final.name)
+        self._tmpdir: str | None = None
+        self.tmp = None if self.remote else self.final.with_name(self._tmp_name)
         self.fields: dict[str, list[int]] = {}
         self.ranges: list[list[float]] = [[np.inf, -np.inf] for _ in channel_names]
 
     def __enter__(self) -> "HcsPlateWriter":
-        (self.tmp.parent if self.remote else self.final.parent).mkdir(parents=True, exist_ok=True)
-        self.root = zarr.open_group(str(self.tmp), mode="w")
+        storage._ACTIVE.add(self._tmp_name)
+        try:
+            if self.remote:  # built in a local temp dir, uploaded on exit
+                recover_store(self.final_url)
+                self._tmpdir = tempfile.mkdtemp(prefix=f"{LOCAL_BUILD_PREFIX}{storage.owner_tag()}-")
+                self.tmp = Path(self._tmpdir, self._tmp_name)
+            else:
+                self.final.parent.mkdir(parents=True, exist_ok=True)
+                recover_store(self.final)
+            self.root = zarr.open_group(str(self.tmp), mode="w")
+        except BaseException:
+            self._release()
+            raise
+        self._beat = time.monotonic()
         return self
 
     def write_site(
@@ -95,6 +132,7 @@ class HcsPlateWriter:
         """Write one site: ``image`` float32 (C, H, W); ``labels`` name -> integer (H, W) label images."""
         if image.ndim != 3 or image.shape[0] != len(self.channel_names):
             raise ValueError(f"expected (C={len(self.channel_names)}, H, W), got {image.shape}")
+        self._heartbeat()
         row, col = _well_path(well)
         field = self.root.require_group(row).require_group(col).require_group(str(site - 1))
         for i in range(image.shape[0]):
@@ -114,17 +152,43 @@ class HcsPlateWriter:
                          storage_options={"chunks": (CHUNK, CHUNK)})
         self.fields.setdefault(well, []).append(site)
 
+    def _heartbeat(self) -> None:
+        """Refresh the temp store's mtime: other hosts judge a temp store abandoned by its age."""
+        now = time.monotonic()
+        if now - self._beat >= HEARTBEAT_SECONDS:
+            self._beat = now
+            try:
+                os.utime(self.tmp)
+            except OSError:
+                pass
+
+    def _release(self) -> None:
+        if self.remote and self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        storage._ACTIVE.discard(self._tmp_name)
+
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return False
+            self._write_metadata()
+            _step("commit:start")
             if self.remote:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
-            return False
+                _upload_committed(self.tmp, self.final_url)
+            else:
+                try:
+                    _swap_into_place(self.tmp, self.final)
+                except BaseException:
+                    shutil.rmtree(self.tmp, ignore_errors=True)  # never needed to restore anything
+                    raise
+        finally:
+            self._release()
+        return False
+
+    def _write_metadata(self) -> None:
+        """Well and field metadata, then the plate metadata: the last write, which makes the store complete."""
         wells = sorted(self.fields)
-        rows = sorted({_well_path(w)[0] for w in wells})
-        cols = sorted({_well_path(w)[1] for w in wells}, key=int)
-        write_plate_metadata(self.root, rows, cols, [f"{r}/{c}" for r, c in map(_well_path, wells)],
-                             field_count=max((len(v) for v in self.fields.values()), default=0), name=self.plate_name)
         omero = _omero(self.channel_names, [tuple(r) if np.isfinite(r[0]) else (0.0, 1.0) for r in self.ranges])
         for w in wells:
             row, col = _well_path(w)
@@ -135,14 +199,10 @@ class HcsPlateWriter:
                 ome = dict(g.attrs.get("ome", {}))
                 ome["omero"] = omero
                 g.attrs["ome"] = ome
-        if self.remote:
-            try:
-                _upload_committed(self.tmp, self.final_url)
-            finally:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
-        else:
-            _swap_into_place(self.tmp, self.final)
-        return False
+        rows = sorted({_well_path(w)[0] for w in wells})
+        cols = sorted({_well_path(w)[1] for w in wells}, key=int)
+        write_plate_metadata(self.root, rows, cols, [f"{r}/{c}" for r, c in map(_well_path, wells)],
+                             field_count=max((len(v) for v in self.fields.values()), default=0), name=self.plate_name)
 
 
 def _is_local(path: str | os.PathLike) -> bool:
@@ -154,45 +214,318 @@ def _local_path(path: str | os.PathLike) -> str:
     return str(path).removeprefix("file://")
 
 
-def _upload_committed(local: Path, url: str) -> None:
-    """Upload a finished local store to ``url``; the root ``zarr.json`` goes last (the commit)."""
-    import fsspec
+def _is_plate_root(raw: bytes | str) -> bool:
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return False
+    attrs = meta.get("attributes") or {}
+    return bool((attrs.get("ome") or {}).get("plate") or attrs.get("plate"))
 
-    fs, inner = fsspec.core.url_to_fs(url)
-    root_meta = f"{inner}/zarr.json"
-    if fs.exists(inner):
-        if fs.exists(root_meta):
-            fs.rm(root_meta)  # invalidate the old store before touching anything else
-        fs.rm(inner, recursive=True)
-    files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / "zarr.json")
-    for p in files:
-        target = f"{inner}/{p.relative_to(local).as_posix()}"
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(p), target)
-    fs.put_file(str(local / "zarr.json"), root_meta)
+
+def _is_complete_local(path: Path) -> bool:
+    """A finished store: its root ``zarr.json`` carries the plate metadata (written last)."""
+    try:
+        return _is_plate_root((path / "zarr.json").read_bytes())
+    except OSError:
+        return False
+
+
+def _is_complete_remote(fs, inner: str) -> bool:
+    try:
+        return _is_plate_root(fs.cat_file(f"{inner}/zarr.json"))
+    except (OSError, KeyError):
+        return False
+
+
+# --- local swap -----------------------------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2 = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two existing directories (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    False when the platform or filesystem cannot (then the caller uses two renames)."""
+    global _renameat2
+    if not sys.platform.startswith("linux"):
+        return False
+    if _renameat2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+        except (AttributeError, OSError):
+            fn = False
+        else:
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+        _renameat2 = fn
+    if not _renameat2:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
-    old = final.with_name(f"{final.name}.old-{uuid.uuid4().hex}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    """Put the finished store ``tmp`` at ``final`` so that ``final`` is never missing or partial."""
+    if not final.exists():
+        try:
+            os.rename(tmp, final)  # nothing to replace: one atomic rename
+            return
+        except OSError:
+            if not final.exists():
+                raise  # (else another writer got there first: replace its store below)
+    if _exchange(tmp, final):
+        _step("swap:exchanged")  # final = new store; tmp holds the old one
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old_name = storage.temp_name(final.name, "old")
+    old = final.with_name(old_name)
+    with storage.claimed(old_name):
+        os.rename(final, old)
+        try:
+            os.utime(old)  # its age now tells other hosts that a swap is in progress
+        except OSError:
+            pass
+        _step("swap:old-moved")  # final missing: readers and recovery use the complete backup
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            try:
+                os.rename(old, final)
+            except OSError:
+                pass  # recover_store puts it back
+            raise
+        _step("swap:new-in-place")
+        shutil.rmtree(old, ignore_errors=True)
 
 
-def cleanup_stale_tmp(parent: str | os.PathLike) -> list[Path]:
-    """Delete temp stores/groups left by crashed runs under ``parent``; returns what was removed."""
-    removed = []
-    if not _is_local(parent):
-        return removed  # remote stores are built in local temp dirs: nothing to clean there
-    parent = Path(_local_path(parent))
-    if not parent.exists():
-        return removed
+# --- fsspec commit ------------------------------------------------------------------------------
+
+
+def _copy_tree(fs, src: str, dst: str) -> None:
+    """Copy every file of store ``src`` to ``dst`` (server-side where the filesystem can), root ``zarr.json`` last."""
+    root = f"{src}/zarr.json"
+    files = sorted(f for f in fs.find(src) if f != root)
+    for i, f in enumerate(files + [root]):
+        target = dst + f[len(src):]
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.cp_file(f, target)
+        if i == len(files) // 2:
+            _step("copy:partial")
+
+
+def _upload_committed(local: Path, url: str) -> None:
+    """Upload a finished local store to ``url``; the previous store stays complete in a backup
+    until the new root ``zarr.json`` (the commit) is in place."""
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(url)
+    parent, name = inner.rsplit("/", 1) if "/" in inner else ("", inner)
+    root_meta = f"{inner}/zarr.json"
+    backup_name = storage.temp_name(name, "old") if _is_complete_remote(fs, inner) else None
+    backup = f"{parent}/{backup_name}" if backup_name and parent else backup_name
+    if backup_name:
+        storage._ACTIVE.add(backup_name)
+    try:
+        if backup:
+            _copy_tree(fs, inner, backup)
+            _step("upload:backup-done")
+        if fs.exists(root_meta):
+            fs.rm(root_meta)  # invalidate the old store before touching anything else
+        _step("upload:invalidated")
+        if fs.exists(inner):
+            fs.rm(inner, recursive=True)
+        files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / "zarr.json")
+        for i, p in enumerate(files):
+            target = f"{inner}/{p.relative_to(local).as_posix()}"
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(p), target)
+            if i == len(files) // 2:
+                _step("upload:partial")
+        fs.put_file(str(local / "zarr.json"), root_meta)
+        _step("upload:committed")
+        if backup:
+            fs.rm(backup, recursive=True)
+    finally:
+        if backup_name:
+            storage._ACTIVE.discard(backup_name)  # a failed commit's backup is now stale: recovered later
+
+
+# --- recovery and clean-up -------------------------------------------------------------------
+
+
+def _mtime(p: Path) -> float | None:
+    try:
+        return p.lstat().st_mtime
+    except OSError:
+        return None
+
+
+def _remove_local(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _recover_local(final: Path, max_age: float) -> list[Path]:
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    stale = []
     for p in parent.iterdir():
-        if TMP_MARK in p.name or ".old-" in p.name:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        t = storage.parse_temp_name(p.name)
+        if t is not None and t.base == final.name and not storage.owner_alive(t, _mtime(p), max_age=max_age):
+            stale.append((p, t))
+    restored = None
+    if not final.exists():
+        backups = [p for p, t in stale if t.kind == "old" and _is_complete_local(p)]
+        for p in sorted(backups, key=lambda q: _mtime(q) or 0.0, reverse=True):
+            try:
+                os.rename(p, final)  # a swap died between its two renames: put the old version back
+                restored = p
+                break
+            except OSError:
+                continue
+    removed = []
+    for p, _ in stale:
+        if p != restored and os.path.lexists(p):
+            _remove_local(p)
             removed.append(p)
     return removed
+
+
+def _remote_mtime(fs, path: str, t: storage.TempName) -> float | None:
+    for candidate in ([f"{path}/zarr.json", path] if t.kind == "old" else [path]):
+        try:
+            return fs.modified(candidate).timestamp()
+        except Exception:  # noqa: BLE001 - not every filesystem reports it
+            continue
+    return None
+
+
+def _recover_remote(fs, inner: str, max_age: float) -> list[str]:
+    parent, name = inner.rsplit("/", 1) if "/" in inner else ("", inner)
+    try:
+        listing = fs.ls(parent or "/", detail=False)
+    except FileNotFoundError:
+        return []
+    stale = []
+    for e in listing:
+        t = storage.parse_temp_name(e.rstrip("/").rsplit("/", 1)[-1])
+        if t is not None and t.base == name and not storage.owner_alive(t, _remote_mtime(fs, e, t), max_age=max_age):
+            stale.append((e.rstrip("/"), t))
+    restored = None
+    if not _is_complete_remote(fs, inner):
+        backups = [e for e, t in stale if t.kind == "old" and _is_complete_remote(fs, e)]
+        if backups:
+            restored = max(backups, key=lambda e: _remote_mtime(fs, e, storage.TempName(e, name, "old", None, None)) or 0.0)
+            if fs.exists(inner):
+                fs.rm(inner, recursive=True)  # a partial upload without root metadata
+            _copy_tree(fs, restored, inner)
+            fs.rm(restored, recursive=True)
+    removed = []
+    for e, _ in stale:
+        if e != restored and fs.exists(e):
+            fs.rm(e, recursive=True)
+            removed.append(fs.unstrip_protocol(e))
+    return removed
+
+
+def _cleanup_local_builds(plate: str | None, max_age: float) -> list[Path]:
+    """Local build directories of fsspec-bound stores whose writer is gone."""
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob(f"{LOCAL_BUILD_PREFIX}*"):
+        parts = d.name[len(LOCAL_BUILD_PREFIX):].split("-")
+        if len(parts) < 3 or not parts[1].isdigit() or not d.is_dir():
+            continue  # not ours, or from an older version: ownership unknown
+        try:
+            children = [storage.parse_temp_name(c.name) for c in d.iterdir()]
+        except OSError:
+            continue
+        tmps = [c for c in children if c is not None]
+        if not tmps or (plate is not None and not any(storage.matches_plate(c.base, plate) for c in tmps)):
+            continue  # (empty: a writer between mkdtemp and its first write)
+        owner = storage.TempName(tmps[0].name, tmps[0].base, "tmp", parts[0], int(parts[1]))
+        if not storage.owner_alive(owner, _mtime(d), max_age=max_age):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def recover_store(store: str | os.PathLike, *, max_age: float = storage.STALE_AFTER_SECONDS) -> list:
+    """Repair what crashed writers of ``store`` left: if the store is missing (local) or has no
+    root metadata (fsspec) and a complete backup of a dead writer exists, put it back; then
+    delete that store's temp stores and backups whose owner is gone. Returns what was removed."""
+    if _is_local(store):
+        return _recover_local(Path(_local_path(store)), max_age)
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(str(store))
+    return _recover_remote(fs, inner.rstrip("/"), max_age)
+
+
+def cleanup_stale_tmp(parent: str | os.PathLike, plate: str | None = None, *,
+                      max_age: float = storage.STALE_AFTER_SECONDS) -> list:
+    """Delete temp stores/files and backups under ``parent`` whose owner is gone; returns what was removed.
+
+    ``plate``: only that plate's entries (``<plate>.ome.zarr.tmp-...``); default every plate's.
+    Entries of a live process (another plate's run, or this one) are never touched; a store
+    whose swap was interrupted is restored first (:func:`recover_store`). For an fsspec
+    ``parent``, also removes the local build directories of dead writers.
+    """
+    text = str(parent)
+    if _is_local(text):
+        folder = Path(_local_path(text))
+        if not folder.is_dir():
+            return []
+        bases = sorted({t.base for p in folder.iterdir()
+                        if (t := storage.parse_temp_name(p.name)) and storage.matches_plate(t.base, plate)})
+        removed: list = []
+        for base in bases:
+            removed += _recover_local(folder / base, max_age)
+        return removed
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(text)
+    inner = inner.rstrip("/")
+    removed = list(_cleanup_local_builds(plate, max_age))
+    try:
+        listing = fs.ls(inner, detail=False) if fs.exists(inner) else []
+    except FileNotFoundError:
+        listing = []
+    bases = sorted({t.base for e in listing
+                    if (t := storage.parse_temp_name(e.rstrip("/").rsplit("/", 1)[-1])) and storage.matches_plate(t.base, plate)})
+    for base in bases:
+        removed += _recover_remote(fs, f"{inner}/{base}", max_age)
+    return removed
+
+
+# --- readers ------------------------------------------------------------------------------------
+
+
+def _readable_store(plate_path: str | os.PathLike) -> str:
+    """``plate_path``, or, if a local store is missing because a swap died midway, its complete backup."""
+    text = str(plate_path)
+    if not _is_local(text):
+        return text
+    final = Path(_local_path(text))
+    if final.exists() or not final.parent.is_dir():
+        return text
+    backups = [p for p in final.parent.iterdir()
+               if (t := storage.parse_temp_name(p.name)) and t.kind == "old" and t.base == final.name and _is_complete_local(p)]
+    if not backups:
+        return text
+    return str(max(backups, key=lambda p: _mtime(p) or 0.0))
 
 
 def site_group_path(plate_path: str | os.PathLike, well: str, site: int) -> str:
@@ -203,7 +536,7 @@ def site_group_path(plate_path: str | os.PathLike, well: str, site: int) -> str:
 
 def list_sites(plate_path: str | os.PathLike) -> list[tuple[str, int]]:
     """(well, site) of every field in the store, from the plate and well metadata."""
-    root = zarr.open_group(str(plate_path), mode="r")
+    root = zarr.open_group(_readable_store(plate_path), mode="r")
     plate = root.attrs.get("ome", {}).get("plate") or root.attrs.get("plate")
     out = []
     for w in plate["wells"]:
@@ -223,13 +556,13 @@ def _level(group: zarr.Group, level: int) -> zarr.Array:
 
 def read_site_image(plate_path: str | os.PathLike, well: str, site: int, level: int = 0) -> np.ndarray:
     """Float32 (C, H, W) image of one site at pyramid ``level`` (0 = full resolution)."""
-    g = zarr.open_group(str(site_group_path(plate_path, well, site)), mode="r")
+    g = zarr.open_group(site_group_path(_readable_store(plate_path), well, site), mode="r")
     return np.asarray(_level(g, level)[:])
 
 
 def read_site_labels(plate_path: str | os.PathLike, well: str, site: int, name: str, level: int = 0) -> np.ndarray:
     """Integer (H, W) label image ``name`` of one site at pyramid ``level`` (nearest-downsampled)."""
-    g = zarr.open_group(f"{site_group_path(plate_path, well, site)}/labels/{name}", mode="r")
+    g = zarr.open_group(f"{site_group_path(_readable_store(plate_path), well, site)}/labels/{name}", mode="r")
     return np.asarray(_level(g, level)[:])
 
 
@@ -237,4 +570,4 @@ def open_reader(plate_path: str | os.PathLike):
     """``ome_zarr.reader.Reader`` nodes of a store (what napari uses)."""
     from ome_zarr.reader import Reader
 
-    return list(Reader(parse_url(str(plate_path)))())
+    return list(Reader(parse_url(_readable_store(plate_path)))())

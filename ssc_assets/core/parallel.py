@@ -4,20 +4,41 @@ One failing item never kills the others: its exception is returned as a :class:`
 with the message and traceback. Results keep the input order; ``on_result`` is called as
 items finish so the caller can log progress. At most ``2 x workers`` items are in flight,
 so a 384-site plate never holds all its inputs or outputs at once beyond what the caller keeps.
+
+Killed parents leave no orphans. Pool workers die with the process that started them (Linux
+``PR_SET_PDEATHSIG``, elsewhere a thread polling the parent PID), so a SIGKILLed run or step
+frees their memory at once. And when ``map_sites`` itself runs in a process started by
+``multiprocessing`` (a Dagster step process of the multiprocess executor, or a run worker
+launched by a code server) whose parent dies, the caller is an orphan whose results nobody
+collects: ``map_sites`` kills its workers, raises :class:`ParentDiedError` and, if the process
+has not exited ``ORPHAN_GRACE_SECONDS`` later, ends it (``SSC_EXIT_WITH_PARENT=0`` or
+``exit_with_parent=False`` turns this off).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 BACKENDS = ("serial", "process", "dask")
+PARENT_POLL_SECONDS = 0.5
+ORPHAN_GRACE_SECONDS = 20.0
+_PR_SET_PDEATHSIG = 1
+
+
+class ParentDiedError(RuntimeError):
+    """The process that started the caller of :func:`map_sites` died while it was running."""
 
 
 @dataclass
@@ -50,7 +71,33 @@ class _Guarded:
             return SiteResult(i, None, f"{type(exc).__name__}: {exc}", traceback.format_exc(), time.perf_counter() - t0)
 
 
-def _worker_init() -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this process end when ``parent_pid`` (its parent) dies, however the parent dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, name="ssc-parent-watch", daemon=True).start()
+
+
+def _worker_init(parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     # One process per core: keep BLAS/OpenMP/torch and our own thread pools to one thread.
     os.environ["SSC_IMAGE_THREADS"] = "1"
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -71,14 +118,30 @@ def map_sites(
     max_workers: int | None = None,
     dask_address: str | None = None,
     on_result: Callable[[SiteResult], None] | None = None,
+    exit_with_parent: bool | None = None,
 ) -> list[SiteResult]:
     """Apply a top-level picklable ``fn`` to every item; returns one SiteResult per item, in order.
 
     ``backend``: ``"serial"`` (in-process), ``"process"`` (spawned process pool, so no
-    threads of the parent are forked) or ``"dask"`` (``distributed.Client(dask_address)``).
+    threads of the parent are forked; workers die with this process) or ``"dask"``
+    (``distributed.Client(dask_address)``). ``exit_with_parent``: stop (see the module
+    docstring) if this process is orphaned while mapping; default: when this process was
+    started by ``multiprocessing`` and ``SSC_EXIT_WITH_PARENT`` is not ``0``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if exit_with_parent is None:
+        exit_with_parent = mp.parent_process() is not None and os.environ.get("SSC_EXIT_WITH_PARENT", "1") != "0"
+    with _orphan_guard(exit_with_parent) as guard:
+        try:
+            return _map(fn, items, backend, max_workers, dask_address, on_result, guard)
+        except BrokenProcessPool as exc:
+            if guard.fired:
+                raise ParentDiedError(guard.message) from exc
+            raise
+
+
+def _map(fn, items, backend, max_workers, dask_address, on_result, guard: "_Guard") -> list[SiteResult]:
     guarded = _Guarded(fn)
     indexed = list(enumerate(items))
     results: list[SiteResult | None] = [None] * len(indexed)
@@ -94,8 +157,13 @@ def map_sites(
             done(guarded(it))
     elif backend == "process":
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(indexed)), mp_context=ctx, initializer=_worker_init) as pool:
-            _bounded(lambda it: pool.submit(guarded, it), indexed, 2 * workers, lambda f: done(f.result()))
+        with ProcessPoolExecutor(max_workers=min(workers, len(indexed)), mp_context=ctx, initializer=_worker_init,
+                                 initargs=(os.getpid(),)) as pool:
+            guard.pool = pool
+            try:
+                _bounded(lambda it: pool.submit(guarded, it), indexed, 2 * workers, lambda f: done(f.result()))
+            finally:
+                guard.pool = None
     else:
         from distributed import Client, as_completed
 
@@ -110,6 +178,48 @@ def map_sites(
                 for it in _take(pending, 1):
                     ac.add(client.submit(guarded, it, pure=False))
     return [r for r in results if r is not None]
+
+
+class _Guard:
+    def __init__(self) -> None:
+        self.pool: ProcessPoolExecutor | None = None
+        self.fired = False
+        self.message = ""
+
+
+@contextlib.contextmanager
+def _orphan_guard(enabled: bool) -> Iterator[_Guard]:
+    """While the block runs, watch this process's parent; if it dies, kill the pool's workers
+    (the caller then gets BrokenProcessPool -> ParentDiedError) and end the process after a grace period."""
+    guard = _Guard()
+    if not enabled:
+        yield guard
+        return
+    parent = os.getppid()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(PARENT_POLL_SECONDS):
+            if os.getppid() != parent:
+                guard.fired = True
+                guard.message = (f"parent process {parent} of process {os.getpid()} died: nobody collects these "
+                                 "results (orphaned run or step); stopping the per-site work")
+                print(f"ssc_assets.parallel: {guard.message}", file=sys.stderr, flush=True)
+                pool = guard.pool
+                for pid in list(getattr(pool, "_processes", None) or {}):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                if not stop.wait(ORPHAN_GRACE_SECONDS):
+                    os._exit(70)
+                return
+
+    t = threading.Thread(target=watch, name="ssc-orphan-guard", daemon=True)
+    t.start()
+    try:
+        yield guard
+    finally:
+        if not guard.fired:
+            stop.set()
 
 
 def _take(it, n: int) -> list:
