@@ -3,11 +3,15 @@
 import dagster as dg
 
 PER_PLATE_GROUPS = ("ingest", "images")
+#: Run monitoring fails a per-plate run still going after this long (s): a run whose worker
+#: and code server both died would otherwise stay STARTED. A 384-site plate takes ~20-90 min.
+PER_PLATE_MAX_RUNTIME = {"dagster/max_runtime": str(6 * 3600)}
 
 process_plate = dg.define_asset_job(
     "process_plate",
     selection=dg.AssetSelection.groups(*PER_PLATE_GROUPS),
     description="Every per-plate asset of one plate: index, QC (and the image assets as they are added).",
+    tags=PER_PLATE_MAX_RUNTIME,
 )
 
 train_models = dg.define_asset_job(
@@ -26,6 +30,7 @@ embed_plate = dg.define_asset_job(
     "embed_plate",
     selection=dg.AssetSelection.groups("embeddings"),
     description="Site embeddings of every method (champion models) and well embeddings of one plate.",
+    tags=PER_PLATE_MAX_RUNTIME,
 )
 
 cluster_plates = dg.define_asset_job(
