@@ -18,7 +18,12 @@ and compares each flatfield with the true one of the group's objective
 ``|estimate / truth - 1|`` over the full image.
 
     .venv/bin/python benchmarks/illumination_accuracy.py                 # 2048 px, 24 wells x 4 sites
-    .venv/bin/python benchmarks/illumination_accuracy.py --size 512 --wells 16
+    .venv/bin/python benchmarks/illumination_accuracy.py --size 512 --binning 4   # same field, binned 4x4
+
+The table's darkfield column is the ``"auto"`` estimate and its method ("regression",
+"foreground" or "zero", see ``illumination.estimate_darkfield``). A full 2048 px run renders
+192 sites x 3 channels (~4 s of CPU per site): ~6-7 min on 2 idle cores, longer when the
+machine is shared (the wall time and the load average are printed).
 
 Seeds and offsets pair up: the i-th seed's plate gets the i-th offset (offsets cycle), so
 the default ``--seeds 11 12 --offsets 100 200`` simulates two plates (offsets at both ends
@@ -56,16 +61,19 @@ def flatfield_error(est: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     return float(np.sqrt(np.mean(r * r))), float(np.abs(r).max())
 
 
-def split_plate_spec(size: int, n_wells: int, offset: float, n_sites: int = 4, n_failed: int | None = None) -> PlateSpec:
+def split_plate_spec(
+    size: int, n_wells: int, offset: float, n_sites: int = 4, n_failed: int | None = None, **overrides
+) -> PlateSpec:
     """The benchmark's plate: half the wells on the dim second objective, strong phenotype,
-    all four artifact kinds on ~6 % of the sites (at least 4), benign debris."""
+    all four artifact kinds on ~6 % of the sites (at least 4), benign debris. ``overrides``:
+    other :class:`PlateSpec` fields (e.g. ``binning``, ``exposure_scale``)."""
     n_total = n_wells * n_sites
     n_failed = max(len(FAILURES), int(round(0.06 * n_total))) if n_failed is None else n_failed
     return PlateSpec(
         wells=default_wells(n_wells), n_sites=n_sites, n_channels=len(CHANNELS), image_size=size,
         camera_offset=float(offset), objective_split=0.5, second_objective="ELWD-0.45-dim",
         donors=strong_donors(), phenotype_gain=1.5, n_failed_sites=n_failed, failure_kinds=FAILURES,
-        debris_probability=0.25, include_thumbs=False, write_nuclei_labels=False,
+        debris_probability=0.25, include_thumbs=False, write_nuclei_labels=False, **overrides,
     )
 
 
@@ -121,13 +129,16 @@ def evaluate(grids: dict, n_sites: dict, truth_ff: dict, offset: float, size: in
     return rows
 
 
-def run_plate(seed: int, offset: float, size: int, n_wells: int, n_sites: int = 4) -> tuple[list[dict], dict]:
-    """Simulate one split plate in a temporary folder and evaluate it."""
-    t0 = time.perf_counter()
+def run_plate(seed: int, offset: float, size: int, n_wells: int, n_sites: int = 4, binning: int = 1) -> tuple[list[dict], dict]:
+    """Simulate one split plate in a temporary folder and evaluate it. ``binning`` b > 1:
+    camera binning (cells keep their physical size) with exposures scaled by 1 / b^2, so
+    pixels get the same counts as unbinned ones."""
+    t0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="illum_bench_") as tmp:
         plates, truth = Path(tmp, "plates"), Path(tmp, "truth")
         plate = f"ILLUM-{seed}"
-        simulate_plate(plates, truth, plate, split_plate_spec(size, n_wells, offset, n_sites), seed=seed)
+        spec = split_plate_spec(size, n_wells, offset, n_sites, binning=binning, exposure_scale=1.0 / binning**2)
+        simulate_plate(plates, truth, plate, spec, seed=seed)
         t1 = time.perf_counter()
         grids, n_by_group, truth_ff = plate_grids(plates, truth, plate, size)
         t2 = time.perf_counter()
@@ -137,7 +148,7 @@ def run_plate(seed: int, offset: float, size: int, n_wells: int, n_sites: int = 
         r.update(seed=seed, offset=offset)
     n_images = sum(len(g) for g in grids.values())
     return rows, {"seed": seed, "simulate_s": t1 - t0, "backgrounds_s": t2 - t1, "profiles_s": t3 - t2,
-                  "n_images": n_images, "n_sites_rendered": n_wells * n_sites}
+                  "n_images": n_images, "n_sites_rendered": n_wells * n_sites, "cpu_s": time.process_time() - c0}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -163,15 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[11, 12], help="plate seeds (default 11 12)")
     ap.add_argument("--offsets", type=float, nargs="+", default=[100.0, 200.0],
                     help="camera offsets, paired with the seeds in order and cycled (default 100 200)")
+    ap.add_argument("--binning", type=int, default=1,
+                    help="camera binning b (default 1); exposures are scaled by 1/b^2 (same counts per pixel), "
+                         "e.g. --size 512 --binning 4 images the 2048 px field at 1.36 um/px like binned exports")
     ap.add_argument("--workers", type=int, default=2, help="process pool size (default 2)")
     ap.add_argument("--target", type=float, default=0.02, help="RMS target (default 0.02)")
     a = ap.parse_args(argv)
 
     runs = [(s, a.offsets[i % len(a.offsets)]) for i, s in enumerate(a.seeds)]
     print(f"illumination accuracy: {len(runs)} plate(s) {runs} (seed, offset), {a.size}^2 px, {a.wells} wells x "
-          f"{a.sites} sites (half per objective), 3 channels, {a.workers} worker(s), {os.cpu_count()} CPU(s)", flush=True)
+          f"{a.sites} sites (half per objective), binning {a.binning}, 3 channels, {a.workers} worker(s), "
+          f"{os.cpu_count()} CPU(s)", flush=True)
     t0 = time.perf_counter()
-    args = [(s, o, a.size, a.wells, a.sites) for s, o in runs]
+    args = [(s, o, a.size, a.wells, a.sites, a.binning) for s, o in runs]
     if a.workers > 1 and len(runs) > 1:
         with ProcessPoolExecutor(max_workers=min(a.workers, len(runs))) as pool:
             results = list(pool.map(run_plate, *zip(*args)))
@@ -181,16 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for rs, _ in results for r in rs]
     for _, t in results:
         print(f"seed {t['seed']}: simulate {t['simulate_s']:.0f} s ({t['n_sites_rendered']} sites), backgrounds "
-              f"{t['backgrounds_s']:.1f} s ({t['n_images']} QC-passed images), profiles {t['profiles_s']:.1f} s")
-    print(f"wall time {wall:.0f} s\n")
+              f"{t['backgrounds_s']:.1f} s ({t['n_images']} QC-passed images), profiles {t['profiles_s']:.1f} s; "
+              f"CPU {t['cpu_s']:.0f} s")
+    load = os.getloadavg()[1] if hasattr(os, "getloadavg") else float("nan")
+    print(f"wall time {wall:.0f} s (load average over the last 5 min: {load:.1f})\n")
     print(markdown_table(rows))
     worst_auto = max(r["rms_auto"] for r in rows)
     worst_given = max(r["rms_given"] for r in rows)
     min_sites = min(r["n_sites"] for r in rows)
     print(f"\nworst RMS: auto darkfield {100 * worst_auto:.2f} %, offset given {100 * worst_given:.2f} %, "
           f"plate-wide {100 * max(r['rms_plate'] for r in rows):.2f} %; min sites per group {min_sites}")
-    print(f"target RMS <= {100 * a.target:.1f} % (auto darkfield): {'MET' if worst_auto <= a.target else 'NOT MET'}; "
-          f"with the offset given: {'MET' if worst_given <= a.target else 'NOT MET'}")
+    print(f"target RMS <= {100 * a.target:.1f} % per group and channel (auto darkfield): "
+          f"{'MET' if worst_auto <= a.target else 'NOT MET'}; with the offset given: "
+          f"{'MET' if worst_given <= a.target else 'NOT MET'} ({a.size}^2 px, >= {min_sites} sites per group"
+          f"{'' if a.size >= 2048 and a.binning == 1 and min_sites >= 40 else '; the issue target is stated for 2048^2 unbinned and >= 40 sites'})")
     return 0
 
 
