@@ -101,7 +101,7 @@ def test_groups_follow_objectives_and_large_exposure_sets():
     g = assign_acquisition_groups(t)
     assert g.nunique() == 2
     assert (g.groupby(t["Metadata_Well"]).nunique() == 1).all()  # one group per site and well
-    assert set(g[t.Metadata_Well == "B01"]) == {"20X Plan Apo Lambda | 0.34 um/px | bin 1"}
+    assert set(g[t.Metadata_Well == "B01"]) == {"20X Plan Apo Lambda, 0.34 um/px, bin 1"}
     # exposures split a group only when every subset has enough sites (8 by default)
     t2 = fill_acquisition(_table(["A"] * 4, exposures={0: 50, 1: 50, 2: 80, 3: 80}))
     assert assign_acquisition_groups(t2).nunique() == 2

@@ -194,3 +194,13 @@ def test_override_cannot_pass_an_unreadable_image(plate):
     _, _, sites = run_qc(plate)
     row = sites[(sites.Metadata_Well == "B02") & (sites.Metadata_Site == 1)].iloc[0]
     assert not row.passed_qc and str(target) in row.qc_reason
+
+
+def test_override_note_with_an_unquoted_comma(plate):
+    (plate / "qc_overrides.csv").write_text("well,site,decision,note\nB02,1,pass,bright mitosis, not debris\nB03,1,fail,scratch\n")
+    raw, _, sites = run_qc(plate)
+    assert not [p for p in raw.problems if "qc_overrides" in p]
+    s = sites.set_index(["Metadata_Well", "Metadata_Site"])
+    assert s.loc[("B02", 1), "qc_decision"] == "user pass" and s.loc[("B03", 1), "qc_decision"] == "user fail"
+    notes = raw.table.drop_duplicates(["Metadata_Well", "Metadata_Site"]).set_index(["Metadata_Well", "Metadata_Site"]).qc_override_note
+    assert notes[("B02", 1)] == "bright mitosis, not debris"

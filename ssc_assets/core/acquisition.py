@@ -207,7 +207,7 @@ def _optics_label(objective: str, na: float, px: float, binning: int) -> str:
     if np.isfinite(na):
         parts.append(f"NA {na:g}")
     parts += [f"{px:.3g} um/px", f"bin {binning}"]
-    return " | ".join(parts)
+    return ", ".join(parts)
 
 
 def assign_acquisition_groups(table: pd.DataFrame, min_group_sites: int = MIN_GROUP_SITES) -> pd.Series:
@@ -217,7 +217,7 @@ def assign_acquisition_groups(table: pd.DataFrame, min_group_sites: int = MIN_GR
     (the most frequent if its channels disagree). Exposures (one per channel) split an optics
     group further only when every resulting subgroup has at least ``min_group_sites`` sites;
     otherwise sites that differ only in exposure stay together. Labels read like
-    ``"20X Plan Apo Lambda | NA 0.75 | 0.34 um/px | bin 1"`` (+ ``" | exp 50/150/100 ms"``).
+    ``"20X Plan Apo Lambda, NA 0.75, 0.34 um/px, bin 1"`` (+ ``", exp 50/150/100 ms"``).
     """
     t = table
     na = pd.to_numeric(t.get("Metadata_ObjectiveNA"), errors="coerce") if "Metadata_ObjectiveNA" in t else pd.Series(np.nan, index=t.index)
@@ -240,7 +240,7 @@ def assign_acquisition_groups(table: pd.DataFrame, min_group_sites: int = MIN_GR
     for opt, grp in sites.groupby("optics"):
         counts = grp["exposure"].fillna("").value_counts()
         if len(counts) > 1 and counts.min() >= min_group_sites:
-            label.loc[grp.index] = opt + " | exp " + grp["exposure"].fillna("?") + " ms"
+            label.loc[grp.index] = opt + ", exp " + grp["exposure"].fillna("?") + " ms"
     key = pd.MultiIndex.from_frame(t[SITE_KEY])
     return pd.Series(label.reindex(key).values, index=t.index, name="Metadata_AcquisitionGroup")
 
@@ -279,4 +279,6 @@ def channel_exposures(table: pd.DataFrame) -> pd.DataFrame:
     if table["Metadata_ExposureMs"].isna().all():
         return pd.DataFrame()
     g = table.groupby(["Metadata_AcquisitionGroup", "channel"])["Metadata_ExposureMs"]
-    return g.agg(["median", "min", "max"]).reset_index().rename(columns={"median": "exposure ms (median)"})
+    out = g.agg(["median", "min", "max"]).reset_index()
+    return out.rename(columns={"Metadata_AcquisitionGroup": "acquisition group", "median": "exposure ms (median)",
+                               "min": "min ms", "max": "max ms"})

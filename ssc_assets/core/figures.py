@@ -43,25 +43,25 @@ def qc_histograms(
     title: str = "",
     thresholds: dict[tuple[str, str], float] | None = None,
 ) -> bytes:
-    """Grid of histograms (rows: channels, columns: measures), readable at a glance.
+    """Histograms of QC measures (rows: measures, columns: channels), about 1000 px wide.
 
-    Passed images in blue, failed in red (stacked, so failed bars are never hidden), review
-    flags in orange; x ranges are robust (1st-99th percentile plus a margin) and values
-    outside are clipped into the edge bins and counted in the panel ("n beyond"); dashed
-    lines mark absolute ``thresholds`` ((channel or "*", measure) -> value). ``qc`` needs
-    ``channel``, ``image_passed`` (and optionally ``image_review``) and the measure columns.
+    Images are coloured by their SITE's verdict (``passed_qc`` / ``qc_review``; falls back to
+    ``image_passed``): passed blue, review orange, failed red, stacked so failed bars are never
+    hidden. x ranges are robust (quartiles +- 3 IQR, clipped to the data) and values beyond are
+    drawn in the edge bins and counted ("n beyond"); dashed lines mark absolute ``thresholds``
+    ((channel or "*", measure) -> value). Axis labels never use an offset.
     """
     thresholds = thresholds or {}
     channels = list(dict.fromkeys(qc["channel"]))
     measures = [m for m in measures if m in qc and qc[m].notna().any()]
-    fig, axes = plt.subplots(len(channels), len(measures), figsize=(2.7 * len(measures), 2.1 * len(channels)), squeeze=False)
-    review = qc["image_review"] if "image_review" in qc else pd.Series(False, index=qc.index)
-    for i, ch in enumerate(channels):
-        sub = qc["channel"] == ch
-        for j, m in enumerate(measures):
+    passed = qc["passed_qc"] if "passed_qc" in qc else qc["image_passed"]
+    review = (qc["qc_review"] if "qc_review" in qc else pd.Series(False, index=qc.index)) & passed
+    fig, axes = plt.subplots(len(measures), len(channels), figsize=(3.9 * len(channels), 1.9 * len(measures)), squeeze=False)
+    for i, m in enumerate(measures):
+        for j, ch in enumerate(channels):
             ax = axes[i, j]
             vals = qc[m].astype(float)
-            finite = sub & np.isfinite(vals)
+            finite = (qc["channel"] == ch) & np.isfinite(vals)
             if not finite.any():
                 ax.set_axis_off()
                 continue
@@ -69,55 +69,72 @@ def qc_histograms(
             thr = thresholds.get((ch, m), thresholds.get(("*", m)))
             if thr is not None:
                 lo, hi = min(lo, thr - 0.05 * abs(thr)), max(hi, thr + 0.05 * abs(thr))
-            clipped = vals.clip(lo, hi)
             beyond = int(((vals < lo) | (vals > hi))[finite].sum())
-            bins = np.linspace(lo, hi, 26)
-            groups = [(finite & qc["image_passed"] & ~review, "#4477aa", "passed"),
-                      (finite & qc["image_passed"] & review, "#ee7733", "review"),
-                      (finite & ~qc["image_passed"], "#cc3311", "failed")]
-            data = [clipped[g] for g, _, _ in groups]
-            ax.hist(data, bins=bins, stacked=True, color=[c for _, c, _ in groups], label=[lab for _, _, lab in groups])
+            clipped = vals.clip(lo, hi)
+            groups = [(finite & passed & ~review, "#4477aa", "site passed"), (finite & review, "#ee7733", "site review"),
+                      (finite & ~passed, "#cc3311", "site failed")]
+            ax.hist([clipped[g] for g, _, _ in groups], bins=np.linspace(lo, hi, 26), stacked=True,
+                    color=[c for _, c, _ in groups], label=[lab for _, _, lab in groups])
             if thr is not None:
                 ax.axvline(thr, color="black", ls="--", lw=1.2)
             if beyond:
                 ax.text(0.98, 0.95, f"{beyond} beyond", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+            ax.ticklabel_format(axis="x", useOffset=False, style="plain") if hi - lo > 1e-3 else None
             ax.tick_params(labelsize=8)
             if i == 0:
-                ax.set_title(m, fontsize=10)
+                ax.set_title(ch, fontsize=11)
             if j == 0:
-                ax.set_ylabel(f"{ch}\nimages", fontsize=10)
+                ax.set_ylabel(m, fontsize=9)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=9, ncols=3, frameon=False)
     if title:
-        fig.suptitle(title + "   (dashed: absolute threshold)", fontsize=11, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+        fig.suptitle(title + "   (images; dashed: absolute threshold)", fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig_to_png(fig, dpi=80)
 
 
-def review_gallery(tiles: Sequence[tuple[np.ndarray | None, str, str, str]], ncols: int = 4) -> bytes:
-    """Thumbnails with their QC verdict: ``(image or None, site label, reason, status)`` with
-    status "failed" (red caption) or "review" (orange). Reasons are wrapped, not cut."""
+def review_gallery(
+    tiles: Sequence[tuple[np.ndarray | None, str, str, str]],
+    ncols: int = 4,
+    display_range: Sequence[tuple[float, float] | None] | None = None,
+    footer: str = "",
+) -> bytes:
+    """Thumbnails with their QC verdict: ``(image or None, label, reason, status)`` with status
+    "failed" (red caption) or "review" (orange). The whole reason is printed under each tile
+    (wrapped, never cut). ``display_range`` gives each tile's (low, high) grey levels, e.g. the
+    plate's typical range for that channel, so that an empty field looks empty; None
+    stretches the tile itself."""
     import textwrap
 
     n = max(len(tiles), 1)
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.6 * nrows), squeeze=False)
-    for ax in axes.ravel():
+    captions = [textwrap.fill(f"{label} [{status}] {reason}", 40) for _, label, reason, status in tiles]
+    lines = max((c.count("\n") + 1 for c in captions), default=1)
+    cap_in = 0.17 * lines + 0.1
+    fig = plt.figure(figsize=(3.0 * ncols, (2.8 + cap_in) * nrows))
+    for k, ((img, _, _, status), cap) in enumerate(zip(tiles, captions)):
+        r, c = divmod(k, ncols)
+        top = 1 - r / nrows
+        h_img = 2.8 / (2.8 + cap_in) / nrows
+        ax = fig.add_axes((c / ncols + 0.01, top - h_img, 1 / ncols - 0.02, h_img * 0.97))
         ax.axis("off")
-    for ax, (img, label, reason, status) in zip(axes.ravel(), tiles):
+        rng = display_range[k] if display_range is not None and k < len(display_range) else None
         if img is not None:
-            ax.imshow(to_display(img), cmap="gray", interpolation="nearest")
+            if rng is not None:
+                lo, hi = rng
+                ax.imshow(np.clip((np.asarray(img, np.float32) - lo) / max(hi - lo, 1e-6), 0, 1), cmap="gray",
+                          vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(to_display(img), cmap="gray", interpolation="nearest")
         else:
             ax.text(0.5, 0.5, "no readable image", ha="center", va="center", fontsize=9)
-        colour = "#cc3311" if status == "failed" else "#ee7733"
-        text = textwrap.fill(f"{label} [{status}] {reason}", 38)
-        lines = text.splitlines()
-        if len(lines) > 6:
-            text = "\n".join(lines[:6]) + " ..."
-        ax.set_title(text, fontsize=7.5, color=colour, loc="left")
-    fig.tight_layout()
+        colour = "#cc3311" if status == "failed" else "#c25e00"
+        fig.text(c / ncols + 0.01, top - h_img - 0.005 / nrows, cap, fontsize=8.5, color=colour, va="top", ha="left",
+                 family="DejaVu Sans")
+    if footer:
+        fig.text(0.01, 0.0, footer, fontsize=9, va="bottom")
     return fig_to_png(fig, dpi=80)
 
 

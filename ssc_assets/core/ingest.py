@@ -281,25 +281,34 @@ def read_overrides(plate_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str
     path = os.path.join(str(plate_dir), OVERRIDES_FILE)
     if not os.path.isfile(path):
         return pd.DataFrame(columns=cols), []
+    import csv
+
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a user error
-        return pd.DataFrame(columns=cols), [f"{path}: cannot parse CSV ({exc}); no override applied"]
-    df.columns = [c.strip().lower() for c in df.columns]
-    if not {"well", "site", "decision"} <= set(df.columns):
-        return pd.DataFrame(columns=cols), [f"{path}: needs columns well, site, decision[, note]; found {list(df.columns)}"]
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            lines = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return pd.DataFrame(columns=cols), [f"{path}: cannot read ({exc}); no override applied"]
+    header = [c.strip().lower() for c in lines[0]] if lines else []
+    if not {"well", "site", "decision"} <= set(header):
+        return pd.DataFrame(columns=cols), [f"{path}: needs the header well,site,decision[,note]; found {header}"]
+    pos = {name: header.index(name) for name in ("well", "site", "decision")}
+    note_at = header.index("note") if "note" in header else None
     rows, problems = [], []
-    for i, r in enumerate(df.itertuples(index=False), start=2):
+    for i, fields in enumerate(lines[1:], start=2):
         try:
-            well = normalize_well(r.well)
-            site = int(str(r.site).strip())
-            decision = str(r.decision).strip().lower()
+            if len(fields) <= max(pos.values()):
+                raise ValueError(f"expected {len(header)} fields, got {len(fields)}")
+            well = normalize_well(fields[pos["well"]])
+            site = int(str(fields[pos["site"]]).strip())
+            decision = str(fields[pos["decision"]]).strip().lower()
             if decision not in ("pass", "fail"):
-                raise ValueError(f"decision must be pass or fail, got {r.decision!r}")
+                raise ValueError(f"decision must be pass or fail, got {fields[pos['decision']]!r}")
         except ValueError as exc:
             problems.append(f"{path} line {i}: ignored ({exc})")
             continue
-        rows.append((well, site, decision, str(getattr(r, "note", "") or "").strip()))
+        # an unquoted comma in the last column (the note) is kept as part of the note
+        note = ",".join(fields[note_at:]).strip() if note_at is not None and note_at < len(fields) else ""
+        rows.append((well, site, decision, note))
     out = pd.DataFrame(rows, columns=cols).drop_duplicates(["Metadata_Well", "Metadata_Site"], keep="last")
     return out, problems
 
@@ -397,7 +406,9 @@ def plate_readiness(
             reason = (f"no images of channel(s) {absent} (wavelengths on the plate: {['w%d' % w for w in waves]}; "
                       f"channel map {channel_map.to_string()})")
         elif missing:
-            reason = f"{len(missing)} of {len(expected)} expected images missing (e.g. {missing[0]})"
+            w, site, wave = missing[0]
+            name = channel_map.name_of(wave) or "?"
+            reason = f"{len(missing)} of {len(expected)} expected images missing (e.g. {w} s{site} w{wave} ({name}))"
         elif not settled:
             reason = f"files changed less than {settle_seconds:.0f} s ago"
         else:

@@ -332,6 +332,8 @@ def robust_z(values: pd.Series, mad_floor: float = 0.0, rel_mad_floor: float = 0
 
 
 SITE_COLS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+#: Separates the channels' reasons in a site-level reason.
+CHANNEL_SEP = " // "
 GROUP_COL = "Metadata_AcquisitionGroup"
 
 
@@ -386,7 +388,8 @@ def apply_qc_rules(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFr
     add(fail, nuc & (r["snr"] < config.min_nuclei_snr) & (r["std"] > 0),
         lambda i: f"empty field / no nuclei stain: nuclei signal {out.at[i, 'snr']:.1f} noise SDs above background")
     limit = np.maximum(config.max_edge_width_um, config.max_edge_width_px * px.fillna(1.0))
-    blurred = nuc & (r["edge_width_um"] > limit[r.index])
+    empty = nuc & (r["snr"] < config.min_nuclei_snr)
+    blurred = nuc & (r["edge_width_um"] > limit[r.index]) & ~empty  # no edges to judge in an empty field
     add(fail, blurred, lambda i: f"out of focus: nuclei edge blur {out.at[i, 'edge_width_um']:.2f} um "
                                  f"(limit {limit[i]:.2f} um)")
     # --- relative to the well (same donor and biology), leaving out images failed so far;
@@ -454,9 +457,10 @@ def apply_qc_rules(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFr
 
 
 def _site_text(out: pd.DataFrame, col: str, use: pd.Series, keys) -> pd.Series:
-    """Site-level text: ``"<channel>: <reason>"`` of the site's images, joined with " | "."""
+    """Site-level text: ``"<channel>: <reason>"`` of the site's images, joined with
+    :data:`CHANNEL_SEP` (no ``|``: it would break markdown tables)."""
     labelled = (out["channel"] + ": " + out[col]).where(use, "")
-    return labelled.groupby(keys).transform(lambda s: " | ".join(x for x in s if x))
+    return labelled.groupby(keys).transform(lambda s: CHANNEL_SEP.join(x for x in s if x))
 
 
 def apply_overrides(qc: pd.DataFrame) -> pd.DataFrame:
@@ -477,11 +481,11 @@ def apply_overrides(qc: pd.DataFrame) -> pd.DataFrame:
     fail = dec == "fail"
     out.loc[fail, "passed_qc"] = False
     out.loc[fail, "qc_reason"] = ("user decision: fail" + note[fail].map(lambda n: f" ({n})" if n else "")
-                                  + out.loc[fail, "qc_reason"].map(lambda r: f" | auto: {r}" if r else ""))
+                                  + out.loc[fail, "qc_reason"].map(lambda r: f"{CHANNEL_SEP}auto: {r}" if r else ""))
     ok = (dec == "pass") & ~unreadable
     flip = ok & ~out["passed_qc"]
     out.loc[flip, "qc_reason"] = ("user decision: pass" + note[flip].map(lambda n: f" ({n})" if n else "")
-                                  + " | auto: " + out.loc[flip, "qc_reason"])
+                                  + CHANNEL_SEP + "auto: " + out.loc[flip, "qc_reason"])
     out.loc[ok, "passed_qc"] = True
     out.loc[fail, "qc_decision"] = "user fail"
     out.loc[ok, "qc_decision"] = "user pass"
@@ -505,15 +509,21 @@ def qc_thresholds(config: QcConfig, qc: pd.DataFrame | None = None) -> dict[tupl
 
 
 def failure_counts(reasons: pd.Series) -> pd.DataFrame:
-    """Sites per failure kind: the text before ':' of each reason part (after the channel)."""
+    """Sites per failure kind (a site with several kinds counts once in each): the text before
+    ':' of each channel's reasons; a user's decision counts as "user fail" and the automatic
+    reasons kept after it (``auto:``) are not counted again."""
     kinds: dict[str, int] = {}
     for text in reasons.fillna(""):
         seen = set()
-        for part in text.split(" | "):
-            body = part.split(": ", 1)[1] if ": " in part else part
-            for item in body.split("; "):
-                kind = item.split(":")[0].strip()
-                if kind and kind not in seen:
-                    seen.add(kind)
-                    kinds[kind] = kinds.get(kind, 0) + 1
-    return pd.DataFrame(sorted(kinds.items(), key=lambda kv: -kv[1]), columns=["reason", "n_sites"])
+        if text.startswith("user decision: fail"):
+            seen.add("user fail")
+        else:
+            for part in text.split(CHANNEL_SEP):
+                body = part.split(": ", 1)[1] if ": " in part else part
+                for item in body.split("; "):
+                    kind = item.split(":")[0].strip()
+                    if kind:
+                        seen.add(kind)
+        for kind in seen:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return pd.DataFrame(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])), columns=["reason", "n_sites"])

@@ -19,7 +19,7 @@ from ssc_assets.core.ingest import (
     qc_work_items,
     site_table,
 )
-from ssc_assets.core.qc import QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
+from ssc_assets.core.qc import CHANNEL_SEP, QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
 from ssc_assets.core.storage import write_text
 from ssc_assets.core.tiff_io import ImageReadError, read_image
 from ssc_assets.defs.partitions import plates
@@ -33,9 +33,9 @@ def md_table(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
     if df.empty:
         return "_none_"
     shown = df.head(max_rows).copy()
-    for c in shown.columns:  # '|' inside a cell would end the cell
+    for c in shown.columns:  # '|' inside a cell ends the cell (Dagster's renderer ignores "\|")
         if shown[c].dtype == object:
-            shown[c] = shown[c].map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+            shown[c] = shown[c].map(lambda v: v.replace("|", "¦").replace("\n", " ") if isinstance(v, str) else v)
     text = shown.to_markdown(index=False)
     if len(df) > max_rows:
         text += f"\n\n_{len(df) - max_rows} more rows not shown_"
@@ -102,6 +102,8 @@ def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource, stor
     }
     yield dg.Output(table, metadata=metadata, data_version=dg.DataVersion(raw.scan.fingerprint))
     missing = pd.DataFrame(raw.missing, columns=["well", "site", "wavelength"])
+    names = plate_source.channels().by_wavelength()
+    missing["channel"] = [names[w].name if w in names else "?" for w in missing["wavelength"]]
     passed = missing.empty and not raw.wells_without_images and not any(
         ("not acquired" in p or "not found on the plate" in p) for p in raw.problems)
     yield dg.AssetCheckResult(
@@ -109,8 +111,11 @@ def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource, stor
         asset_key="raw_sites",
         passed=bool(passed),
         severity=dg.AssetCheckSeverity.ERROR,
-        description=None if passed else f"{len(missing)} expected images missing; " + "; ".join(raw.problems),
+        description=f"plate {plate}: complete" if passed else "; ".join(
+            [f"plate {plate}: {len(missing)} expected images missing"] * bool(len(missing)) + raw.problems
+            + [f"plate-map wells without images: {', '.join(raw.wells_without_images)}"] * bool(raw.wells_without_images)),
         metadata={
+            "plate": plate,
             "n_missing_images": len(missing),
             "missing_images": dg.MetadataValue.md(md_table(missing)),
             "wells_without_images": ", ".join(raw.wells_without_images) or "none",
@@ -140,28 +145,56 @@ class SiteQcConfig(dg.Config):
             _QC, **{f.name: getattr(self, f.name) for f in dataclasses.fields(QcConfig) if f.name in type(self).model_fields})
 
 
+def _overridden(qc: pd.DataFrame) -> pd.DataFrame:
+    """Sites with a user decision: well, site, decision, note and the automatic reason."""
+    if "qc_decision" not in qc:
+        return pd.DataFrame()
+    rows = qc[qc["qc_decision"] != "auto"].drop_duplicates(SITE_KEY)
+    return pd.DataFrame({"Metadata_Well": rows["Metadata_Well"], "Metadata_Site": rows["Metadata_Site"],
+                         "decision": rows["qc_decision"], "note": rows.get("qc_override_note"),
+                         "reason": rows["qc_reason"]})
+
+
+def _trigger_channel(reason: str, default: str = "nuclei") -> str:
+    """The first channel named in a site-level reason ("borders: ..."), else ``default``."""
+    for part in str(reason).split(CHANNEL_SEP):
+        ch = part.split(":", 1)[0].strip()
+        if ch in IMAGE_CHANNELS:
+            return ch
+    return default
+
+
 def _gallery(qc: pd.DataFrame, sites: pd.DataFrame, n: int) -> str:
-    """Thumbnails of failed, then review-flagged sites (nuclei channel, else the first readable
-    image of the site) captioned with the reason."""
-    chosen = pd.concat([sites[~sites["passed_qc"]].assign(status="failed"),
-                        sites[sites["passed_qc"] & sites.get("qc_review", False)].assign(status="review")]).head(n)
+    """Thumbnails of failed and review-flagged sites, each showing the channel its reason
+    names, on the plate's typical grey range for that channel (so an empty field looks
+    empty), captioned with the full reason. Up to ``n`` tiles, a third kept for review sites."""
+    failed = sites[~sites["passed_qc"]].assign(status="failed", why=lambda d: d["qc_reason"])
+    review = sites[sites["passed_qc"] & sites["qc_review"]].assign(status="review", why=lambda d: d["review_reason"])
+    n_review = min(len(review), max(n // 3, n - len(failed)))
+    chosen = pd.concat([failed.head(n - n_review), review.head(n_review)])
     if chosen.empty:
         return "_no failed or review-flagged site_"
-    tiles = []
+    ok = qc[qc["passed_qc"] & qc["read_error"].isna()] if qc["passed_qc"].any() else qc[qc["read_error"].isna()]
+    typical = ok.groupby("channel").agg(lo=("q01", "median"), hi=("q99", "median"))
+    tiles, ranges = [], []
     for r in chosen.itertuples():
-        imgs = qc[(qc["Metadata_Well"] == r.Metadata_Well) & (qc["Metadata_Site"] == r.Metadata_Site) & qc["path"].notna()
-                  & qc["read_error"].isna()]
-        imgs = imgs.sort_values("channel", key=lambda c: c != "nuclei")
-        tile = None
-        for row in imgs.itertuples():
+        ch = _trigger_channel(r.why)
+        img_rows = qc[(qc["Metadata_Well"] == r.Metadata_Well) & (qc["Metadata_Site"] == r.Metadata_Site)
+                      & qc["path"].notna() & qc["read_error"].isna()]
+        img_rows = img_rows.sort_values("channel", key=lambda c: c != ch)
+        tile, shown = None, ch
+        for row in img_rows.itertuples():
             try:
-                tile = figures.downsample(read_image(row.path), 160)
+                tile, shown = figures.downsample(read_image(row.path), 200), row.channel
                 break
             except ImageReadError:
                 continue
-        reason = r.qc_reason if r.status == "failed" else getattr(r, "review_reason", "")
-        tiles.append((tile, f"{r.Metadata_Well} s{r.Metadata_Site}", reason, r.status))
-    return figures.png_markdown(figures.review_gallery(tiles), "QC review gallery")
+        rng = typical.loc[shown] if shown in typical.index else None
+        ranges.append((float(rng.lo), float(rng.hi)) if rng is not None and rng.hi > rng.lo else None)
+        tiles.append((tile, f"{r.Metadata_Well} s{r.Metadata_Site} ({shown})", r.why, r.status))
+    left = (len(failed) + len(review)) - len(chosen)
+    footer = f"{left} more failed or review-flagged sites not shown (see the tables)" if left else ""
+    return figures.png_markdown(figures.review_gallery(tiles, display_range=ranges, footer=footer), "QC review gallery")
 
 
 @dg.asset(
@@ -224,8 +257,10 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
         "failed_fraction": round(frac, 4),
         "failed_by_reason": dg.MetadataValue.md(md_table(by_reason)),
         "by_acquisition_group": dg.MetadataValue.md(md_table(by_group)),
-        "failed_sites": dg.MetadataValue.md(md_table(failed[SITE_KEY + ["qc_reason", "qc_decision"]])),
-        "review_sites": dg.MetadataValue.md(md_table(review[SITE_KEY + ["review_reason"]])),
+        "failed_by_reason_note": "a site with several reasons counts once under each",
+        "failed_sites": dg.MetadataValue.md(md_table(failed[["Metadata_Well", "Metadata_Site", "qc_reason", "qc_decision"]])),
+        "review_sites": dg.MetadataValue.md(md_table(review[["Metadata_Well", "Metadata_Site", "review_reason"]])),
+        "overridden_sites": dg.MetadataValue.md(md_table(_overridden(qc))),
         "review_gallery": dg.MetadataValue.md(_gallery(qc, sites, config.n_gallery)),
         "qc_histograms": dg.MetadataValue.md(figures.png_markdown(hist, "QC histograms")),
         "user_overrides": int((sites["qc_decision"] != "auto").sum()),
@@ -237,6 +272,7 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
         asset_key="site_qc",
         passed=bool(frac <= config.max_failed_fraction),
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"{len(failed)}/{len(sites)} sites failed QC (threshold {config.max_failed_fraction:.0%})",
-        metadata={"failed_fraction": round(frac, 4)},
+        description=f"plate {context.partition_key}: {len(failed)}/{len(sites)} sites failed QC "
+                    f"({frac:.0%}; warning above {config.max_failed_fraction:.0%})",
+        metadata={"failed_fraction": round(frac, 4), "plate": context.partition_key},
     )
