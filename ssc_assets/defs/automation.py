@@ -12,6 +12,8 @@
   the embeddings then pick up the new champion through ``eager()``.
 """
 
+import functools
+import inspect
 import os
 
 import dagster as dg
@@ -21,6 +23,43 @@ from ssc_assets.defs.jobs import train_models
 #: Transient I/O (network file systems, object stores) gets two retries with backoff. Failures
 #: that retrying cannot fix raise ``dg.Failure(allow_retries=False)``.
 IO_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+#: Exceptions that say the INPUT is wrong (bad file, bad table, bad value): retrying cannot help.
+#: Everything else (OSError: network file systems, object stores, a busy database) stays retryable.
+DETERMINISTIC_ERRORS = (ValueError, KeyError, TypeError, IndexError, AssertionError, NotImplementedError)
+
+
+def fail_fast(fn):
+    """Asset-body decorator (under ``@dg.asset``): a deterministic error becomes
+    ``dg.Failure(allow_retries=False)`` naming the error, so ``IO_RETRY`` retries only
+    transient failures. Works for asset functions that return or yield."""
+
+    def failure(exc: BaseException) -> dg.Failure:
+        return dg.Failure(description=f"{type(exc).__name__}: {exc} (not retried: the input or settings must change)",
+                          allow_retries=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except dg.Failure:
+                raise
+            except DETERMINISTIC_ERRORS as exc:
+                raise failure(exc) from exc
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except dg.Failure:
+            raise
+        except DETERMINISTIC_ERRORS as exc:
+            raise failure(exc) from exc
+
+    return wrapper
 
 
 def cluster_cron() -> str:

@@ -15,7 +15,7 @@ from ssc_assets.core import figures
 from ssc_assets.core.embeddings import METHODS
 from ssc_assets.core.report import Section, render_html
 from ssc_assets.core.storage import write_text
-from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY
+from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.model_assets import ALL_PLATES, log_png
@@ -71,6 +71,7 @@ def _flat_numeric(res: dict) -> dict[str, float]:
 
 @dg.asset(ins={"well_embeddings": ALL_PLATES}, group_name="clusterings", io_manager_key="manifest_io_manager",
           kinds={"sklearn", "mlflow"}, code_version="1", automation_condition=CROSS_PLATE, retry_policy=IO_RETRY)
+@fail_fast
 def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, well_embeddings: dict,
                 mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
     """Per method, across all plates: standardize -> PCA(2) -> KMeans(k=2); hierarchical

@@ -26,7 +26,7 @@ from ssc_assets.core.channels import MODEL_CHANNELS
 from ssc_assets.core.model_training import site_table
 from ssc_assets.core.storage import write_text
 from ssc_assets.defs.image_assets import _check_failure_fraction, _site_failures
-from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM
+from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.model_assets import ALL_PLATES
@@ -61,6 +61,7 @@ EMBED_KW = dict(partitions_def=plates, group_name="embeddings", io_manager_key="
 
 
 @dg.asset(deps=["pca_model"], kinds={"sklearn", "mlflow"}, **EMBED_KW)
+@fail_fast
 def site_embeddings_pca(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
                         mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """PCA components (64) of each QC-passed site (model ``ssc-pca@champion``)."""
@@ -71,6 +72,7 @@ def site_embeddings_pca(context: dg.AssetExecutionContext, corrected_images: dic
 
 
 @dg.asset(deps=["autoencoder_models"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+@fail_fast
 def site_embeddings_autoencoder(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
                                 mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """actin || borders || nuclei autoencoder bottlenecks (3 x 256) of each site's centre patch."""
@@ -94,6 +96,7 @@ def _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking
 
 
 @dg.asset(deps=["classifier_model"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+@fail_fast
 def site_embeddings_classifier(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
                                mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """Custom classifier embedding (E = 8) of each site's centre crop (``ssc-classifier@champion``)."""
@@ -101,6 +104,7 @@ def site_embeddings_classifier(context: dg.AssetExecutionContext, corrected_imag
 
 
 @dg.asset(deps=["densenet_model"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+@fail_fast
 def site_embeddings_densenet(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
                              mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """DenseNet-121 classifier embedding (E = 8) of each site's centre crop (``ssc-densenet@champion``)."""
@@ -114,6 +118,7 @@ class ProfilesConfig(dg.Config):
 
 
 @dg.asset(kinds={"python"}, **EMBED_KW)
+@fail_fast
 def site_embeddings_profiles(context: dg.AssetExecutionContext, config: ProfilesConfig, corrected_images: dict,
                              masks: dict, raw_sites: pd.DataFrame, compute: SiteCompute) -> pd.DataFrame:
     """CellProfiler-style profiles: per-cell cp_measure features (nuclei and cells: intensity,
@@ -147,6 +152,7 @@ SITE_EMBEDDING_ASSETS = [site_embeddings_pca, site_embeddings_autoencoder, site_
 
 
 @dg.asset(kinds={"pandas"}, **EMBED_KW)
+@fail_fast
 def well_embeddings(context: dg.AssetExecutionContext, site_embeddings_pca: pd.DataFrame, site_embeddings_autoencoder: pd.DataFrame,
                     site_embeddings_classifier: pd.DataFrame, site_embeddings_densenet: pd.DataFrame,
                     site_embeddings_profiles: pd.DataFrame) -> pd.DataFrame:

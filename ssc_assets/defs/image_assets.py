@@ -17,7 +17,7 @@ from ssc_assets.core.acquisition import DEFAULT_PIXEL_SIZE_UM, group_slug
 from ssc_assets.core.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, DEFAULT_NUCLEUS_DIAMETER_UM, MaskParams, NucleiParams
 from ssc_assets.core.site_pipeline import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
 from ssc_assets.core.storage import atomic_write_bytes
-from ssc_assets.defs.automation import IO_RETRY
+from ssc_assets.defs.automation import IO_RETRY, fail_fast
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import SiteCompute, Storage
@@ -80,6 +80,7 @@ def _profile_png(flatfields: dict[str, np.ndarray]) -> bytes:
     code_version="1",
     retry_policy=IO_RETRY,
 )
+@fail_fast
 def illumination_profiles(
     context: dg.AssetExecutionContext,
     config: IlluminationConfig,
@@ -206,6 +207,7 @@ def _check_failure_fraction(failures: pd.DataFrame, n: int, limit: float, what: 
     code_version="1",
     retry_policy=IO_RETRY,
 )
+@fail_fast
 def corrected_images(
     context: dg.AssetExecutionContext,
     config: PreprocessConfig,
@@ -334,6 +336,7 @@ def _overlay_png(store: str, sites: list, masks_store: str) -> bytes:
     code_version="1",
     retry_policy=IO_RETRY,
 )
+@fail_fast
 def masks(
     context: dg.AssetExecutionContext, config: MasksConfig, corrected_images: dict, compute: SiteCompute, storage: Storage
 ) -> dict:
