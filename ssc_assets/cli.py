@@ -34,8 +34,32 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0 if state.ready else 1
 
 
+class _Runner:
+    """Runs jobs of the ``ssc_assets`` code location (``workspace.yaml``) so that they show in the
+    UI's Overview timeline and job pages with their plate; in-process when there is no
+    workspace file (e.g. an installed package run elsewhere)."""
+
+    def __init__(self, instance, defs, stack):
+        self.instance, self.defs, self.location = instance, defs, None
+        if os.path.isfile("workspace.yaml"):
+            from ssc_assets.defs.workspace_runs import workspace_location
+
+            self.location, self.repo = stack.enter_context(workspace_location(instance))
+
+    def __call__(self, job_name: str, partition_key: str | None = None, run_config: dict | None = None, tags: dict | None = None):
+        job = self.defs.resolve_job_def(job_name)
+        if self.location is None:
+            return job.execute_in_process(instance=self.instance, partition_key=partition_key, run_config=run_config,
+                                          raise_on_error=False, tags=tags)
+        from ssc_assets.defs.workspace_runs import run_job
+
+        return run_job(self.instance, self.location, self.repo, job, partition_key, run_config, tags)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Generate demo plates if absent, add them as partitions like the sensor, run every plate."""
+    import contextlib
+
     import dagster as dg
 
     from ssc_assets.definitions import defs
@@ -56,14 +80,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if new_keys:
         instance.add_dynamic_partitions(plates.name, new_keys)
     keys = sorted({r.partition_key for r in requests})
-    job = defs.resolve_job_def("process_plate")
+    stack = contextlib.ExitStack()
+    run = _Runner(instance, defs, stack)
     summary = []
     ok = True
     for key in keys:
         t0 = time.perf_counter()
-        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-                                        tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
+        result = run("process_plate", key, run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+                     tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
         ok &= result.success
         row = {"plate": key, "success": result.success, "seconds": round(time.perf_counter() - t0, 1)}
         for ev in result.get_asset_materialization_events():
@@ -81,9 +105,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"{r['plate']:<20} {str(r['success']):<5} {r.get('images', '-')!s:>7} {r.get('sites', '-')!s:>6} "
               f"{r.get('failed_qc', '-')!s:>9} {r['seconds']:>7}")
     if ok and summary and not args.skip_models:
-        ok &= _demo_models(defs, instance)
+        ok &= _demo_models(run)
         if ok:
-            ok &= _demo_clusterings(defs, instance, [r["plate"] for r in summary])
+            ok &= _demo_clusterings(run, [r["plate"] for r in summary])
+    stack.close()
     print(f"\nDagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}; outputs: {settings.storage_dir()}")
     print("Open the UI with `make dev` to browse assets, metadata and checks (Dagster :3000, MLflow :5000).")
     return 0 if ok and summary else 1
@@ -99,7 +124,7 @@ def _manifest(asset: str) -> dict:
         return json.load(fh)
 
 
-def _demo_clusterings(defs, instance, plate_keys: list[str]) -> bool:
+def _demo_clusterings(run, plate_keys: list[str]) -> bool:
     """Embed every plate with the champion models, cluster all plates, print the headline table."""
     import io
 
@@ -108,15 +133,12 @@ def _demo_clusterings(defs, instance, plate_keys: list[str]) -> bool:
     from ssc_assets.demo_config import demo_run_config
 
     t0 = time.perf_counter()
-    job = defs.resolve_job_def("embed_plate")
     for key in plate_keys:
-        res = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                     run_config=demo_run_config("embed_plate"), tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
+        res = run("embed_plate", key, run_config=demo_run_config("embed_plate"), tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
         if not res.success:
             print(f"embed_plate FAILED for {key}: see the run in the Dagster UI")
             return False
-    res = defs.resolve_job_def("cluster_plates").execute_in_process(
-        instance=instance, run_config=demo_run_config("cluster_plates"), raise_on_error=False, tags={"ssc/source": "ssc-assets demo"})
+    res = run("cluster_plates", run_config=demo_run_config("cluster_plates"), tags={"ssc/source": "ssc-assets demo"})
     if not res.success:
         print("cluster_plates FAILED: see the run in the Dagster UI")
         return False
@@ -132,13 +154,12 @@ def _demo_clusterings(defs, instance, plate_keys: list[str]) -> bool:
     return True
 
 
-def _demo_models(defs, instance) -> bool:
+def _demo_models(run) -> bool:
     """Train every model on all plates with the demo settings (ssc_assets/demo_config.py)."""
     from ssc_assets.demo_config import demo_run_config
 
     t0 = time.perf_counter()
-    result = defs.resolve_job_def("train_models").execute_in_process(
-        instance=instance, run_config=demo_run_config(), raise_on_error=False, tags={"ssc/source": "ssc-assets demo"})
+    result = run("train_models", run_config=demo_run_config(), tags={"ssc/source": "ssc-assets demo"})
     print(f"\nmodels ({time.perf_counter() - t0:.0f} s, demo settings from ssc_assets/demo_config.py):")
     print(f"{'asset':<28} {'registered model':<24} {'version':>7} {'champion':>8}  test metrics")
     for ev in result.get_asset_materialization_events():

@@ -1,0 +1,54 @@
+"""Demo runs go through the code location, so the UI lists them (Overview, job page, checks)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from ssc_assets.core.simulate import PlateSpec, default_wells, simulate_plate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in a fresh interpreter, like `ssc-assets demo`: settings are read when definitions load.
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import dagster as dg
+    from ssc_assets.definitions import defs
+    from ssc_assets.defs.workspace_runs import run_job, workspace_location
+
+    def main():
+        instance = dg.DagsterInstance.get()
+        instance.add_dynamic_partitions("plates", ["P1"])
+        with workspace_location(instance) as (location, repo):
+            result = run_job(instance, location, repo, defs.resolve_job_def("process_plate"), "P1",
+                             run_config={"execution": {"config": {"in_process": {}}}}, tags={"ssc/source": "test"})
+        run = instance.get_run_by_id(result.run_id)
+        listed = [r.run_id for r in instance.get_runs(dg.RunsFilter(job_name="process_plate"))]
+        print("RESULT " + json.dumps({"success": result.success, "run_id": result.run_id, "listed": listed,
+            "location": run.remote_job_origin.location_name if run.remote_job_origin else None,
+            "tags": dict(run.tags)}))
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def test_run_carries_the_code_location_origin_and_plate(tmp_path):
+    simulate_plate(tmp_path / "plates", tmp_path / "truth", "P1",
+                   PlateSpec(wells=default_wells(2), n_sites=2, image_size=96, n_failed_sites=0), seed=1)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SSC_PLATES_DIR": str(tmp_path / "plates"),
+           "SSC_STORAGE_DIR": str(tmp_path / "storage"), "SSC_COMPUTE_BACKEND": "serial", "SSC_SETTLE_SECONDS": "0"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(line[len("RESULT "):])
+    assert out["success"], proc.stderr[-3000:]
+    assert out["location"] == "ssc_assets"  # listed under the code location (Overview, job page)
+    assert out["tags"]["dagster/partition"] == "P1" and out["tags"]["ssc/source"] == "test"
+    assert out["listed"] == [out["run_id"]]
