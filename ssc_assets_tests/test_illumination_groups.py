@@ -9,7 +9,7 @@ phenotype, two artifact sites dropped as QC would. Each group's profile is built
 ``profile_from_backgrounds`` per group and channel) and compared with the group's true
 flatfield. Seed 5 (the benchmark uses 11 and 12). Measured (RMS of estimate / truth - 1):
 offset given <= 1.4 %, auto darkfield <= 0.4 % for nuclei and borders, one pooled
-plate-wide profile 7-30 % on the dim group. The actin channel (no cell-free background) is
+plate-wide profile (offset given) 8-15 % on the dim group. The actin channel (no cell-free background) is
 checked with the offset given only: with 23 sites its auto offset comes from the per-image
 regression, off by tens to hundreds of counts (see docs/illumination.md).
 """
