@@ -188,7 +188,7 @@ def _cmd_mlflow_ui(args: argparse.Namespace) -> int:
     res = MlflowTracking()
     res.client()  # creates the SQLite folder and schema if needed
     cmd = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "ui", "--backend-store-uri", res.tracking_uri,
-           "--host", args.host, "--port", str(args.port)]
+           "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     if res.tracking_uri.startswith("sqlite"):
         cmd += ["--default-artifact-root", res.artifact_root]
     print(" ".join(cmd), flush=True)
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("mlflow-ui", help="start the MLflow UI on the pipeline's tracking store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1, help="web workers (mlflow's default of 4 costs ~1 GB each)")
     p.set_defaults(fn=_cmd_mlflow_ui)
 
     args = parser.parse_args(argv)
