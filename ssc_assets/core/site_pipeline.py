@@ -22,7 +22,8 @@ PREVIEW_SIDE = 128
 
 
 def illumination_background(item: tuple) -> np.ndarray:
-    """Cleaned background grid (float32, ~64 x 64, raw units) of one raw image.
+    """Cleaned background and foreground-level grids (float32, (2, ~64, ~64), raw units) of
+    one raw image (:func:`~ssc_assets.core.illumination.image_background`).
     ``item`` = (path, expected (H, W)[, n_iter, k_sd]) (bright-area suppression settings)."""
     path, shape, *rest = item
     kw = dict(zip(("n_iter", "k_sd"), rest))
