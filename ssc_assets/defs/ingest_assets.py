@@ -29,13 +29,18 @@ MAX_TABLE_ROWS = 40
 
 
 def md_table(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """Markdown table of the first ``max_rows`` rows, with a note on how many were left out."""
+    """Markdown table of the first ``max_rows`` rows, with a note on how many were left out.
+
+    Cells never break the table: ``|`` becomes ``¦`` (Dagster's renderer ignores ``\|``),
+    line breaks become spaces, missing values print as ``n/a``."""
     if df.empty:
         return "_none_"
     shown = df.head(max_rows).copy()
-    for c in shown.columns:  # '|' inside a cell ends the cell (Dagster's renderer ignores "\|")
-        if shown[c].dtype == object:
-            shown[c] = shown[c].map(lambda v: v.replace("|", "¦").replace("\n", " ") if isinstance(v, str) else v)
+    for c in shown.columns:
+        if not pd.api.types.is_numeric_dtype(shown[c]) or shown[c].isna().any():
+            shown[c] = shown[c].astype(object).map(
+                lambda v: "n/a" if v is None or (isinstance(v, float) and v != v)
+                else v.replace("|", "¦").replace("\r", " ").replace("\n", " ") if isinstance(v, str) else v)
     text = shown.to_markdown(index=False)
     if len(df) > max_rows:
         text += f"\n\n_{len(df) - max_rows} more rows not shown_"
