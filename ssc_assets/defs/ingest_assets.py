@@ -29,7 +29,7 @@ MAX_TABLE_ROWS = 40
 
 
 def md_table(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """Markdown table of the first ``max_rows`` rows, with a note on how many were left out.
+    r"""Markdown table of the first ``max_rows`` rows, with a note on how many were left out.
 
     Cells never break the table: ``|`` becomes ``¦`` (Dagster's renderer ignores ``\|``),
     line breaks become spaces, missing values print as ``n/a``."""
