@@ -11,7 +11,26 @@ Two stores per plate (NGFF 0.5 on zarr v3, readable by ``ome_zarr.reader`` and s
             labels/                       NGFF labels: nuclei, cells (int32 instances),
                                           borders, actin, actin_inside_cells (uint8 0/1)
 
-Field index = site - 1; chunks (1, 512, 512); channel names in the ``omero`` metadata. Masks
+Field index = site - 1; chunks (1, 512, 512); channel names in the ``omero`` metadata.
+
+Uniform fields and flags. NGFF plate readers (``ome_zarr.reader``, so napari-ome-zarr) take
+the field paths and image shapes of the *first* well for every well, so a well without that
+field logs ``Failed to load <row>/<col>/<field>/s0``. With ``uniform_fields=True`` (what the
+assets use) every well gets the same field paths: sites whose data is not analysis data are
+still written, and their ``status`` is recorded under the ``ssc`` key of the attributes:
+
+* field group ``attrs["ssc"]``: ``status``, ``placeholder`` (True: no real pixels), ``passed_qc``,
+  ``qc_reason``, ``error`` and whatever the asset adds (plate, well, site, pixel size);
+* well group ``attrs["ssc"]["fields"]``: field path -> ``{site, status, placeholder, reason}``;
+* plate root ``attrs["ssc"]``: ``field_status`` (count per status) and ``flagged_fields``.
+
+Statuses (:data:`FIELD_STATUSES`): ``ok`` (QC-passed, processed: the only analysis data),
+``qc_failed`` (QC-failed site, data written for review), ``error`` (processing raised),
+``unreadable`` (raw images unreadable or missing), ``missing`` (no images for that site; added
+by the writer). Placeholders hold a NaN image of the plate's image shape and empty (0) labels.
+:func:`list_sites` returns ``ok`` fields only; :func:`field_flags` returns every field's flags.
+The ``omero`` display window is computed from ``ok`` fields only (saturated QC failures would
+otherwise stretch it). Masks
 live in their own store beside the images (NGFF labels must hang under an image; the weight
 map, a float, is that image) so that each asset is written atomically and re-materialized on
 its own. In napari, open both stores to overlay the labels on the corrected images.
@@ -50,6 +69,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +86,17 @@ TMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
 LOCAL_BUILD_PREFIX = "ssc-zarr-"  # local build directories of stores bound for fsspec URLs
 HEARTBEAT_SECONDS = 30.0  # a writer touches its temp store at least this often while writing
+PLACEHOLDER_SHAPE = (64, 64)  # (H, W) of placeholders when no site has real data and no shape was given
+
+#: Field statuses (``attrs["ssc"]["status"]``); only ``ok`` fields are analysis data.
+FIELD_OK = "ok"
+FIELD_STATUSES = {
+    "ok": "QC-passed site, processed: analysis data",
+    "qc_failed": "QC-failed site: written for review, never used downstream",
+    "error": "processing raised: placeholder (NaN image, empty labels)",
+    "unreadable": "raw images unreadable or missing: placeholder",
+    "missing": "no images for this site in this well: placeholder so that every well has the same fields",
+}
 
 
 def _step(name: str) -> None:
@@ -90,24 +121,40 @@ def _omero(channel_names: list[str], images_range: list[tuple[float, float]] | N
 class HcsPlateWriter:
     """Context manager that writes one plate's images into a fresh OME-Zarr HCS store.
 
-    ``write_site(well, site, image)`` with ``image`` float32 (C, H, W). On a clean exit the
-    plate/well metadata list exactly the wells and fields written, and the store replaces
-    ``final_path`` atomically (see the module docstring). On an exception the temp store is
-    deleted and the previous version is untouched. On entry, the writer first repairs what a
-    crashed writer of the same store left behind (:func:`recover_store`).
+    ``write_site(well, site, image)`` with ``image`` float32 (C, H, W); ``write_placeholder``
+    records a field without data (written on exit as a NaN image and empty labels). On a clean
+    exit the plate/well metadata list exactly the wells and fields written, and the store
+    replaces ``final_path`` atomically (see the module docstring). On an exception the temp
+    store is deleted and the previous version is untouched. On entry, the writer first repairs
+    what a crashed writer of the same store left behind (:func:`recover_store`).
+
+    ``uniform_fields``: on exit, give every well the same field paths (the union over the
+    plate), filling the gaps with ``missing`` placeholders, so that every NGFF plate reader
+    opens the store. ``placeholder_shape`` (H, W) and ``placeholder_labels`` (name -> dtype)
+    are used for placeholders when no site with real data was written.
     """
 
-    def __init__(self, final_path: str | os.PathLike, plate_name: str, channel_names: list[str]):
+    def __init__(self, final_path: str | os.PathLike, plate_name: str, channel_names: list[str], *,
+                 uniform_fields: bool = False, placeholder_shape: tuple[int, int] | None = None,
+                 placeholder_labels: dict[str, str | np.dtype] | None = None):
         self.remote = not _is_local(final_path)
         self.final_url = str(final_path)  # remote: where the finished store is uploaded
         self.final = Path(_local_path(final_path))  # local: where it is renamed to
         self.plate_name = plate_name
         self.channel_names = list(channel_names)
+        self.uniform_fields = uniform_fields
+        self.placeholder_shape = tuple(placeholder_shape) if placeholder_shape else None
+        self.placeholder_labels = {k: np.dtype(v) for k, v in (placeholder_labels or {}).items()}
         self._tmp_name = storage.temp_name(self.final.name)
         self._tmpdir: str | None = None
         self.tmp = None if self.remote else self.final.with_name(self._tmp_name)
         self.fields: dict[str, list[int]] = {}
-        self.ranges: list[list[float]] = [[np.inf, -np.inf] for _ in channel_names]
+        self.flags: dict[tuple[str, int], dict] = {}  # (well, site) -> the field's ssc attributes
+        self._pending: dict[tuple[str, int], dict] = {}  # placeholders, written on exit
+        self._image_hw: tuple[int, int] | None = None
+        self._label_dtypes: dict[str, np.dtype] = {}
+        self.ranges: list[list[float]] = [[np.inf, -np.inf] for _ in channel_names]  # ok fields only
+        self._any_ranges: list[list[float]] = [[np.inf, -np.inf] for _ in channel_names]  # any real data
 
     def __enter__(self) -> "HcsPlateWriter":
         storage._ACTIVE.add(self._tmp_name)
@@ -126,31 +173,90 @@ class HcsPlateWriter:
         self._beat = time.monotonic()
         return self
 
+    def _claim(self, well: str, site: int) -> None:
+        if site < 1:
+            raise ValueError(f"site numbers start at 1, got {site}")
+        if (well, site) in self.flags or (well, site) in self._pending:
+            raise ValueError(f"{well} s{site} written twice")
+
     def write_site(
-        self, well: str, site: int, image: np.ndarray, labels: dict[str, np.ndarray] | None = None, metadata: dict | None = None
+        self, well: str, site: int, image: np.ndarray, labels: dict[str, np.ndarray] | None = None,
+        metadata: dict | None = None, *, status: str = FIELD_OK, reason: str | None = None,
     ) -> None:
-        """Write one site: ``image`` float32 (C, H, W); ``labels`` name -> integer (H, W) label images."""
+        """Write one site: ``image`` float32 (C, H, W); ``labels`` name -> integer (H, W) label images.
+
+        ``metadata`` goes to the field's ``attrs["ssc"]`` with ``status`` (see
+        :data:`FIELD_STATUSES`; real data is ``ok`` or ``qc_failed``) and ``reason``."""
         if image.ndim != 3 or image.shape[0] != len(self.channel_names):
             raise ValueError(f"expected (C={len(self.channel_names)}, H, W), got {image.shape}")
+        if status not in FIELD_STATUSES:
+            raise ValueError(f"unknown field status {status!r} (known: {list(FIELD_STATUSES)})")
+        for name, arr in (labels or {}).items():
+            if not np.issubdtype(np.asarray(arr).dtype, np.integer):
+                raise ValueError(f"label image {name!r} must be integer, got {np.asarray(arr).dtype}")
+        self._claim(well, site)
+        for i in range(image.shape[0]):
+            lo, hi = (float(v) for v in np.percentile(image[i], [0.5, 99.5]))
+            if np.isfinite(lo) and np.isfinite(hi):
+                targets = [self._any_ranges] + ([self.ranges] if status == FIELD_OK else [])
+                for r in targets:
+                    r[i] = [min(r[i][0], lo), max(r[i][1], hi)]
+        if self._image_hw is None:
+            self._image_hw = tuple(int(v) for v in image.shape[-2:])
+        for name, arr in (labels or {}).items():
+            self._label_dtypes.setdefault(name, np.asarray(arr).dtype)
+        self._write_field(well, site, image, labels, {**(metadata or {}), "status": status, "placeholder": False,
+                                                      **({"reason": reason} if reason else {})})
+
+    def write_placeholder(self, well: str, site: int, status: str, reason: str, metadata: dict | None = None) -> None:
+        """Record a field without real data (``status`` not ``ok``), written on exit as a NaN
+        image of the plate's image shape and empty labels, flagged with ``status`` and ``reason``."""
+        if status == FIELD_OK or status not in FIELD_STATUSES:
+            raise ValueError(f"a placeholder needs a non-ok status of {list(FIELD_STATUSES)}, got {status!r}")
+        self._claim(well, site)
+        self._pending[(well, site)] = {**(metadata or {}), "status": status, "placeholder": True, "reason": reason}
+
+    def _write_field(self, well: str, site: int, image: np.ndarray, labels: dict[str, np.ndarray] | None, flags: dict) -> None:
         self._heartbeat()
         row, col = _well_path(well)
         field = self.root.require_group(row).require_group(col).require_group(str(site - 1))
-        for i in range(image.shape[0]):
-            lo, hi = np.percentile(image[i], [0.5, 99.5])
-            self.ranges[i] = [min(self.ranges[i][0], float(lo)), max(self.ranges[i][1], float(hi))]
-        write_image(
-            image.astype(np.float32, copy=False), field, scale_factors=SCALE_FACTORS, axes="cyx",
-            storage_options={"chunks": (1, CHUNK, CHUNK)},
-            omero=_omero(self.channel_names),
-            **({"ssc": metadata} if metadata else {}),
-        )
+        with warnings.catch_warnings():
+            if flags.get("placeholder"):  # downsampling an all-NaN image warns "All-NaN slice"
+                warnings.simplefilter("ignore", RuntimeWarning)
+            write_image(
+                image.astype(np.float32, copy=False), field, scale_factors=SCALE_FACTORS, axes="cyx",
+                storage_options={"chunks": (1, CHUNK, CHUNK)},
+                omero=_omero(self.channel_names),
+            )
         for name, arr in (labels or {}).items():
-            arr = np.asarray(arr)
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"label image {name!r} must be integer, got {arr.dtype}")
-            write_labels(arr, field, name=name, axes="yx", scaler=None, scale_factors=SCALE_FACTORS,
-                         storage_options={"chunks": (CHUNK, CHUNK)})
+            # ``source`` points readers back to the image (without it ome_zarr warns "no parent found")
+            write_labels(np.asarray(arr), field, name=name, axes="yx", scaler=None, scale_factors=SCALE_FACTORS,
+                         storage_options={"chunks": (CHUNK, CHUNK)}, label_metadata={"source": {"image": "../../"}})
+        flags = _jsonable({"well": well, "site": int(site), **flags})
+        field.attrs["ssc"] = flags
+        self.flags[(well, site)] = flags
         self.fields.setdefault(well, []).append(site)
+
+    def _write_placeholders(self) -> None:
+        """Pending placeholders, then (``uniform_fields``) a ``missing`` one for every gap."""
+        if self.uniform_fields:
+            every = sorted({s for w, s in [*self.flags, *self._pending]})
+            wells = sorted({w for w, _ in [*self.flags, *self._pending]})
+            have = set(self.flags) | set(self._pending)
+            for w in wells:
+                for s in every:
+                    if (w, s) not in have:
+                        self._pending[(w, s)] = {"status": "missing", "placeholder": True,
+                                                 "reason": "no images for this site in this well"}
+        if not self._pending:
+            return
+        hw = self._image_hw or self.placeholder_shape or PLACEHOLDER_SHAPE
+        image = np.full((len(self.channel_names), *hw), np.nan, np.float32)
+        dtypes = self._label_dtypes or self.placeholder_labels
+        labels = {name: np.zeros(hw, dt) for name, dt in dtypes.items()}
+        for (well, site), flags in sorted(self._pending.items()):
+            self._write_field(well, site, image, labels, flags)
+        self._pending.clear()
 
     def _heartbeat(self) -> None:
         """Refresh the temp store's mtime: other hosts judge a temp store abandoned by its age."""
@@ -172,6 +278,7 @@ class HcsPlateWriter:
             if exc_type is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 return False
+            self._write_placeholders()
             self._write_metadata()
             _step("commit:start")
             if self.remote:
@@ -189,20 +296,46 @@ class HcsPlateWriter:
     def _write_metadata(self) -> None:
         """Well and field metadata, then the plate metadata: the last write, which makes the store complete."""
         wells = sorted(self.fields)
-        omero = _omero(self.channel_names, [tuple(r) if np.isfinite(r[0]) else (0.0, 1.0) for r in self.ranges])
+        ranges = self.ranges if any(np.isfinite(r[0]) for r in self.ranges) else self._any_ranges
+        omero = _omero(self.channel_names, [tuple(r) if np.isfinite(r[0]) else (0.0, 1.0) for r in ranges])
+        flagged, counts = [], {}
         for w in wells:
             row, col = _well_path(w)
             well_group = self.root[row][col]
-            write_well_metadata(well_group, [{"path": str(s - 1)} for s in sorted(self.fields[w])])
-            for s in self.fields[w]:
+            sites = sorted(self.fields[w])
+            write_well_metadata(well_group, [{"path": str(s - 1)} for s in sites])
+            summary = {}
+            for s in sites:
                 g = well_group[str(s - 1)]
                 ome = dict(g.attrs.get("ome", {}))
                 ome["omero"] = omero
                 g.attrs["ome"] = ome
+                f = self.flags[(w, s)]
+                summary[str(s - 1)] = {k: f[k] for k in ("site", "status", "placeholder", "reason") if k in f}
+                counts[f["status"]] = counts.get(f["status"], 0) + 1
+                if f["status"] != FIELD_OK:
+                    flagged.append({"well": w, "site": s, "path": f"{row}/{col}/{s - 1}", "status": f["status"],
+                                    "reason": f.get("reason")})
+            well_group.attrs["ssc"] = {"fields": summary}
         rows = sorted({_well_path(w)[0] for w in wells})
         cols = sorted({_well_path(w)[1] for w in wells}, key=int)
+        self.root.attrs["ssc"] = {"field_status": counts, "flagged_fields": flagged,
+                                  "statuses": FIELD_STATUSES}
         write_plate_metadata(self.root, rows, cols, [f"{r}/{c}" for r, c in map(_well_path, wells)],
                              field_count=max((len(v) for v in self.fields.values()), default=0), name=self.plate_name)
+
+
+def _jsonable(value):
+    """``value`` with numpy scalars, NaN and tuples made JSON-safe (zarr attributes are JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _is_local(path: str | os.PathLike) -> bool:
@@ -534,17 +667,33 @@ def site_group_path(plate_path: str | os.PathLike, well: str, site: int) -> str:
     return f"{str(plate_path).rstrip('/')}/{row}/{col}/{site - 1}"
 
 
-def list_sites(plate_path: str | os.PathLike) -> list[tuple[str, int]]:
-    """(well, site) of every field in the store, from the plate and well metadata."""
+def _well_fields(plate_path: str | os.PathLike):
+    """(well, site, field flags) of every field in the store, from the plate and well metadata
+    (flags ``{"status": "ok"}`` for stores written before fields were flagged)."""
     root = zarr.open_group(_readable_store(plate_path), mode="r")
     plate = root.attrs.get("ome", {}).get("plate") or root.attrs.get("plate")
-    out = []
     for w in plate["wells"]:
         row, col = w["path"].split("/")
         well = f"{row}{int(col):02d}"
-        meta = root[row][col].attrs.get("ome", {}).get("well") or root[row][col].attrs.get("well")
-        out += [(well, int(img["path"]) + 1) for img in meta["images"]]
-    return out
+        attrs = root[row][col].attrs
+        meta = attrs.get("ome", {}).get("well") or attrs.get("well")
+        flags = (attrs.get("ssc") or {}).get("fields") or {}
+        for img in meta["images"]:
+            site = int(img["path"]) + 1
+            yield well, site, {"site": site, "status": FIELD_OK, **flags.get(img["path"], {})}
+
+
+def list_sites(plate_path: str | os.PathLike, include_flagged: bool = False) -> list[tuple[str, int]]:
+    """(well, site) of every ``ok`` field in the store (QC-passed and processed), from the
+    plate and well metadata. ``include_flagged``: every field, placeholders and QC-failed
+    sites included (see :func:`field_flags`)."""
+    return [(w, s) for w, s, f in _well_fields(plate_path) if include_flagged or f.get("status") == FIELD_OK]
+
+
+def field_flags(plate_path: str | os.PathLike) -> dict[tuple[str, int], dict]:
+    """(well, site) -> ``{site, status, placeholder, reason}`` of every field in the store
+    (statuses: :data:`FIELD_STATUSES`); the field group's ``attrs["ssc"]`` has the details."""
+    return {(w, s): f for w, s, f in _well_fields(plate_path)}
 
 
 def _level(group: zarr.Group, level: int) -> zarr.Array:

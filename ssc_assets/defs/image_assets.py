@@ -12,7 +12,7 @@ from ssc_assets.core.channels import IMAGE_CHANNELS
 from ssc_assets.core.filters import TV_WEIGHT, ChannelPreprocess, PreprocessParams
 from ssc_assets.core.illumination import profile_from_backgrounds
 from ssc_assets.core.ingest import SITE_KEY
-from ssc_assets.core.ome_zarr_store import HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
+from ssc_assets.core.ome_zarr_store import FIELD_STATUSES, HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
 from ssc_assets.core.acquisition import DEFAULT_PIXEL_SIZE_UM, group_slug
 from ssc_assets.core.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, DEFAULT_NUCLEUS_DIAMETER_UM, MaskParams, NucleiParams
 from ssc_assets.core.site_pipeline import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
@@ -199,12 +199,56 @@ def _check_failure_fraction(failures: pd.DataFrame, n: int, limit: float, what: 
         )
 
 
+def qc_failed_plan(raw_sites: pd.DataFrame, site_qc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """QC-failed sites, split into those whose image channels can all be read (they are
+    corrected and written, flagged ``qc_failed``, for review) and those that cannot
+    (placeholders flagged ``unreadable``).
+
+    Returns ``(readable_rows, unreadable)``: ``raw_sites`` rows of the image channels of the
+    readable QC-failed sites (with ``qc_reason``), and ``Metadata_Well, Metadata_Site,
+    qc_reason`` of the unreadable ones. A site is unreadable when an image-channel file has a
+    header or read error, or is missing."""
+    failed = failed_sites(site_qc)
+    if "read_error" in site_qc:
+        bad = site_qc.loc[site_qc["channel"].isin(IMAGE_CHANNELS) & site_qc["read_error"].notna(), SITE_KEY].drop_duplicates()
+    else:
+        bad = pd.DataFrame(columns=SITE_KEY)
+    rows = raw_sites[raw_sites["channel"].isin(IMAGE_CHANNELS) & raw_sites["header_error"].isna()]
+    rows = rows.merge(failed, on=SITE_KEY, how="inner")
+    n_ch = rows.groupby(SITE_KEY)["channel"].transform("nunique")
+    rows = rows[n_ch == len(IMAGE_CHANNELS)]
+    rows = rows.merge(bad.assign(_bad=True), on=SITE_KEY, how="left")
+    rows = rows[rows["_bad"].isna()].drop(columns="_bad")
+    readable = rows[SITE_KEY].drop_duplicates()
+    unreadable = failed.merge(readable.assign(_ok=True), on=SITE_KEY, how="left")
+    unreadable = unreadable[unreadable["_ok"].isna()][["Metadata_Well", "Metadata_Site", "qc_reason"]]
+    return rows, unreadable.sort_values(["Metadata_Well", "Metadata_Site"]).reset_index(drop=True)
+
+
+def _crop_shape(shape: tuple[int, int], params: PreprocessParams) -> tuple[int, int]:
+    """(H, W) of a corrected image from a raw ``shape`` (placeholder size when no site is written)."""
+    p = params.nuclei
+    if p.crop_size:
+        return (int(p.crop_size), int(p.crop_size))
+    return (int(round(shape[0] * p.crop_fraction)), int(round(shape[1] * p.crop_fraction)))
+
+
+def _reason(qc_reason) -> str:
+    return str(qc_reason) if isinstance(qc_reason, str) and qc_reason else "failed QC"
+
+
+def _field_records(flags: dict) -> list[dict]:
+    """Manifest ``fields``: one record per field of a store (every well x site, flagged)."""
+    keep = ("status", "placeholder", "passed_qc", "reason", "qc_reason", "error", "pixel_size_um")
+    return [{"well": w, "site": int(s), **{k: f[k] for k in keep if k in f}} for (w, s), f in sorted(flags.items())]
+
+
 @dg.asset(
     partitions_def=plates,
     io_manager_key="manifest_io_manager",
     group_name="images",
     kinds={"python", "zarr"},
-    code_version="1",
+    code_version="2",
     retry_policy=IO_RETRY,
 )
 @fail_fast
@@ -222,56 +266,100 @@ def corrected_images(
     Chain per channel: (raw - darkfield) / flatfield -> Remove Outliers (nuclei, borders) ->
     rolling ball -> median -> TV denoise -> centre crop. File:
     ``$SSC_STORAGE_DIR/corrected_images/<plate>.ome.zarr`` (channels nuclei, borders, actin;
-    float32). QC-failed sites are skipped and listed; a site that raises is listed with its
-    files and error, and the asset fails only above ``max_failed_fraction``.
+    float32). Every well holds the same fields, so every NGFF reader opens the plate:
+    QC-failed sites are corrected and written too, for review, flagged ``qc_failed`` in the
+    field's ``attrs["ssc"]``; a site that raises or cannot be read gets a NaN placeholder
+    flagged ``error`` / ``unreadable``. The manifest's ``sites`` (what downstream assets use)
+    lists QC-passed, written sites only; ``fields`` lists every field with its flags. A
+    QC-passed site that raises is listed with its files and error, and the asset fails only
+    above ``max_failed_fraction``.
     """
     plate = context.partition_key
     rows = passed_images(raw_sites, site_qc)
+    failed_rows, unreadable = qc_failed_plan(raw_sites, site_qc)
     shape = tuple(illumination_profiles["shape"])
     profiles = {g: tuple((ch, v["flatfield"], float(v["darkfield"])) for ch, v in e["channels"].items())
                 for g, e in illumination_profiles["groups"].items()}
     params = config.params()
-    tasks, site_px = [], []
-    group_col = _group_column(rows)
-    for (well, site), grp in rows.groupby(["Metadata_Well", "Metadata_Site"], sort=True):
-        paths = dict(zip(grp["channel"], grp["path"]))
-        px = _pixel_size(grp)
-        site_px.append([well, int(site), px])
-        tasks.append(CorrectSiteTask(well, int(site), tuple((ch, paths[ch]) for ch in IMAGE_CHANNELS if ch in paths),
-                                     profiles[str(grp[group_col].iloc[0])], shape,
-                                     params.scaled(config.reference_pixel_size_um / px), preview=len(tasks) < config.n_preview))
+    tasks, site_px, info = [], [], []
+    no_profile = []  # QC-failed sites of an acquisition group without a profile (no QC-passed site in it)
+    for passed, site_rows in ((True, rows), (False, failed_rows)):
+        group_col = _group_column(site_rows)
+        for (well, site), grp in site_rows.groupby(["Metadata_Well", "Metadata_Site"], sort=True):
+            paths = dict(zip(grp["channel"], grp["path"]))
+            px = _pixel_size(grp)
+            group = str(grp[group_col].iloc[0])
+            qc_reason = None if passed else _reason(grp["qc_reason"].iloc[0])
+            if not passed and group not in profiles:
+                no_profile.append((well, int(site), px, qc_reason, group))
+                continue
+            site_px.append([well, int(site), px])
+            info.append({"passed": passed, "qc_reason": qc_reason, "pixel_size_um": px})
+            tasks.append(CorrectSiteTask(well, int(site), tuple((ch, paths[ch]) for ch in IMAGE_CHANNELS if ch in paths),
+                                         profiles[group], shape, params.scaled(config.reference_pixel_size_um / px),
+                                         preview=passed and len(tasks) < config.n_preview))
     store = storage.path("corrected_images", f"{plate}.ome.zarr")
     cleanup_stale_tmp(storage.path("corrected_images"))
     previews, out_shape = [], None
-    with HcsPlateWriter(store, plate, list(IMAGE_CHANNELS)) as writer:
+    n_passed = sum(i["passed"] for i in info)
+    with HcsPlateWriter(store, plate, list(IMAGE_CHANNELS), uniform_fields=True,
+                        placeholder_shape=_crop_shape(shape, params)) as writer:
         done = {"n": 0}
 
         def write(r) -> None:
             nonlocal out_shape
             done["n"] += 1
-            t = tasks[r.key]
+            t, i = tasks[r.key], info[r.key]
+            md = {"plate": plate, "passed_qc": i["passed"], "pixel_size_um": i["pixel_size_um"],
+                  **({} if i["passed"] else {"qc_reason": i["qc_reason"]})}
             if r.ok:
-                writer.write_site(t.well, t.site, r.value["image"], metadata={"plate": plate, "well": t.well, "site": t.site})
-                out_shape = r.value["image"].shape
+                writer.write_site(t.well, t.site, r.value["image"], metadata=md,
+                                  status="ok" if i["passed"] else "qc_failed", reason=i["qc_reason"])
+                if i["passed"]:
+                    out_shape = r.value["image"].shape
                 if "raw_preview" in r.value:
                     previews.append((t, r.value["raw_preview"], r.value["corrected_preview"]))
+            else:
+                if not i["passed"]:  # e.g. a blank or saturated image the chain cannot handle
+                    context.log.warning(f"correction failed for QC-failed site {t.well} s{t.site}: {r.error}")
+                writer.write_placeholder(t.well, t.site, "error", f"correction raised: {r.error}", {**md, "error": r.error})
             if done["n"] % max(1, len(tasks) // 10) == 0 or done["n"] == len(tasks):
-                context.log.info(f"corrected {done['n']}/{len(tasks)} sites")
+                context.log.info(f"corrected {done['n']}/{len(tasks)} sites ({n_passed} QC-passed)")
 
+        for w, s_, px, qc_reason, group in no_profile:
+            writer.write_placeholder(w, s_, "error", f"no illumination profile for acquisition group {group!r}",
+                                     {"plate": plate, "passed_qc": False, "qc_reason": qc_reason, "pixel_size_um": px})
+        for r in unreadable.itertuples(index=False):
+            writer.write_placeholder(r.Metadata_Well, int(r.Metadata_Site), "unreadable", _reason(r.qc_reason),
+                                     {"plate": plate, "passed_qc": False, "qc_reason": _reason(r.qc_reason)})
         results = compute.map(correct_site, tasks, on_result=write)
-        failures = _site_failures(results, tasks, context, "correction")
-        _check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "corrected_images")
+        passed_idx = [k for k, i in enumerate(info) if i["passed"]]
+        failures = _site_failures([results[k] for k in passed_idx], [tasks[k] for k in passed_idx], context, "correction")
+        _check_failure_fraction(failures, len(passed_idx), config.max_failed_fraction, "corrected_images")
     skipped = failed_sites(site_qc)
-    written = [(t.well, t.site) for t, r in zip(tasks, results) if r.ok]
+    written = [(t.well, t.site) for t, r, i in zip(tasks, results, info) if r.ok and i["passed"]]
+    flags = writer.flags
+    field_status = pd.Series([f["status"] for f in flags.values()]).value_counts().to_dict() if flags else {}
+    qc_table = skipped[["Metadata_Well", "Metadata_Site", "qc_reason"]].copy()
+    qc_table["in store"] = [
+        "corrected (flagged qc_failed)" if not flags.get((w, int(s_)), {}).get("placeholder", True)
+        else f"placeholder: {flags.get((w, int(s_)), {}).get('reason', '?')}"
+        for w, s_ in zip(qc_table["Metadata_Well"], qc_table["Metadata_Site"])
+    ]
+    seconds = [r.seconds for r, i in zip(results, info) if r.ok and i["passed"]]
     metadata = {
         "store": dg.MetadataValue.path(store),
-        "n_sites": len(written),
-        "n_skipped_qc": len(skipped),
-        "skipped_qc_sites": dg.MetadataValue.md(md_table(skipped)),
-        "n_failed": len(failures),
+        "n_sites": int(len(written)),
+        "n_fields": int(len(flags)),
+        "fields_per_well": int(max((len(v) for v in writer.fields.values()), default=0)),
+        "field_status": dg.MetadataValue.json({str(k): int(v) for k, v in field_status.items()}),
+        "n_qc_failed": int(len(skipped)),
+        "qc_failed_sites": dg.MetadataValue.md(md_table(qc_table)),
+        "n_failed": int(len(failures)),
         "failed_sites": dg.MetadataValue.md(md_table(failures)),
         "image_shape": "x".join(map(str, out_shape or ())),
-        "seconds_per_site": round(float(np.mean([r.seconds for r in results if r.ok])) if written else 0.0, 2),
+        "pixel_size_um": ", ".join(f"{p:g}" for p in sorted({round(p, 4) for _, _, p in site_px})),
+        "seconds_per_site": round(float(np.mean(seconds)), 2) if seconds else 0.0,
         "params": dg.MetadataValue.json(config.model_dump()),
     }
     if previews:
@@ -286,7 +374,8 @@ def corrected_images(
     return {"plate": plate, "store": store, "channels": list(IMAGE_CHANNELS), "sites": written,
             "pixel_size_um": [[w, s_, px_of[(w, s_)]] for w, s_ in written],
             "side": int(min(out_shape[-2:])) if out_shape else 0,
-            "failed": failures.to_dict("records"), "skipped_qc": skipped[["Metadata_Well", "Metadata_Site"]].values.tolist()}
+            "failed": failures.to_dict("records"), "skipped_qc": skipped[["Metadata_Well", "Metadata_Site"]].values.tolist(),
+            "fields": _field_records(flags)}
 
 
 class MasksConfig(dg.Config):
@@ -328,12 +417,41 @@ def _overlay_png(store: str, sites: list, masks_store: str) -> bytes:
     return figures.fig_to_png(fig)
 
 
+#: Label images of the masks store and their dtypes (placeholders use them when no site is written).
+MASK_LABELS = {"nuclei": "int32", "cells": "int32", "borders": "uint8", "actin": "uint8", "actin_inside_cells": "uint8"}
+
+
+def per_site_counts(summaries: list[dict], pixel_size_um: dict, rounded: bool = True) -> pd.DataFrame:
+    """The masks' per-site counts, sorted by well and site, with areas in px and in um^2 (from
+    each site's pixel size). ``rounded``: counts as integers, areas with 1 decimal, fractions
+    with 3 (the metadata table); otherwise full precision (for plate means)."""
+    if not summaries:
+        return pd.DataFrame()
+    df = pd.DataFrame(summaries).sort_values(["Metadata_Well", "Metadata_Site"]).reset_index(drop=True)
+    df["Metadata_Site"] = df["Metadata_Site"].astype(int)
+    df["pixel_size_um"] = [float(pixel_size_um.get((w, s_), DEFAULT_PIXEL_SIZE_UM))
+                           for w, s_ in zip(df["Metadata_Well"], df["Metadata_Site"])]
+    for what in ("cell", "nucleus"):
+        col = f"mean_{what}_area_px"
+        if col in df:
+            df.insert(df.columns.get_loc(col) + 1, f"mean_{what}_area_um2", df[col].astype(float) * df["pixel_size_um"] ** 2)
+    if not rounded:
+        return df
+    decimals = {c: 1 for c in df.columns if "_area_" in c}
+    decimals.update({c: 3 for c in df.columns if c.endswith("_fraction")}, pixel_size_um=4)
+    out = df.round(decimals)
+    for c in ("n_nuclei", "n_cells"):
+        if c in out:
+            out[c] = out[c].round().astype(int)
+    return out
+
+
 @dg.asset(
     partitions_def=plates,
     io_manager_key="manifest_io_manager",
     group_name="images",
     kinds={"python", "zarr"},
-    code_version="1",
+    code_version="2",
     retry_policy=IO_RETRY,
 )
 @fail_fast
@@ -344,47 +462,72 @@ def masks(
     weight map per site, as NGFF labels in ``$SSC_STORAGE_DIR/masks/<plate>.ome.zarr``.
 
     Each field's image is the weight map (float32); its ``labels/`` hold nuclei and cells
-    (int32 instances) and borders, actin, actin_inside_cells (uint8 0/1).
+    (int32 instances) and borders, actin, actin_inside_cells (uint8 0/1). Masks are computed
+    for the corrected store's QC-passed sites; every other field of that store (QC-failed,
+    placeholder) gets a placeholder here too (NaN weight map, empty labels) with the same
+    flag, and a site whose masks raise one flagged ``error``, so every well has the same fields.
     """
     plate = context.partition_key
     store = corrected_images["store"]
     px = {(w, int(s_)): float(p) for w, s_, p in corrected_images.get("pixel_size_um", [])}
     tasks = [MaskSiteTask(store, w, int(s), tuple(corrected_images["channels"]), config.params(px.get((w, int(s)), DEFAULT_PIXEL_SIZE_UM)))
              for w, s in corrected_images["sites"]]
+    ok_sites = {(w, int(s)) for w, s in corrected_images["sites"]}
+    others = [f for f in corrected_images.get("fields", []) if (f["well"], int(f["site"])) not in ok_sites]
     masks_store = storage.path("masks", f"{plate}.ome.zarr")
     cleanup_stale_tmp(storage.path("masks"))
+    side = int(corrected_images.get("side") or 0)
     summaries = []
-    with HcsPlateWriter(masks_store, plate, ["weight_map"]) as writer:
+    with HcsPlateWriter(masks_store, plate, ["weight_map"], uniform_fields=True,
+                        placeholder_shape=(side, side) if side else None, placeholder_labels=MASK_LABELS) as writer:
         def write(r) -> None:
             t = tasks[r.key]
+            p = px.get((t.well, t.site), DEFAULT_PIXEL_SIZE_UM)
+            md = {"plate": plate, "passed_qc": True, "pixel_size_um": p}
             if r.ok:
                 m = r.value["masks"]
                 writer.write_site(t.well, t.site, m["weight_map"][None],
-                                  labels={k: v for k, v in m.items() if k != "weight_map"})
+                                  labels={k: v for k, v in m.items() if k != "weight_map"}, metadata=md)
                 summaries.append({"Metadata_Well": t.well, "Metadata_Site": t.site, **r.value["summary"]})
+            else:
+                writer.write_placeholder(t.well, t.site, "error", f"masks raised: {r.error}", {**md, "error": r.error})
 
+        for f in others:  # the corrected store's flagged fields: same flag, no masks
+            status = f.get("status") if f.get("status") in FIELD_STATUSES and f.get("status") != "ok" else "error"
+            reason = f.get("reason") or f.get("qc_reason") or status
+            writer.write_placeholder(f["well"], int(f["site"]), status, f"no masks: {reason}",
+                                     {"plate": plate, **{k: f[k] for k in ("passed_qc", "qc_reason", "error", "pixel_size_um") if k in f}})
         results = compute.map(mask_site, tasks, on_result=write)
         failures = _site_failures(results, tasks, context, "masks")
         _check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "masks")
-    per_site = pd.DataFrame(summaries).sort_values(["Metadata_Well", "Metadata_Site"]) if summaries else pd.DataFrame()
+    per_site = per_site_counts(summaries, px, rounded=False)
+    flags = writer.flags
+    field_status = pd.Series([f["status"] for f in flags.values()]).value_counts().to_dict() if flags else {}
+    seconds = [r.seconds for r in results if r.ok]
     metadata = {
         "store": dg.MetadataValue.path(masks_store),
-        "n_sites": len(per_site),
-        "n_failed": len(failures),
+        "n_sites": int(len(per_site)),
+        "n_fields": int(len(flags)),
+        "field_status": dg.MetadataValue.json({str(k): int(v) for k, v in field_status.items()}),
+        "n_failed": int(len(failures)),
         "failed_sites": dg.MetadataValue.md(md_table(failures)),
+        "seconds_per_site": round(float(np.mean(seconds)), 2) if seconds else 0.0,
         "params": dg.MetadataValue.json(config.model_dump()),
     }
     if len(per_site):
         metadata.update({
-            "nuclei_per_site_mean": float(per_site["n_nuclei"].mean()),
+            "nuclei_per_site_mean": round(float(per_site["n_nuclei"].mean()), 1),
             "nuclei_per_site_min": int(per_site["n_nuclei"].min()),
-            "mean_cell_area_px": float(per_site["mean_cell_area_px"].mean()),
-            "per_site_counts": dg.MetadataValue.md(md_table(per_site.round(3))),
+            "cells_per_site_mean": round(float(per_site["n_cells"].mean()), 1),
+            "mean_cell_area_px": round(float(per_site["mean_cell_area_px"].mean()), 1),
+            "mean_cell_area_um2": round(float(per_site["mean_cell_area_um2"].mean()), 1),
+            "mean_nucleus_area_um2": round(float(per_site["mean_nucleus_area_um2"].mean()), 1),
+            "per_site_counts": dg.MetadataValue.md(md_table(per_site_counts(summaries, px))),
             "overlays": dg.MetadataValue.md(figures.png_markdown(
                 _overlay_png(store, [tuple(x) for x in per_site[["Metadata_Well", "Metadata_Site"]].values[: config.n_overlays]], masks_store), "overlays")),
         })
     context.add_output_metadata(metadata)
     return {"plate": plate, "store": masks_store, "image_store": store,
-            "labels": ["nuclei", "cells", "borders", "actin", "actin_inside_cells"], "image": "weight_map",
+            "labels": list(MASK_LABELS), "image": "weight_map",
             "sites": [[r["Metadata_Well"], int(r["Metadata_Site"])] for r in summaries],
-            "failed": failures.to_dict("records")}
+            "failed": failures.to_dict("records"), "fields": _field_records(flags)}
