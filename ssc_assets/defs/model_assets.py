@@ -5,6 +5,10 @@ U-Net), trains with the thesis settings (all in its launchpad ``Config``), logs 
 per-epoch metrics, figures and the model to MLflow, registers a version and moves the
 ``champion`` alias when the validation loss improves. The asset value is a small JSON
 manifest (registered name, version, run id); downstream assets load ``models:/<name>@champion``.
+
+Every run, registered version and registered model gets a markdown description (what the
+model is, plates, settings preset, score, Dagster run link); runs with the demo settings of
+``ssc_assets/demo_config.py`` are tagged ``ssc.preset = demo`` and marked "not meaningful".
 """
 
 
@@ -20,7 +24,7 @@ from ssc_assets.core.channels import MODEL_CHANNELS
 from ssc_assets.core.model_training import FitOutput, assign_splits, site_table, split_summary
 from ssc_assets.core.training import TrainParams
 from ssc_assets.defs.ingest_assets import md_table
-from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
 from ssc_assets.defs.partitions import plates
 
 ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
@@ -87,6 +91,52 @@ class PcaConfig(dg.Config):
     register_model: bool = Field(True, description="Register the PCA model in the MLflow registry.")
 
 
+# Config fields that do not change what a model is (hardware, bookkeeping, seed, weight source)
+PRESET_FREE = frozenset({"device", "register_model", "seed", "weights", "model", "factors"})
+
+
+def settings_preset(asset: str, config: dg.Config) -> tuple[str, str]:
+    """(preset, detail) of a model Config: ``demo`` when every value that
+    ``ssc_assets/demo_config.py`` sets for ``asset`` is set so (``make demo``, or
+    ``nightly_retrain`` with ``SSC_TRAIN_PRESET=demo``), ``thesis`` when nothing but
+    :data:`PRESET_FREE` fields differs from the Config defaults, else ``custom``."""
+    from ssc_assets.demo_config import DEMO_MODEL_CONFIG
+
+    values = config.model_dump()
+    if asset == "augmentation_sweep":
+        asset = "densenet_model" if values.get("model") == "densenet" else "classifier_model"
+    demo = DEMO_MODEL_CONFIG.get(asset, {})
+    if demo and all(values.get(k) == v for k, v in demo.items()):
+        return DEMO, "demo_config.py: " + ", ".join(f"{k}={v}" for k, v in demo.items())
+    defaults = {k: f.get_default(call_default_factory=True) for k, f in type(config).model_fields.items()}
+    diff = {k: v for k, v in values.items() if k not in PRESET_FREE and k in defaults and defaults[k] != v}
+    if not diff:
+        return "thesis", "the thesis defaults of the asset Config"
+    return "custom", "differs from the thesis defaults in " + ", ".join(f"{k}={v}" for k, v in diff.items())
+
+
+MODEL_ABOUT = {
+    "classifier": "Custom CNN (thesis Figure 5.9 / A.2) predicting SSc (1) vs healthy control (0) per site from "
+                  "actin, borders and nuclei crops; its 8-d layer before the output is the `classifier` site embedding.",
+    "densenet": "DenseNet-121 (all weights fine-tuned, then linear 8 + sigmoid; thesis Figure A.3) predicting SSc (1) vs "
+                "healthy control (0) per site; its 8-d layer is the `densenet` site embedding.",
+    "autoencoder": "Autoencoder of the {channel} channel (thesis Figure 5.8 / A.1): reconstructs the channel as an "
+                   "object-probability map; its 256-d bottleneck is the {channel} part of the `autoencoder` site "
+                   "embedding (actin ‖ borders ‖ nuclei).",
+    "unet": "U-Net segmenting actin inside cells from (borders, actin) tiles, metric IoU of the actin class. "
+            "Tracked, not used for embeddings.",
+    "pca": "Standardize + PCA of flattened, downsampled sites (actin, borders, nuclei): the `pca` baseline site "
+           "embedding; an RBF SVM on it scores SSc vs healthy control (Table B.2.1 baseline).",
+}
+
+
+def _about(model_name: str) -> str:
+    family = model_name.removeprefix(f"{MODEL_PREFIX}-")
+    if family.startswith("autoencoder-"):
+        return MODEL_ABOUT["autoencoder"].format(channel=family.split("-", 1)[1])
+    return MODEL_ABOUT.get(family, f"Model {model_name}.")
+
+
 def _table(corrected_images: dict, raw_sites: dict, masks: dict | None, split_by: str, seed: int) -> pd.DataFrame:
     table = site_table(corrected_images, raw_sites, masks)
     if table.empty:
@@ -103,19 +153,22 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
 def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutput,
              config: dg.Config, table: pd.DataFrame, flavor: str = "pytorch", register: bool = True,
              extra_params: dict | None = None):
-    """Log a finished fit as one MLflow run (metrics per epoch were streamed by ``on_epoch``)."""
+    """Log a finished fit as one MLflow run (metrics per epoch were streamed by ``on_epoch``),
+    register it with a described version, and rewrite the run description with the headline."""
     import mlflow
 
     run = mlflow.active_run()
     params = {**config.model_dump(), **fit.params, **split_summary(table), **(extra_params or {})}
     mlflow.log_params({k: (str(v)[:500]) for k, v in params.items()})
+    logged: dict[str, float] = {}
     for split, ms in fit.metrics.items():
         for k, v in ms.items():
             if isinstance(v, (int, float)) and np.isfinite(v):
-                mlflow.log_metric(f"final_{split}_{k}", float(v))
+                logged[f"final_{split}_{k}"] = float(v)
     if np.isfinite(fit.best_val_loss):
-        mlflow.log_metric("best_val_loss", fit.best_val_loss)
-        mlflow.log_metric("best_epoch", fit.best_epoch)
+        logged["best_val_loss"] = float(fit.best_val_loss)
+        logged["best_epoch"] = fit.best_epoch
+    mlflow.log_metrics(logged)
     for name, png in fit.figures.items():
         log_png(png, f"figures/{name}")
     mlflow.log_text(_metrics_table(fit.metrics).to_csv(index=False), "metrics.csv")
@@ -133,13 +186,30 @@ def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutpu
         # a transformer (no predict, so no pyfunc flavor): a signature, not an input example to validate
         signature = infer_signature(fit.input_example, fit.model.transform(fit.input_example))
         info = mlflow.sklearn.log_model(fit.model, name="model", signature=signature)
+    tags = mlflow_res.client().get_run(run.info.run_id).data.tags
+    spec = EXPERIMENTS.get(mlflow.get_experiment(run.info.experiment_id).name)
+    keys = spec.metrics if spec else ("best_val_loss", "best_epoch")
+    headline = {k: logged[k] for k in keys if k in logged}
+    lines = [f"MLflow run: [{run.info.run_name or run.info.run_id}]({mlflow_res.run_link(run)})"]
     reg = None
     if register:
         # PCA has no validation loss: rank by negative donor-grouped SVM accuracy instead
-        val_loss = fit.best_val_loss if np.isfinite(fit.best_val_loss) else -fit.metrics.get("cv_grouped", {}).get("accuracy", 0.0)
-        reg = mlflow_res.register(run.info.run_id, model_name, float(val_loss), model_uri=info.model_uri)
+        if np.isfinite(fit.best_val_loss):
+            val_loss, score = fit.best_val_loss, f"validation loss {fit.best_val_loss:.4g} (best epoch {fit.best_epoch})"
+        else:
+            acc = fit.metrics.get("cv_grouped", {}).get("accuracy", 0.0)
+            val_loss, score = -acc, f"donor-grouped SVM accuracy {acc:.4g} (ranked as val_loss = -accuracy)"
+        card = ModelCard(about=_about(model_name), preset=tags.get("ssc.preset"), preset_detail=tags.get("ssc.preset_detail"),
+                         partitions=_partitions(table), dagster_run_id=tags.get("dagster.run_id"), score=score,
+                         lines=[*lines] + (["Headline: " + ", ".join(f"`{k}` {v:.4g}" for k, v in headline.items())] if headline else []))
+        reg = mlflow_res.register(run.info.run_id, model_name, float(val_loss), model_uri=info.model_uri, card=card)
         context.log.info(f"registered {model_name} v{reg['version']}" + (" as champion" if reg["champion"] else
                          f" (champion stays v{reg['previous_champion']})"))
+        lines = [f"Registered: [{model_name} v{reg['version']}]({mlflow_res.model_version_link(model_name, reg['version'])})"
+                 + (" (became `@champion`)" if reg["champion"] else f" (`@champion` stays v{reg['previous_champion']})")]
+    else:
+        lines = []
+    mlflow_res.describe_run(run.info.run_id, headline, lines)
     return run, reg
 
 
@@ -169,8 +239,18 @@ def _epoch_logger(context, prefix: str = ""):
     return on_epoch
 
 
-def _metadata(mlflow_res: MlflowTracking, run, reg: dict | None, fit: FitOutput, table: pd.DataFrame) -> dict:
+def _preset_metadata(mlflow_res: MlflowTracking, run, preset: tuple[str, str]) -> dict:
+    md = {"preset": f"{preset[0]}: {preset[1]}",
+          "mlflow_experiment": dg.MetadataValue.url(mlflow_res.experiment_link(run.info.experiment_id))}
+    if preset[0] == DEMO:
+        md["warning"] = dg.MetadataValue.md(DEMO_WARNING)
+    return md
+
+
+def _metadata(mlflow_res: MlflowTracking, run, reg: dict | None, fit: FitOutput, table: pd.DataFrame,
+              preset: tuple[str, str]) -> dict:
     md = {
+        **_preset_metadata(mlflow_res, run, preset),
         "mlflow_run_id": run.info.run_id,
         "mlflow_run": dg.MetadataValue.url(mlflow_res.run_link(run)),
         "mlflow_tracking_uri": mlflow_res.tracking_uri,
@@ -187,9 +267,9 @@ def _metadata(mlflow_res: MlflowTracking, run, reg: dict | None, fit: FitOutput,
     return md
 
 
-def _manifest(run, reg: dict | None, fit: FitOutput) -> dict:
+def _manifest(run, reg: dict | None, fit: FitOutput, preset: str) -> dict:
     return {"run_id": run.info.run_id, "model": reg["model"] if reg else None, "version": reg["version"] if reg else None,
-            "champion": bool(reg and reg["champion"]), "best_val_loss": fit.best_val_loss,
+            "champion": bool(reg and reg["champion"]), "best_val_loss": fit.best_val_loss, "preset": preset,
             "test": fit.metrics.get("test", {}), **{k: v for k, v in fit.extra.items() if k != "explained_variance_ratio"}}
 
 
@@ -208,7 +288,9 @@ def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, 
     else:
         kw = {"embedding_size": config.embedding_size, "weights": config.weights}
         name, experiment = f"{MODEL_PREFIX}-densenet", "ssc-densenet"
-    with mlflow_res.start_run(context, experiment, f"{kind} x{config.augmentation_factor}", _partitions(table)) as run:
+    preset = settings_preset(context.asset_key.to_user_string(), config)
+    with mlflow_res.start_run(context, experiment, f"{kind} x{config.augmentation_factor}", _partitions(table),
+                              preset=preset[0], preset_detail=preset[1]) as run:
         fit = fit_classifier(table, kind, config.train_params(), config.crop_size, config.augmentation_factor, kw,
                              _epoch_logger(context))
         extra = {}
@@ -221,13 +303,13 @@ def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, 
                 context.log.warning(f"DenseNet-121 is NOT ImageNet-initialized: {fit.extra['weights_source']}")
         run, reg = _log_fit(context, mlflow_res, name, fit, config, table,
                             register=config.register_model, extra_params=extra)
-    md = _metadata(mlflow_res, run, reg, fit, table)
+    md = _metadata(mlflow_res, run, reg, fit, table, preset)
     if kind == "densenet":
         md["weights_source"] = fit.extra["weights_source"]
     if fit.extra.get("confusion_matrix") is not None:
         md["test_confusion_matrix"] = dg.MetadataValue.json(fit.extra["confusion_matrix"])
     context.add_output_metadata(md)
-    return _manifest(run, reg, fit)
+    return _manifest(run, reg, fit, preset[0])
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
@@ -266,19 +348,22 @@ def autoencoder_models(context: dg.AssetExecutionContext, config: AutoencoderCon
     from ssc_assets.core.model_training import fit_autoencoder
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
-    out, rows = {"channels": list(MODEL_CHANNELS), "models": {}}, []
+    preset = settings_preset("autoencoder_models", config)
+    out, rows = {"channels": list(MODEL_CHANNELS), "models": {}, "preset": preset[0]}, []
     md = {}
     for ch in MODEL_CHANNELS:
         kw = {"embedding_size": config.embedding_size, "dropout": config.dropout, "widths": tuple(config.widths)}
-        with mlflow_tracking.start_run(context, "ssc-autoencoder", f"autoencoder {ch}", _partitions(table), {"ssc.channel": ch}) as run:
+        with mlflow_tracking.start_run(context, "ssc-autoencoder", f"autoencoder {ch}", _partitions(table), {"ssc.channel": ch},
+                                       preset=preset[0], preset_detail=preset[1]) as run:
             fit = fit_autoencoder(table, ch, config.train_params(), config.patch_size, config.augmentation_factor, kw,
                                   _epoch_logger(context, f"{ch} "))
             run, reg = _log_fit(context, mlflow_tracking, f"{MODEL_PREFIX}-autoencoder-{ch}", fit, config, table, register=config.register_model)
-        out["models"][ch] = _manifest(run, reg, fit)
+        out["models"][ch] = _manifest(run, reg, fit, preset[0])
         rows.append({"channel": ch, **{f"{s}_loss": round(fit.metrics[s]["loss"], 4) for s in ("train", "val", "test")},
                      "best_epoch": fit.best_epoch, "version": reg["version"] if reg else None, "run_id": run.info.run_id})
         md[f"mlflow_run_{ch}"] = dg.MetadataValue.url(mlflow_tracking.run_link(run))
         md[f"reconstructions_{ch}"] = dg.MetadataValue.md(figures.png_markdown(fit.figures["reconstructions.png"], ch))
+    md.update(_preset_metadata(mlflow_tracking, run, preset))
     md["losses"] = dg.MetadataValue.md(md_table(pd.DataFrame(rows)))
     md["splits"] = dg.MetadataValue.json(split_summary(table))
     md["embedding_size"] = config.embedding_size * len(MODEL_CHANNELS)
@@ -299,14 +384,15 @@ def segmentation_model(context: dg.AssetExecutionContext, config: UNetConfig, co
 
     table = _table(corrected_images, raw_sites, masks, config.split_by, config.seed)
     kw = {"base_channels": config.base_channels, "depth": config.depth}
-    with mlflow_tracking.start_run(context, "ssc-unet", "unet", _partitions(table)) as run:
+    preset = settings_preset("segmentation_model", config)
+    with mlflow_tracking.start_run(context, "ssc-unet", "unet", _partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
         fit = fit_unet(table, config.train_params(), config.tile_size, config.augmentation_factor, kw, _epoch_logger(context))
         run, reg = _log_fit(context, mlflow_tracking, f"{MODEL_PREFIX}-unet", fit, config, table,
                             register=config.register_model)
-    md = _metadata(mlflow_tracking, run, reg, fit, table)
+    md = _metadata(mlflow_tracking, run, reg, fit, table, preset)
     md["bottleneck_shape"] = "x".join(map(str, fit.extra["bottleneck"]))
     context.add_output_metadata(md)
-    return _manifest(run, reg, fit)
+    return _manifest(run, reg, fit, preset[0])
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
@@ -323,7 +409,8 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
     from ssc_assets.core.model_training import fit_pca_svm
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
-    with mlflow_tracking.start_run(context, "ssc-pca", "pca+svm", _partitions(table)) as run:
+    preset = settings_preset("pca_model", config)
+    with mlflow_tracking.start_run(context, "ssc-pca", "pca+svm", _partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
         fit = fit_pca_svm(table, config.n_components, config.size, config.n_folds, config.seed, config.split_by)
         for i, v in enumerate(fit.extra["explained_variance_ratio"]):
             mlflow.log_metric("explained_variance_ratio", v, step=i + 1)
@@ -331,6 +418,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
                             flavor="sklearn", register=config.register_model)
     cv = pd.DataFrame([{"folds": k, **{m: round(v, 4) for m, v in fit.metrics[k].items()}} for k in ("cv_grouped", "cv_ungrouped")])
     context.add_output_metadata({
+        **_preset_metadata(mlflow_tracking, run, preset),
         "mlflow_run_id": run.info.run_id,
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_link(run)),
         "svm_cv": dg.MetadataValue.md(md_table(cv)),
@@ -339,7 +427,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
         "registered_model": reg["model"] if reg else "",
         "model_version": reg["version"] if reg else 0,
     })
-    man = _manifest(run, reg, fit)
+    man = _manifest(run, reg, fit, preset[0])
     man["svm"] = {k: fit.metrics[k] for k in ("cv_grouped", "cv_ungrouped")}
     return man
 
@@ -371,20 +459,22 @@ def augmentation_sweep(context: dg.AssetExecutionContext, config: SweepConfig, c
     else:
         kw = {"embedding_size": config.embedding_size, "weights": config.weights}
     rows, curves = [], {}
+    preset = settings_preset("augmentation_sweep", config)
     for factor in config.factors:
         with mlflow_tracking.start_run(context, experiment, f"{kind} sweep x{factor}", _partitions(table),
-                                       {"ssc.sweep": context.run.run_id}) as run:
+                                       {"ssc.sweep": context.run.run_id}, preset=preset[0], preset_detail=preset[1]) as run:
             fit = fit_classifier(table, kind, config.train_params(), config.crop_size, factor, kw, _epoch_logger(context, f"x{factor} "))
             run, _ = _log_fit(context, mlflow_tracking, "", fit, config, table, register=False)
         curves[factor] = fit.history
         rows.append({"factor": factor, "best_epoch": fit.best_epoch, "best_val_loss": round(fit.best_val_loss, 4),
                      "test_accuracy": round(fit.metrics["test"].get("accuracy", np.nan), 4), "run_id": run.info.run_id})
     context.add_output_metadata({
+        **_preset_metadata(mlflow_tracking, run, preset),
         "runs": dg.MetadataValue.md(md_table(pd.DataFrame(rows))),
         "learning_curves": dg.MetadataValue.md(figures.png_markdown(_sweep_png(curves, kind), "sweep")),
         "mlflow_experiment": experiment,
     })
-    return {"model": config.model, "experiment": experiment, "runs": rows}
+    return {"model": config.model, "experiment": experiment, "runs": rows, "preset": preset[0]}
 
 
 def _sweep_png(curves: dict[int, list[dict]], kind: str) -> bytes:
