@@ -192,6 +192,8 @@ def _cmd_mlflow_ui(args: argparse.Namespace) -> int:
     if res.tracking_uri.startswith("sqlite"):
         cmd += ["--default-artifact-root", res.artifact_root]
     print(" ".join(cmd), flush=True)
+    print(f"open http://{args.host}:{args.port}/#/experiments?workflowType=machine_learning "
+          "(model-training view; MLflow 3 opens GenAI views by default)", flush=True)
     os.execv(cmd[0], cmd)  # become the server, so that `kill` from make dev stops it
 
 
