@@ -57,3 +57,20 @@ def test_better_and_worse_against_a_read_champion():
     assert current_champion(better, "m").version == "3"
     missing_model = FakeClient(MlflowException("Registered Model with name=m not found", error_code=RESOURCE_DOES_NOT_EXIST))
     assert current_champion(missing_model, "m") is None
+
+
+def _first_touch(uri: str) -> str:
+    from ssc_assets.defs.mlflow_tracking import MlflowTracking
+
+    MlflowTracking(tracking_uri=uri, artifact_root=uri[len("sqlite:///"):] + ".art").client().search_experiments(max_results=1)
+    return "ok"
+
+
+def test_parallel_steps_create_a_new_store_without_a_migration_race(tmp_path):
+    """Steps of one run start in parallel processes; the first touch of a new SQLite store
+    must not run MLflow's migration twice (``duplicate column name``, seen in `make demo`)."""
+    import multiprocessing as mp
+
+    uri = f"sqlite:///{tmp_path}/mlflow/m.db"
+    with mp.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_first_touch, [uri] * 4) == ["ok"] * 4

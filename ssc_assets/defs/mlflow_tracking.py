@@ -186,7 +186,7 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow
 
         if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            _init_sqlite_store_once(self.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
 
@@ -495,3 +495,29 @@ def current_champion(client, model_name: str):
             return None
         raise dg.Failure(description=f"cannot read the current champion of {model_name!r} from the model registry "
                                      f"({type(exc).__name__}: {exc}); champion not moved", allow_retries=True) from exc
+
+
+_INITIALISED: set[str] = set()
+
+
+def _init_sqlite_store_once(uri: str) -> None:
+    """Create / migrate a SQLite MLflow store under an exclusive file lock, once per process.
+
+    Steps of one run start in parallel processes; without the lock two of them may run
+    MLflow's schema migration at once on a new store and one fails with ``duplicate column
+    name``."""
+    if uri in _INITIALISED:
+        return
+    import fcntl
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            SqlAlchemyStore(uri, str(db.parent / "artifacts"))  # creates or upgrades the schema
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _INITIALISED.add(uri)
