@@ -1,21 +1,42 @@
-"""Self-contained HTML report (figures embedded as base64 PNG, no external files or scripts)."""
+"""Self-contained HTML report (figures embedded as base64 PNG, no external files or scripts).
+
+Generic part: :class:`Section` and :func:`render_html`. Clustering report: the headline a
+scientist reads first (per method: donor-grouped accuracy with its interval and chance level,
+mAP with p-value, V-measure), then the data behind it (QC per plate, wells per condition,
+example images per condition), then the details (:func:`clustering_report_html`).
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
+from ssc_assets.core.clustering import fmt3
+
 CSS = """
-body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; display: block; overflow-x: auto; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; } th { background: #f3f3f3; }
-td:first-child, th:first-child { text-align: left; }
-.note { color: #555; font-size: 0.9em; } .thesis { background: #fff7e0; }
-figure { display: inline-block; margin: 0.5em; } figcaption { font-size: 0.8em; color: #555; }
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1180px;
+       padding: 0 1.5em; color: #222; font-size: 16px; line-height: 1.45; }
+h1 { font-size: 1.75em; margin-bottom: 0.3em; } h2 { font-size: 1.4em; margin-top: 2.2em; border-bottom: 2px solid #ccc; }
+h3 { font-size: 1.15em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.8em 0 1.2em; font-size: 0.95em; max-width: 100%; overflow-x: auto; display: block; }
+caption { caption-side: top; text-align: left; color: #555; font-size: 0.9em; padding-bottom: 0.3em; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; vertical-align: top; }
+th { background: #eef1f5; } tbody tr:nth-child(even) td { background: #fafafa; }
+td:first-child, th:first-child { text-align: left; white-space: nowrap; }
+td.text, th.text { text-align: left; }
+.headline td, .headline th { font-size: 1.05em; padding: 6px 14px; white-space: nowrap; }
+.note { color: #555; font-size: 0.9em; } tr td.thesis, th.thesis, tbody tr:nth-child(even) td.thesis { background: #fff4d6; }
+.callout { border-left: 6px solid #d9822b; background: #fff3e0; padding: 0.7em 1em; margin: 1em 0; }
+.callout strong { color: #a4480f; font-size: 1.1em; }
+.toc { font-size: 0.95em; } .toc a { margin-right: 1.2em; }
+figure { display: block; margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; margin-top: 0.3em; }
+ul.trust li { margin-bottom: 0.35em; }
 """
 
 
@@ -25,39 +46,422 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)  # plain text, escaped
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
     figures: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG bytes)
+    callouts: list[str] = field(default_factory=list)  # warnings shown in a box; "TITLE: text" puts TITLE in bold
+    bullets: list[str] = field(default_factory=list)  # a list after the paragraphs
+    links: list[tuple[str, str]] = field(default_factory=list)  # (label, URL) shown as links after the paragraphs
+    level: int = 2  # 2 = h2, 3 = h3 (sub-section)
+    anchor: str = ""
+    table_class: str = ""
 
 
-def _table_html(caption: str, df: pd.DataFrame) -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return "" if pd.isna(v) else f"{v:.4g}"
-        return html.escape(str(v))
+def _cell(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return html.escape("/".join(str(x) for x in v))
+    if isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, bool):
+        return fmt3(v)
+    if v is None or (isinstance(v, str) and v.strip().lower() == "nan"):
+        return "n/a"
+    return html.escape(str(v))
 
-    head = "".join(f"<th{' class=thesis' if str(c).startswith('thesis') else ''}>{html.escape(str(c))}</th>" for c in df.columns)
+
+_NUMBERISH = re.compile(r"^\s*(n/a|[-+0-9.e]+(\s*(±|to|/)\s*[-+0-9.e]+)*)\s*$")
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, bool):
+        return True
+    return v is None or (isinstance(v, str) and bool(_NUMBERISH.match(v)))
+
+
+def _table_html(caption: str, df: pd.DataFrame, css_class: str = "") -> str:
+    """Columns, or rows whose first cell, start with ``thesis`` are shaded; numbers with 3
+    significant digits (right-aligned), text left-aligned, missing values as ``n/a``."""
+    def cls(thesis: bool, text: bool) -> str:
+        names = (["thesis"] if thesis else []) + (["text"] if text else [])
+        return f" class='{' '.join(names)}'" if names else ""
+
+    text_cols = {c for c in df.columns if not all(_is_number(v) for v in df[c])}
+    head = "".join(f"<th{cls(str(c).startswith('thesis'), c in text_cols)}>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for _, r in df.iterrows():
         row_thesis = str(r.iloc[0]).startswith("thesis")  # transposed tables: one metric per row
-        cells = "".join(f"<td{' class=thesis' if row_thesis or str(c).startswith('thesis') else ''}>{fmt(v)}</td>"
+        cells = "".join(f"<td{cls(row_thesis or str(c).startswith('thesis'), not _is_number(v))}>{_cell(v)}</td>"
                         for c, v in r.items())
         rows.append(f"<tr>{cells}</tr>")
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    klass = f" class='{css_class}'" if css_class else ""
+    return f"<table{klass}>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def render_html(title: str, intro: list[str], sections: list[Section], footer: str = "") -> str:
-    """The report as one HTML string. Columns, or rows whose first cell, start with ``thesis`` are shaded."""
+def _callout(text: str) -> str:
+    """A warning box; its first sentence in bold."""
+    head, sep, rest = text.partition(". ")
+    if sep:
+        return f"<div class='callout'><strong>{html.escape(head)}.</strong> {html.escape(rest)}</div>"
+    return f"<div class='callout'>{html.escape(text)}</div>"
+
+
+def render_html(title: str, intro: list[str], sections: list[Section], footer: str = "",
+                banner: list[str] | None = None, toc: bool = False) -> str:
+    """The report as one HTML string. ``banner``: callouts right under the title."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts += [_callout(b) for b in banner or []]
     parts += [f"<p>{html.escape(p)}</p>" for p in intro]
+    if toc:
+        links = [f"<a href='#{html.escape(s.anchor)}'>{html.escape(s.title)}</a>" for s in sections if s.anchor and s.level == 2]
+        if links:
+            parts.append(f"<p class='toc'>Contents: {''.join(links)}</p>")
     for s in sections:
-        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        anchor = f" id='{html.escape(s.anchor)}'" if s.anchor else ""
+        parts.append(f"<h{s.level}{anchor}>{html.escape(s.title)}</h{s.level}>")
+        parts += [_callout(c) for c in s.callouts]
         parts += [f"<p>{html.escape(p)}</p>" for p in s.paragraphs]
-        parts += [_table_html(c, t) for c, t in s.tables]
+        if s.links:
+            parts.append("<p>" + " · ".join(f"<a href='{html.escape(u, quote=True)}'>{html.escape(t)}</a>" for t, u in s.links) + "</p>")
+        parts += [_table_html(c, t, s.table_class) for c, t in s.tables]
         for cap, png in s.figures:
             b64 = base64.b64encode(png).decode("ascii")
             parts.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'/>"
                          f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+        if s.bullets:
+            parts.append("<ul class='trust'>" + "".join(f"<li>{html.escape(b)}</li>" for b in s.bullets) + "</ul>")
     if footer:
         parts.append(f"<p class=note>{html.escape(footer)}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- data behind the numbers
+
+
+def _one_method(wells: pd.DataFrame) -> pd.DataFrame:
+    """One row per (plate, well): the rows of the method with the most wells."""
+    if "method" in wells and len(wells):
+        best = wells.groupby("method").size().idxmax()
+        wells = wells[wells["method"] == best]
+    keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in wells]
+    return wells.drop_duplicates(keys).reset_index(drop=True)
+
+
+def qc_summary(qc_by_plate: dict[str, pd.DataFrame | None], wells: pd.DataFrame) -> pd.DataFrame:
+    """One row per plate: sites imaged, passed, failed (count, %, by reason), flagged for review,
+    wells and sites that entered the embeddings.
+
+    ``qc_by_plate``: plate -> its ``site_qc`` table (one row per site x channel) or None when
+    it could not be read (then only the embedded counts, from the wells' ``n_sites``).
+    """
+    from ssc_assets.core.qc import failure_counts
+
+    w = _one_method(wells)
+    rows = []
+    plates = sorted(set(qc_by_plate) | set(w.get("Metadata_Plate", pd.Series(dtype=str)).astype(str)))
+    for plate in plates:
+        pw = w[w["Metadata_Plate"].astype(str) == plate] if "Metadata_Plate" in w else w
+        row = {"plate": plate, "sites imaged": None, "passed QC": None, "failed QC": None, "failed %": None,
+               "failed by reason": "n/a (site_qc not readable)", "review flags": None,
+               "wells embedded": int(len(pw)),
+               "sites in wells": int(pd.to_numeric(pw.get("n_sites"), errors="coerce").fillna(0).sum()) if "n_sites" in pw else None}
+        qc = qc_by_plate.get(plate)
+        if qc is not None and len(qc) and "passed_qc" in qc:
+            keys = [c for c in ("Metadata_Plate", "Metadata_Well", "Metadata_Site") if c in qc]
+            sites = qc.drop_duplicates(keys)
+            passed = sites["passed_qc"].astype(bool)
+            n = len(sites)
+            counts = failure_counts(sites.loc[~passed, "qc_reason"]) if "qc_reason" in sites else pd.DataFrame()
+            row.update({
+                "sites imaged": int(n), "passed QC": int(passed.sum()), "failed QC": int((~passed).sum()),
+                "failed %": round(100.0 * (~passed).sum() / n, 1) if n else None,
+                "failed by reason": ", ".join(f"{r} {c}" for r, c in counts.itertuples(index=False)) or "none",
+                "review flags": int(sites["qc_review"].astype(bool).sum()) if "qc_review" in sites else None,
+            })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def wells_per_condition(wells: pd.DataFrame) -> pd.DataFrame:
+    """Wells per condition and group: one column per plate, the total, donors and the median
+    number of QC-passed sites per well."""
+    w = _one_method(wells)
+    if w.empty:
+        return pd.DataFrame()
+    keys = [c for c in ("Metadata_Condition", "Metadata_Group") if c in w]
+    per_plate = w.pivot_table(index=keys, columns="Metadata_Plate", values="Metadata_Well", aggfunc="count", fill_value=0)
+    per_plate.columns = [f"wells {c}" for c in per_plate.columns]
+    g = w.groupby(keys)
+    out = per_plate.assign(**{"wells total": g.size(), "donors": g["Metadata_Donor"].nunique(),
+                              "sites/well (median)": g["n_sites"].median() if "n_sites" in w else np.nan})
+    out = out.reset_index().rename(columns={"Metadata_Condition": "condition", "Metadata_Group": "group"})
+    return out
+
+
+def pick_examples(wells: pd.DataFrame, per_condition: int = 4) -> list[dict]:
+    """Example wells per condition: distinct donors first, alternating plates; deterministic.
+    Returns dicts with plate, well, donor, condition, group."""
+    w = _one_method(wells)
+    out = []
+    if w.empty or "Metadata_Condition" not in w:
+        return out
+    for cond, d in w.sort_values(["Metadata_Donor", "Metadata_Plate", "Metadata_Well"]).groupby("Metadata_Condition", sort=True):
+        chosen, used = [], set()
+        donors = list(dict.fromkeys(d["Metadata_Donor"].astype(str)))
+        for i, donor in enumerate(donors):  # one well per donor, plates alternating
+            dd = d[d["Metadata_Donor"].astype(str) == donor]
+            plates = sorted(dd["Metadata_Plate"].astype(str).unique())
+            r = dd[dd["Metadata_Plate"].astype(str) == plates[i % len(plates)]].iloc[0]
+            chosen.append(r)
+            used.add((r["Metadata_Plate"], r["Metadata_Well"]))
+            if len(chosen) == per_condition:
+                break
+        for _, r in d.iterrows():  # fewer donors than tiles: more wells of the same donors
+            if len(chosen) >= per_condition:
+                break
+            if (r["Metadata_Plate"], r["Metadata_Well"]) not in used:
+                chosen.append(r)
+                used.add((r["Metadata_Plate"], r["Metadata_Well"]))
+        out += [{"plate": str(r["Metadata_Plate"]), "well": str(r["Metadata_Well"]), "donor": str(r["Metadata_Donor"]),
+                 "condition": str(cond), "group": str(r.get("Metadata_Group", ""))} for r in chosen]
+    return out
+
+
+def read_thumbnail(store: str, well: str, site: int | None = None, max_side: int = 384) -> np.ndarray:
+    """(C, h, w) float32 of one corrected site at the coarsest pyramid level that still has
+    ``max_side`` pixels (block-mean downsampled to at most ``max_side``). ``site=None``: the
+    well's first analysable site (fields flagged other than ``ok``, e.g. QC-failed sites or
+    placeholders, are skipped)."""
+    import zarr
+
+    from ssc_assets.core import ome_zarr_store as oz
+    from ssc_assets.core.figures import downsample
+
+    readable = getattr(oz, "_readable_store", lambda p: p)(store)
+    candidates = [site] if site is not None else sorted(s for w, s in oz.list_sites(store) if w == well)
+    for s in candidates:
+        g = zarr.open_group(oz.site_group_path(readable, well, s), mode="r")
+        attrs = g.attrs.asdict()
+        if site is None and (attrs.get("ssc") or {}).get("status", "ok") != "ok":
+            continue
+        datasets = (attrs.get("ome") or attrs)["multiscales"][0]["datasets"]
+        level = 0
+        for i in range(len(datasets)):
+            if min(g[datasets[i]["path"]].shape[-2:]) >= max_side:
+                level = i
+        img = np.asarray(g[datasets[level]["path"]][:], dtype=np.float32)
+        return np.stack([downsample(c, max_side) for c in img])
+    raise KeyError(f"{well}: no analysable site in {store}")
+
+
+#: display colour of each corrected channel: actin red, borders (VE-cadherin) green, nuclei blue
+CHANNEL_RGB = {"actin": (1.0, 0.15, 0.15), "borders": (0.1, 1.0, 0.1), "nuclei": (0.25, 0.45, 1.0)}
+
+
+def examples_png(tiles: list[tuple[np.ndarray, str, str]], channels: list[str], ncols: int = 4) -> bytes:
+    """Example images, one row per condition: ``(image (C, H, W), caption, condition)``.
+
+    Channels are coloured by :data:`CHANNEL_RGB` and share ONE display range per channel across
+    all tiles (1st to 99.7th percentile pooled), so brightness is comparable between conditions.
+    """
+    import matplotlib.pyplot as plt
+
+    from ssc_assets.core.figures import fig_to_png
+
+    conds = list(dict.fromkeys(c for _, _, c in tiles))
+    ranges = []
+    for k in range(len(channels)):
+        pooled = np.concatenate([t[0][k].ravel()[:: max(1, t[0][k].size // 20000)] for t in tiles])
+        lo, hi = np.quantile(pooled, [0.01, 0.997]) if pooled.size else (0.0, 1.0)
+        ranges.append((float(lo), float(max(hi, lo + 1e-6))))
+    ncols = max(1, min(ncols, max(sum(1 for t in tiles if t[2] == c) for c in conds)))
+    fig, axes = plt.subplots(len(conds), ncols, figsize=(2.9 * ncols + 0.6, 3.15 * len(conds)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, cond in enumerate(conds):
+        row = [t for t in tiles if t[2] == cond][:ncols]
+        for j, (img, cap, _) in enumerate(row):
+            rgb = np.zeros(img.shape[-2:] + (3,), dtype=np.float32)
+            for k, ch in enumerate(channels):
+                lo, hi = ranges[k]
+                rgb += np.clip((img[k] - lo) / (hi - lo), 0, 1)[..., None] * np.asarray(CHANNEL_RGB.get(ch, (1, 1, 1)))
+            ax = axes[i, j]
+            ax.imshow(np.clip(rgb, 0, 1), interpolation="lanczos")
+            ax.set_title(cap, fontsize=10)
+        axes[i, 0].text(-0.06, 0.5, cond, transform=axes[i, 0].transAxes, rotation=90, va="center", ha="right",
+                        fontsize=14, fontweight="bold")
+    legend = ", ".join(f"{ch} {('red', 'green', 'blue')[int(np.argmax(CHANNEL_RGB[ch]))]}" for ch in channels if ch in CHANNEL_RGB)
+    fig.suptitle(f"corrected images ({legend}; same display range per channel in every tile)", fontsize=11)
+    fig.tight_layout()
+    return fig_to_png(fig, dpi=90)
+
+
+def headline_png(results: dict[str, dict]) -> bytes:
+    """Two panels, one x position per method: (1) donor-grouped SVM accuracy with its 95 % donor
+    bootstrap interval, the leaky ungrouped accuracy, the thesis' figure and the chance level;
+    (2) mAP SSc vs HC and donor replicates with their chance levels and p-values. ~1080 px wide."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from ssc_assets.core.clustering import THESIS_METHOD_NAMES, THESIS_TABLE_6_1
+    from ssc_assets.core.figures import fig_to_png
+
+    methods = list(results)
+    x = np.arange(len(methods))
+    g = lambda m, k: float(results[m].get(k, np.nan)) if results[m].get(k) is not None else np.nan  # noqa: E731
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.0, 5.4))
+    for i, m in enumerate(methods):
+        ch = g(m, "svm_chance")
+        if np.isfinite(ch):
+            a1.hlines(ch, i - 0.35, i + 0.35, colors="0.4", linestyles="--", lw=1.5)
+        acc, lo, hi = g(m, "svm_accuracy_donor_grouped"), g(m, "svm_accuracy_donor_grouped_ci_low"), g(m, "svm_accuracy_donor_grouped_ci_high")
+        if np.isfinite(lo) and np.isfinite(hi):
+            a1.vlines(i, lo, hi, colors="tab:blue", lw=3, alpha=0.5)
+        if np.isfinite(acc):
+            a1.plot(i, acc, "o", color="tab:blue", ms=10)
+            a1.annotate(fmt3(acc), (i, acc), xytext=(9, 4), textcoords="offset points", fontsize=10,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+        a1.plot(i - 0.18, g(m, "svm_accuracy_ungrouped"), "o", mfc="none", mec="0.35", ms=8)
+        name = THESIS_METHOD_NAMES.get(m)
+        if name in THESIS_TABLE_6_1.index:
+            a1.plot(i + 0.18, THESIS_TABLE_6_1.at[name, "svm_accuracy"], "D", color="tab:orange", ms=7)
+    a1.set_ylim(0, 1.05)
+    a1.set_ylabel("SVM accuracy (SSc vs HC)", fontsize=11)
+    a1.set_title("Can a classifier tell SSc from HC? (donor-grouped CV)", fontsize=12)
+    a1.legend(handles=[Line2D([], [], marker="o", color="tab:blue", ls="-", lw=3, ms=9, label="donor-grouped, 95% CI"),
+                       Line2D([], [], marker="o", mfc="none", mec="0.35", ls="", ms=8, label="ungrouped (leaky)"),
+                       Line2D([], [], marker="D", color="tab:orange", ls="", label="thesis (ungrouped)"),
+                       Line2D([], [], color="0.4", ls="--", label="chance (majority class)")],
+              fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    w = 0.36
+    for i, m in enumerate(methods):
+        for off, key, colour in ((-w / 2, "map_condition", "tab:purple"), (w / 2, "map_donor_replicate", "tab:green")):
+            v, p, ch = g(m, key), g(m, f"{key}_p"), g(m, f"{key}_chance")
+            if np.isfinite(v):
+                a2.bar(i + off, v, w * 0.95, color=colour, alpha=0.75)
+                a2.text(i + off, v + 0.02, f"p={fmt3(p)}", ha="center", fontsize=9, rotation=90, va="bottom")
+            else:
+                a2.text(i + off, 0.02, "n/a", ha="center", fontsize=9, rotation=90)
+            if np.isfinite(ch):
+                a2.hlines(ch, i + off - w / 2, i + off + w / 2, colors="k", linestyles="--", lw=1.5)
+    a2.set_ylim(0, 1.3)
+    a2.set_yticks(np.linspace(0, 1, 6))
+    a2.set_ylabel("mean average precision", fontsize=11)
+    a2.set_title("Do wells retrieve their own kind? (copairs mAP)", fontsize=12)
+    a2.legend(handles=[plt.Rectangle((0, 0), 1, 1, color="tab:purple", alpha=0.75, label="same condition (SSc/HC)"),
+                       plt.Rectangle((0, 0), 1, 1, color="tab:green", alpha=0.75, label="same donor, other plate"),
+                       Line2D([], [], color="k", ls="--", label="chance")],
+              fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    for ax in (a1, a2):
+        ax.set_xticks(x, methods, fontsize=11)
+        ax.tick_params(axis="y", labelsize=10)
+        ax.set_xlim(-0.6, len(methods) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig_to_png(fig, dpi=90)
+
+
+# ---------------------------------------------------------------- the clustering report
+
+
+def method_details_table(res: dict) -> tuple[pd.DataFrame, list[str]]:
+    """A method's scalar results as (metric, value) rows, without ``*_note`` rows; returns the
+    table and the non-empty notes (to print as text)."""
+    rows, notes = [], []
+    for k, v in res.items():
+        if k.endswith("_note") or k == "note":
+            if isinstance(v, str) and v.strip():
+                notes.append(f"{k.removesuffix('_note').replace('_', ' ')}: {v.strip()}")
+            continue
+        if isinstance(v, (dict, pd.DataFrame, bytes)) or k in ("method",):
+            continue
+        if isinstance(v, (list, tuple)):
+            v = "/".join(str(x) for x in v)
+        if isinstance(v, (int, float, str, np.integer, np.floating)):
+            rows.append({"metric": k, "value": v})
+    return pd.DataFrame(rows, columns=["metric", "value"]), notes
+
+
+FIGURE_CAPTIONS = {
+    "dendrogram": "hierarchical clustering of the wells (cosine distance, average linkage); leaves: donors coloured by group",
+    "pca_clusters": "the wells in the first two principal components; colour: group, marker: cluster (KMeans left, hierarchical right)",
+}
+
+
+def clustering_report_html(
+    results: dict[str, dict],
+    wells: pd.DataFrame,
+    *,
+    qc_by_plate: dict[str, pd.DataFrame | None] | None = None,
+    examples: bytes | None = None,
+    examples_note: str = "",
+    preset: list[str] | None = None,
+    comparison: pd.DataFrame | None = None,
+    guide: list[str] | None = None,
+    context: list[str] | None = None,
+    run_links: dict[str, str] | None = None,
+    footer: str = "",
+) -> str:
+    """The clustering report, headline first.
+
+    ``results``: method -> :func:`ssc_assets.core.clustering.cluster_method` output (figures in
+    ``report_figures`` or ``figures``); ``wells``: all methods' well embeddings; ``qc_by_plate``:
+    plate -> site_qc table or None; ``examples``: PNG of example images per condition (None:
+    ``examples_note`` says why not); ``preset``: reasons the models are a demo (a banner);
+    ``comparison``: the full comparison table (one row per metric) for the details.
+    """
+    from ssc_assets.core.clustering import DEMO_NOTE, THESIS_SOURCE, headline_table, trust_notes
+
+    notes = trust_notes(results, preset)
+    banner = [n for n in notes if n.startswith(DEMO_NOTE)]
+    trust = [n for n in notes if not n.startswith(DEMO_NOTE)]
+    w1 = _one_method(wells)
+    n_wells, n_donors = len(w1), w1["Metadata_Donor"].nunique() if "Metadata_Donor" in w1 else 0
+    plates = sorted(w1["Metadata_Plate"].astype(str).unique()) if "Metadata_Plate" in w1 else []
+    intro = [f"{len(plates)} plate{'s' if len(plates) != 1 else ''} ({', '.join(plates)}), {n_wells} wells, "
+             f"{n_donors} donors; methods: {', '.join(results)}.", *(context or [])]
+
+    sections = [Section(
+        "Headline: do the embeddings separate SSc from HC?", anchor="headline", table_class="headline",
+        paragraphs=["Read the donor-grouped accuracy first: it keeps every donor entirely in training or in test, so "
+                    "the classifier cannot recognise donors instead of the disease. Compare it with the chance level "
+                    "beneath it and look at the interval. mAP asks the same without training: do wells of the same "
+                    "condition find each other (p from a permutation null)?"],
+        tables=[("one column per method; ± sd over the donor-grouped folds; 95% CI from resampling donors; "
+                 "p: permutation p-value; shaded rows: the thesis (other data, ungrouped folds)", headline_table(results))],
+        figures=[("Left: donor-grouped accuracy (dot, with its 95% donor-bootstrap interval) against chance (dashed), the "
+                  "leaky ungrouped accuracy (circle) and the thesis' number (diamond). Right: mAP with chance (dashed) "
+                  "and permutation p-values.", headline_png(results))],
+        bullets=["How far to trust these numbers: " + trust[0]] + trust[1:] if trust else [],
+    )]
+
+    qc_tab = qc_summary(qc_by_plate or {}, wells)
+    data = Section("Data: plates, QC and wells", anchor="data",
+                   paragraphs=["Sites that failed QC never enter the embeddings; sites flagged for review are kept. "
+                               "'sites in wells': QC-passed sites that were embedded and went into the well medians."],
+                   tables=[("QC per plate (sites; a site failing for several reasons counts under each)", qc_tab),
+                           ("wells per condition", wells_per_condition(wells))])
+    if examples is not None:
+        data.figures.append(("Example corrected images per condition (one site per well, different donors first).", examples))
+    elif examples_note:
+        data.paragraphs.append(f"Example images: {examples_note}")
+    sections.append(data)
+    if guide:
+        sections.append(Section("How to read the numbers", anchor="guide", bullets=list(guide)))
+
+    details = Section("Details: every metric", anchor="details",
+                      paragraphs=[f"Columns or rows starting with 'thesis' are the seed thesis' numbers for reference "
+                                  f"({THESIS_SOURCE}); they were computed on other data with ungrouped folds."])
+    if comparison is not None and len(comparison):
+        details.tables.append(("comparison (one column per method)", comparison))
+    sections.append(details)
+    for m, res in results.items():
+        table, m_notes = method_details_table(res)
+        figs = res.get("report_figures") or res.get("figures") or {}
+        link = (run_links or {}).get(m)
+        sections.append(Section(
+            f"Method: {m}", level=3, anchor=f"method-{m}",
+            paragraphs=[f"{res.get('n_wells', '?')} wells, {res.get('n_features', '?')} features."] + m_notes,
+            links=[(f"MLflow run of {m} (metrics, figures, assignments.csv)", link)] if link else [],
+            tables=[("all metrics (KMeans and hierarchical; SVM; mAP)", table)],
+            figures=[(f"{m}: {FIGURE_CAPTIONS.get(name, name.replace('_', ' '))}", png) for name, png in figs.items()]))
+    return render_html("SSc vs HC: patient clusterings per embedding method", intro, sections,
+                       footer=footer, banner=banner, toc=True)

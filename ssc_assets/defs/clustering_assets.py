@@ -13,10 +13,8 @@ from pydantic import Field
 
 from ssc_assets.core import figures
 from ssc_assets.core.embeddings import METHODS
-from ssc_assets.core.report import Section, render_html
 from ssc_assets.core.storage import write_text
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
-from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.model_assets import ALL_PLATES, log_png
 from ssc_assets.defs.resources import Storage
@@ -69,8 +67,78 @@ def _flat_numeric(res: dict) -> dict[str, float]:
     return out
 
 
+def _champions(mlflow_tracking: MlflowTracking, methods, context) -> dict[str, dict]:
+    """Champion version, params and tags of the models behind ``methods`` (unknown ones left out)."""
+    from ssc_assets.core.clustering import METHOD_MODELS
+    from ssc_assets.defs.mlflow_tracking import CHAMPION
+
+    out = {}
+    try:
+        client = mlflow_tracking.client()
+    except Exception as exc:  # noqa: BLE001 - the report is still useful without it
+        context.log.warning(f"MLflow registry not readable ({type(exc).__name__}: {exc}): demo preset not checked")
+        return out
+    for m in methods:
+        for name in METHOD_MODELS.get(m, ()):
+            try:
+                mv = client.get_model_version_by_alias(name, CHAMPION)
+                run = client.get_run(mv.run_id or mv.tags.get("run_id"))
+                out[name] = {"version": int(mv.version), "params": dict(run.data.params),
+                             "tags": {**dict(run.data.tags), **dict(mv.tags or {})}}
+            except Exception as exc:  # noqa: BLE001 - no champion (e.g. tests) or registry hiccup: not fatal
+                context.log.debug(f"champion of {name} not read: {type(exc).__name__}: {exc}")
+    return out
+
+
+def _site_qc_tables(storage: Storage, plates: list[str], context) -> dict[str, pd.DataFrame | None]:
+    """Each plate's ``site_qc`` table, read where the parquet IO manager keeps it; None if unreadable."""
+    from ssc_assets.core.storage import read_parquet
+
+    out = {}
+    for plate in plates:
+        path = storage.path("site_qc", f"{plate}.parquet")
+        try:
+            out[plate] = read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - optional context for the report
+            context.log.warning(f"site_qc of {plate} not readable at {path} ({type(exc).__name__}): "
+                                "the report's QC table shows only embedded sites")
+            out[plate] = None
+    return out
+
+
+def _example_images(storage: Storage, wells: pd.DataFrame, context, per_condition: int = 4) -> tuple[bytes | None, str]:
+    """Montage of a few corrected sites per condition from the ``corrected_images`` stores
+    (read where that asset writes them); (None, why) when none could be read."""
+    from ssc_assets.core.channels import IMAGE_CHANNELS
+    from ssc_assets.core.report import examples_png, pick_examples, read_thumbnail
+
+    tiles, errors = [], []
+    for ex in pick_examples(wells, per_condition):
+        store = storage.path("corrected_images", f"{ex['plate']}.ome.zarr")
+        try:
+            img = read_thumbnail(store, ex["well"])
+        except Exception as exc:  # noqa: BLE001 - a missing store must not fail the clustering
+            errors.append(f"{ex['plate']} {ex['well']}: {type(exc).__name__}")
+            continue
+        group = f" ({ex['group']})" if ex["group"] and ex["group"] != ex["condition"] else ""
+        tiles.append((img, f"{ex['donor']}{group}, {ex['plate']} {ex['well']}", ex["condition"]))
+    if errors:
+        context.log.warning(f"example images not read: {', '.join(errors[:10])}")
+    if not tiles:
+        return None, ("no corrected_images store readable under " + storage.path("corrected_images")
+                      + (f" ({errors[0]})" if errors else ""))
+    return examples_png(tiles, list(IMAGE_CHANNELS)), ""
+
+
+def _artifact_link(mlflow_tracking: MlflowTracking, run, path: str) -> str:
+    """MLflow UI address of one artifact of ``run`` (opens the run's artifact viewer on it)."""
+    link = mlflow_tracking.run_link(run)  # .../#/experiments/<id>/runs/<id>[?query]
+    base, sep, query = link.partition("?")
+    return f"{base.rstrip('/')}/artifactPath/{path}{sep}{query}"
+
+
 @dg.asset(ins={"well_embeddings": ALL_PLATES}, group_name="clusterings", io_manager_key="manifest_io_manager",
-          kinds={"sklearn", "mlflow"}, code_version="1", automation_condition=CROSS_PLATE, retry_policy=IO_RETRY)
+          kinds={"sklearn", "mlflow"}, automation_condition=CROSS_PLATE, retry_policy=IO_RETRY, code_version="2")
 @fail_fast
 def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, well_embeddings: dict,
                 mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
@@ -78,16 +146,24 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     clustering (cosine, average linkage); Table 6.1 metrics; SVM accuracy with ungrouped and
     donor-grouped folds; copairs mAP (donor replicates across plates, SSc vs HC).
 
-    One MLflow run per method in ``ssc-clustering`` plus a ``comparison`` run with the
-    cross-method table and the HTML report (``$SSC_STORAGE_DIR/reports/``).
+    Metadata: the headline per method as numbers (``<method>/svm_accuracy_donor_grouped`` ...,
+    plotted across materializations), a compact comparison table, how far to trust it, and
+    links to the HTML report (MLflow artifact and local file). One MLflow run per method in
+    ``ssc-clustering`` plus a ``comparison`` run with the table and the report. The report
+    also reads each plate's ``site_qc`` table and a few ``corrected_images`` sites from the
+    storage (optional: missing ones are noted, never fatal).
     """
     import mlflow
 
-    from ssc_assets.core.clustering import THESIS_SOURCE, cluster_method, comparison_table
+    from ssc_assets.core.clustering import (
+        DEMO_NOTE, THESIS_SOURCE, cluster_method, comparison_table, headline_markdown, headline_metadata,
+        preset_reasons, trust_notes,
+    )
+    from ssc_assets.core.report import clustering_report_html
 
     wells = pd.concat([df for df in well_embeddings.values() if len(df)], ignore_index=True)
     plates_used = sorted(wells["Metadata_Plate"].unique().tolist())
-    results, runs, sections, md = {}, {}, [], {}
+    results, runs, md = {}, {}, {}
     for method in config.methods:
         df = wells[wells["method"] == method].reset_index(drop=True)
         if df.empty:
@@ -103,51 +179,64 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
             mlflow.log_params({"method": method, "seed": config.seed, "null_size": config.null_size,
                                "n_wells": len(df), "n_plates": len(plates_used), **extra})
             mlflow.log_metrics(_flat_numeric(res))
-            for name, png in res["figures"].items():
+            for name, png in {**res["figures"], **res.get("report_figures", {})}.items():
                 log_png(png, f"figures/{name}")
             mlflow.log_text(res["assignments"].to_csv(index=False), "assignments.csv")
             runs[method] = {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run)}
         results[method] = res
+        figs = res.get("report_figures") or res["figures"]
         md[f"{method}_figures"] = dg.MetadataValue.md(
-            "\n\n".join(figures.png_markdown(png, f"{method} {name}") for name, png in res["figures"].items()))
+            "\n\n".join(figures.png_markdown(png, f"{method} {name}") for name, png in figs.items()))
         md[f"{method}_mlflow_run"] = dg.MetadataValue.url(runs[method]["link"])
-        sections.append(Section(f"Method: {method}",
-                                [f"{len(df)} wells, {res.get('n_features', '?')} features. MLflow run {run.info.run_id}."],
-                                [("KMeans / hierarchical metrics", _method_table(res))],
-                                [(f"{method}: {name}", png) for name, png in res["figures"].items()]))
     if not results:
         raise dg.Failure("no well embeddings for any method", allow_retries=False)
-    comp = comparison_table({m: r for m, r in results.items()}).reset_index()
-    shown = comp.drop(columns=["thesis_source"], errors="ignore")
+
+    comp = comparison_table(results).reset_index()
+    preset = preset_reasons(_champions(mlflow_tracking, list(results), context))
+    if preset:
+        context.log.warning("demo preset / few epochs: " + "; ".join(preset))
+    notes = trust_notes(results, preset)
+    qc_by_plate = _site_qc_tables(storage, plates_used, context)
+    examples, examples_note = _example_images(storage, wells, context)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    report_html = render_html(
-        "SSc vs HC: patient clusterings per embedding method",
-        [f"Plates: {', '.join(plates_used)}. "
-         f"{int(wells.groupby('method')[['Metadata_Plate', 'Metadata_Well']].apply(lambda d: len(d.drop_duplicates())).max())} "
-         f"wells per method. "
-         f"Dagster run {context.run.run_id}.", *READING_GUIDE],
-        [Section("Cross-method comparison (headline)",
-                 ["Columns starting with 'thesis' are the seed thesis' numbers for reference "
-                  f"({THESIS_SOURCE}); they were computed on other data with ungrouped folds."],
-                 [("comparison (one column per method; shaded rows: the thesis)", _by_metric(shown))])] + sections,
-        footer=f"Generated {stamp} by ssc-assets; MLflow experiment ssc-clustering.")
-    report_path = storage.path("reports", f"clusterings-{stamp}.html")
-    write_text(report_path, report_html)
-    write_text(storage.path("reports", "clusterings-latest.html"), report_html)
-    with mlflow_tracking.start_run(context, "ssc-clustering", "comparison", plates_used, {"ssc.method": "comparison"}) as run:
+    with mlflow_tracking.start_run(context, "ssc-clustering", "comparison", plates_used,
+                                   {"ssc.method": "comparison", "ssc.preset_detected": "demo" if preset else "none"}) as run:
+        report_html = clustering_report_html(
+            results, wells, qc_by_plate=qc_by_plate, examples=examples, examples_note=examples_note, preset=preset,
+            comparison=_by_metric(comp.drop(columns=["thesis_source"], errors="ignore")), guide=READING_GUIDE,
+            context=[f"Dagster run {context.run.run_id}; MLflow comparison run {run.info.run_id}."],
+            run_links={m: r["link"] for m, r in runs.items()},
+            footer=f"Generated {stamp} by ssc-assets; MLflow experiment ssc-clustering.")
+        report_path = storage.path("reports", f"clusterings-{stamp}.html")
+        write_text(report_path, report_html)
+        write_text(storage.path("reports", "clusterings-latest.html"), report_html)
         mlflow.log_text(comp.to_csv(index=False), "comparison.csv")
         mlflow.log_text(report_html, "report.html")
-        runs["comparison"] = {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run)}
+        runs["comparison"] = {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run),
+                              "report": _artifact_link(mlflow_tracking, run, "report.html")}
+
+    headline = headline_markdown(results)
+    numbers = headline_metadata(results)
+    banner = [n for n in notes if n.startswith(DEMO_NOTE)]
+    text = "".join(f"**{DEMO_NOTE}**{n.removeprefix(DEMO_NOTE)}\n\n" for n in banner)
+    text += headline + "\n\n" + "\n".join(f"- {n}" for n in notes if not n.startswith(DEMO_NOTE))
+    text += f"\n\nRows 'thesis ...' (`thesis_*` in comparison.csv): {THESIS_SOURCE}. Every metric, QC and example images: the report."
     context.add_output_metadata({
-        "comparison": dg.MetadataValue.md(md_table(shown.round(4)) + f"\n\nthesis_* columns: {THESIS_SOURCE}"),
+        "comparison": dg.MetadataValue.md(text),
+        **({"demo_preset": dg.MetadataValue.text(f"demo preset: not meaningful ({len(preset)} model"
+                                                  f"{'s' if len(preset) > 1 else ''}: demo tag or < 10 epochs)")}
+           if preset else {}),
+        "report_mlflow": dg.MetadataValue.url(runs["comparison"]["report"]),
         "report": dg.MetadataValue.path(report_path),
         "mlflow_comparison_run": dg.MetadataValue.url(runs["comparison"]["link"]),
+        **numbers,
         "plates": dg.MetadataValue.json(plates_used),
         **md,
     })
     buf = io.StringIO()
     comp.to_csv(buf, index=False)
-    return {"plates": plates_used, "report": report_path, "runs": runs, "comparison_csv": buf.getvalue(),
+    return {"plates": plates_used, "report": report_path, "report_mlflow": runs["comparison"]["report"], "runs": runs,
+            "comparison_csv": buf.getvalue(), "headline_md": headline, "demo_preset": preset,
             "metrics": {m: _flat_numeric(r) for m, r in results.items()}}
 
 
@@ -156,8 +245,3 @@ def _by_metric(comp: pd.DataFrame) -> pd.DataFrame:
     t = comp.set_index("method").T
     t.index.name = "metric"
     return t.reset_index()
-
-
-def _method_table(res: dict) -> pd.DataFrame:
-    keys = [k for k in res if isinstance(res[k], (int, float, np.integer, np.floating, str, list, tuple)) and k not in ("figures",)]
-    return pd.DataFrame({"metric": keys, "value": [str(res[k]) if isinstance(res[k], (list, tuple)) else res[k] for k in keys]})
