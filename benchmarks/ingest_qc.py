@@ -103,7 +103,7 @@ def main() -> None:
     rows.append((f"QC one {args.size}^2 image, 1 core (s)", t_naive, t_one))
     nuclei_qc = partial(image_qc, channel="nuclei", pixel_size_um=0.34)  # + edge width
     t_nuc = min(timed(nuclei_qc, imgs[0])[0] for _ in range(3))
-    rows.append((f"QC one nuclei image (+edge), 1 core (s)", t_naive, t_nuc))
+    rows.append(("QC one nuclei image (+edge), 1 core (s)", t_naive, t_nuc))
     with ProcessPoolExecutor(args.workers) as pool:
         list(pool.map(image_qc, imgs[:2]))  # warm up workers
         t_pool, _ = timed(lambda: list(pool.map(image_qc, imgs)))

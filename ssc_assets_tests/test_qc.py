@@ -202,3 +202,15 @@ def test_user_overrides():
     assert out[b03].passed_qc.all() and (out[b03].qc_decision == "user pass").all()
     assert not out[b05].passed_qc.any() and out[b05].qc_reason.iloc[0].startswith("user decision: fail (scratch)")
     assert out[~(b03 | b05)].passed_qc.all()
+
+
+def test_image_qc_shares_one_histogram_with_the_same_results():
+    from ssc_assets.core.qc import image_qc
+
+    rng = np.random.default_rng(7)
+    img = rng.poisson(400, (96, 80)).astype(np.uint16)
+    img[:24] = 4095  # a 12-bit camera's maximum
+    out = image_qc(img, saturation_level=4095)
+    assert out["saturated_fraction"] == pytest.approx(24 / 96)
+    assert out["focus_score"] == pytest.approx(power_log_log_slope(img.astype(np.float64)), rel=1e-5)
+    assert out["median"] == intensity_stats(img)["median"]

@@ -18,7 +18,7 @@ pipeline run on the same images. Rules (:func:`apply_qc_rules`, thresholds in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -79,7 +79,7 @@ def _slope(radii: np.ndarray, power: np.ndarray) -> float:
     return float(np.dot(x0, y - y.mean()) / np.dot(x0, x0))
 
 
-def power_log_log_slope(image: np.ndarray, mask: np.ndarray | None = None) -> float:
+def power_log_log_slope(image: np.ndarray, mask: np.ndarray | None = None, counts: np.ndarray | None = None) -> float:
     """CellProfiler ``ImageQuality_PowerLogLogSlope`` of a 2-D image (any dtype).
 
     1. masked-out pixels are replaced by the mean of the masked-in pixels;
@@ -97,7 +97,7 @@ def power_log_log_slope(image: np.ndarray, mask: np.ndarray | None = None) -> fl
     raw = np.asarray(image)
     if mask is None and raw.dtype == np.uint16:
         # exact mean and median |img - mean| from the 65,536-bin histogram (no float64 copy, no sort)
-        counts = np.bincount(raw.ravel(), minlength=1).astype(np.float64)
+        counts = (np.bincount(raw.ravel(), minlength=1) if counts is None else counts).astype(np.float64)
         values = np.arange(counts.size, dtype=np.float64)
         n = raw.size
         mean = float(counts @ values) / n
@@ -158,7 +158,7 @@ def power_log_log_slope_reference(image: np.ndarray) -> float:
     return _slope(labels, powersum)
 
 
-def intensity_stats(image: np.ndarray) -> dict[str, float]:
+def intensity_stats(image: np.ndarray, counts: np.ndarray | None = None) -> dict[str, float]:
     """Intensity statistics of a 2-D uint16 image, in raw intensity units (counts).
 
     ``percent_maximal`` is CellProfiler's: 100 x the fraction of pixels equal to the image's
@@ -168,7 +168,7 @@ def intensity_stats(image: np.ndarray) -> dict[str, float]:
     img = np.asarray(image)
     if img.dtype != np.uint16:
         img = np.clip(np.asarray(image, dtype=np.float64), 0, 65535).astype(np.uint16)
-    counts = np.bincount(img.ravel(), minlength=65536)
+    counts = np.bincount(img.ravel(), minlength=65536) if counts is None else counts
     n = img.size
     cdf = np.cumsum(counts)
     values = np.arange(counts.size)
@@ -270,14 +270,18 @@ def image_qc(
     ``contrast`` = q99 - median, ``bright_contrast`` = q99 - q01; for the nuclei channel also
     ``edge_width_um`` (:func:`edge_width_px` x ``pixel_size_um``; px when no pixel size).
     """
-    out = intensity_stats(image)
     a = np.asarray(image)
-    out["saturated_fraction"] = np.count_nonzero(a >= saturation_level) / max(a.size, 1)
+    counts = np.bincount(a.ravel(), minlength=65536) if a.dtype == np.uint16 else None  # shared by the measures
+    out = intensity_stats(image, counts)
+    if counts is not None:
+        out["saturated_fraction"] = float(counts[min(int(np.ceil(saturation_level)), counts.size):].sum()) / max(a.size, 1)
+    else:
+        out["saturated_fraction"] = np.count_nonzero(a >= saturation_level) / max(a.size, 1)
     out["noise_sd"] = noise_sd(a)
     out["contrast"] = out["q99"] - out["median"]
     out["bright_contrast"] = out["q99"] - out["q01"]
     out["snr"] = out["contrast"] / out["noise_sd"] if out["noise_sd"] > 0 else (0.0 if out["contrast"] == 0 else float("inf"))
-    out["focus_score"] = power_log_log_slope(image)
+    out["focus_score"] = power_log_log_slope(image, counts=counts)
     if channel == "nuclei":
         out["edge_width_um"] = edge_width_px(a) * (pixel_size_um or 1.0)
     return out

@@ -11,11 +11,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core import figures
 from ssc_assets.core.channels import IMAGE_CHANNELS
 from ssc_assets.core.embeddings import (
     EMBEDDING_META,
-    METHODS,
     autoencoder_embeddings,
     embed_sites,
     embedding_frame,
@@ -24,14 +22,12 @@ from ssc_assets.core.embeddings import (
 )
 from ssc_assets.core.channels import MODEL_CHANNELS
 from ssc_assets.core.model_training import site_table
-from ssc_assets.core.storage import write_text
 from ssc_assets.defs.image_assets import _check_failure_fraction, _site_failures
 from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
-from ssc_assets.defs.model_assets import ALL_PLATES
 from ssc_assets.defs.partitions import plates
-from ssc_assets.defs.resources import SiteCompute, Storage
+from ssc_assets.defs.resources import SiteCompute
 
 
 def _plate_table(context, corrected_images: dict, raw_sites: pd.DataFrame, masks: dict | None = None) -> pd.DataFrame:

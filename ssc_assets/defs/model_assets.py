@@ -25,7 +25,6 @@ from ssc_assets.core.model_training import FitOutput, assign_splits, site_table,
 from ssc_assets.core.training import TrainParams
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
-from ssc_assets.defs.partitions import plates
 
 ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
 MODEL_PREFIX = "ssc"
