@@ -30,8 +30,8 @@ import scipy.ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssc_assets.core import filters as F  # noqa: E402
-from ssc_assets.core import illumination as IL  # noqa: E402
+from ssc_assets.core.image import filters as F  # noqa: E402
+from ssc_assets.core.image import illumination as IL  # noqa: E402
 
 # --------------------------------------------------------------------------------------
 # phantom

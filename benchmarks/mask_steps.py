@@ -17,9 +17,9 @@ import numpy as np
 import scipy.ndimage as ndi
 from skimage.morphology import h_maxima
 
-from ssc_assets.core import segmentation as S
-from ssc_assets.core.filters import preprocess_channel
-from ssc_assets.core.illumination import IlluminationProfile, apply_illumination
+from ssc_assets.core.image import segmentation as S
+from ssc_assets.core.image.filters import preprocess_channel
+from ssc_assets.core.image.illumination import IlluminationProfile, apply_illumination
 from ssc_assets.core.simulate import make_flatfield, render_site
 
 

@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ssc_assets.core.models import ChannelAutoencoder, CustomClassifier, DenseNetClassifier, UNet, reconstruction_target
+from ssc_assets.core.learn.models import ChannelAutoencoder, CustomClassifier, DenseNetClassifier, UNet, reconstruction_target
 from ssc_assets.demo_config import DEMO_MODEL_CONFIG
 
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ssc_assets.core.ome_zarr_store import HcsPlateWriter
+from ssc_assets.core.io.ome_zarr_store import HcsPlateWriter
 
 LABELS = ("nuclei", "cells", "borders", "actin", "actin_inside_cells")
 

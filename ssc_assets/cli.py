@@ -24,7 +24,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from ssc_assets.core.ingest import plate_readiness
+    from ssc_assets.core.ingest.site_tables import plate_readiness
     from ssc_assets.defs.resources import PlateSource
 
     source = PlateSource()  # the same channel map and strictness as the sensor
@@ -118,7 +118,7 @@ def _manifest(asset: str) -> dict:
     """An unpartitioned asset's JSON manifest, read where the manifest IO manager wrote it."""
     import fsspec
 
-    from ssc_assets.core.storage import join
+    from ssc_assets.core.io.storage import join
 
     with fsspec.open(join(settings.storage_dir(), f"{asset}.json"), "r") as fh:
         return json.load(fh)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from ssc_assets.core.channels import DEFAULT_CHANNEL_MAP, ChannelMap
+from ssc_assets.core.ingest.channels import DEFAULT_CHANNEL_MAP, ChannelMap
 
 
 def _path(var: str, default: str) -> str:

@@ -5,15 +5,15 @@ import pandas as pd
 import pytest
 import tifffile
 
-from ssc_assets.core.acquisition import (
+from ssc_assets.core.ingest.acquisition import (
     DEFAULT_PIXEL_SIZE_UM,
     acquisition_frame,
     assign_acquisition_groups,
     fill_acquisition,
     parse_acquisition,
 )
-from ssc_assets.core.ingest import build_raw_sites, plate_readiness
-from ssc_assets.core.tiff_io import read_header_description
+from ssc_assets.core.ingest.site_tables import build_raw_sites, plate_readiness
+from ssc_assets.core.io.tiff import read_header_description
 
 # Shaped like a real ImageXpress file: PlaneInfo props, custom-props, a MetaSeries block with
 # the free-text Description (CR LF as character references), SetInfo.

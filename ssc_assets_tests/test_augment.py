@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssc_assets.core import augment as A
-from ssc_assets.core.ome_zarr_store import HcsPlateWriter
+from ssc_assets.core.learn import augment as A
+from ssc_assets.core.io.ome_zarr_store import HcsPlateWriter
 
 STORE_CHANNELS = ("nuclei", "borders", "actin")
 
@@ -151,7 +151,7 @@ def test_bad_mode_is_refused():
 
 
 def test_module_does_not_import_dagster():
-    code = "import sys, ssc_assets.core.augment; assert 'dagster' not in sys.modules"
+    code = "import sys, ssc_assets.core.learn.augment; assert 'dagster' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from ssc_assets.core.ingest import (
+from ssc_assets.core.ingest.site_tables import (
     PlateError,
     assemble_site_qc,
     build_raw_sites,
@@ -16,7 +16,7 @@ from ssc_assets.core.ingest import (
     qc_work_items,
     site_table,
 )
-from ssc_assets.core.platemap import PlateMapError
+from ssc_assets.core.ingest.platemap import PlateMapError
 from ssc_assets_tests.conftest import tree_digest
 
 

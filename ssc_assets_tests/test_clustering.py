@@ -1,4 +1,4 @@
-"""Tests for ssc_assets.core.clustering: planted structure, hand-computed metrics, grouped CV, mAP."""
+"""Tests for ssc_assets.core.analysis.clustering: planted structure, hand-computed metrics, grouped CV, mAP."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssc_assets.core import clustering as cl
+from ssc_assets.core.analysis import clustering as cl
 
 PNG_MAGIC = b"\x89PNG"
 

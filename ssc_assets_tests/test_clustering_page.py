@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssc_assets.core import clustering as cl
-from ssc_assets.core import report as rp
+from ssc_assets.core.analysis import clustering as cl
+from ssc_assets.core.analysis import report as rp
 
 PNG = b"\x89PNG"
 
@@ -180,7 +180,7 @@ def test_report_figures_are_wide(run):
 
 
 def test_example_images_from_an_ome_zarr_store(tmp_path, run):
-    from ssc_assets.core.ome_zarr_store import HcsPlateWriter
+    from ssc_assets.core.io.ome_zarr_store import HcsPlateWriter
 
     store = tmp_path / "P1.ome.zarr"
     rng = np.random.default_rng(0)
@@ -204,7 +204,7 @@ def test_clusterings_page_through_dagster(tmp_path):
     import dagster as dg
     import mlflow
 
-    from ssc_assets.core.storage import write_parquet
+    from ssc_assets.core.io.storage import write_parquet
     from ssc_assets.defs.clustering_assets import clusterings
     from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
     from ssc_assets.defs.mlflow_tracking import MlflowTracking

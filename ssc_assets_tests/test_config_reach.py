@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from ssc_assets.core.qc import QcConfig
+from ssc_assets.core.ingest.qc import QcConfig
 from ssc_assets.defs.image_assets import MasksConfig, PreprocessConfig
 from ssc_assets.defs.ingest_assets import SiteQcConfig
 from ssc_assets.defs.model_assets import TrainConfig

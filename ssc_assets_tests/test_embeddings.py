@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from ssc_assets.core.embeddings import embedding_frame, well_embeddings
+from ssc_assets.core.learn.embeddings import embedding_frame, well_embeddings
 
 
 def test_well_median_by_hand():
@@ -24,10 +24,10 @@ def test_autoencoder_embedding_reads_once_and_matches_per_channel(tmp_path):
     """One 3-channel read, sliced per channel == each channel embedded on its own."""
     import torch
 
-    from ssc_assets.core.channels import IMAGE_CHANNELS, MODEL_CHANNELS
-    from ssc_assets.core.embeddings import autoencoder_embeddings, embed_sites
-    from ssc_assets.core.models import ChannelAutoencoder
-    from ssc_assets.core.ome_zarr_store import HcsPlateWriter
+    from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+    from ssc_assets.core.learn.embeddings import autoencoder_embeddings, embed_sites
+    from ssc_assets.core.learn.models import ChannelAutoencoder
+    from ssc_assets.core.io.ome_zarr_store import HcsPlateWriter
 
     store = str(tmp_path / "P.ome.zarr")
     rng = np.random.default_rng(0)

@@ -28,8 +28,8 @@ import pytest
 import yaml
 from fsspec.implementations.local import LocalFileSystem
 
-from ssc_assets.core import ome_zarr_store as S
-from ssc_assets.core import storage
+from ssc_assets.core.io import ome_zarr_store as S
+from ssc_assets.core.io import storage
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = [("B02", 1), ("B03", 2)]
@@ -139,7 +139,7 @@ def _register_disk_as_remote() -> None:
 
 def _write_and_crash(store: str, crash_at: str, use_exchange: bool, value: float) -> None:
     """Child process: write a store and die (no clean-up, like SIGKILL) at step ``crash_at``."""
-    from ssc_assets.core import ome_zarr_store as oz
+    from ssc_assets.core.io import ome_zarr_store as oz
 
     _register_disk_as_remote()
     if not use_exchange:
@@ -164,7 +164,7 @@ def _crash_writer(store, crash_at: str, use_exchange: bool = True) -> int:
     global _FORKSERVER
     if _FORKSERVER is None:
         _FORKSERVER = mp.get_context("forkserver")
-        _FORKSERVER.set_forkserver_preload(["numpy", "zarr", "ssc_assets.core.ome_zarr_store", __name__])
+        _FORKSERVER.set_forkserver_preload(["numpy", "zarr", "ssc_assets.core.io.ome_zarr_store", __name__])
     p = _FORKSERVER.Process(target=_write_and_crash, args=(str(store), crash_at, use_exchange, NEW))
     p.start()
     p.join(120)
@@ -178,7 +178,7 @@ def _crash_writer(store, crash_at: str, use_exchange: bool = True) -> int:
 PLATE_B_RUN = """
 import sys
 import numpy as np
-from ssc_assets.core.ome_zarr_store import HcsPlateWriter, cleanup_stale_tmp
+from ssc_assets.core.io.ome_zarr_store import HcsPlateWriter, cleanup_stale_tmp
 folder = sys.argv[1]
 cleanup_stale_tmp(folder)  # what the image assets do before writing: every plate's stale entries
 with HcsPlateWriter(folder + "/PB.ome.zarr", "PB", ["nuclei"]) as w:

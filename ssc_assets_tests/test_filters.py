@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ssc_assets.core import filters as F
+from ssc_assets.core.image import filters as F
 
 
 def _scene(n=192, seed=0, noise=True):

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ssc_assets.core import illumination as IL
+from ssc_assets.core.image import illumination as IL
 
 N = 512
 OFFSET = 100.0

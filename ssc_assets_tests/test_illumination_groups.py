@@ -21,9 +21,9 @@ import re
 import numpy as np
 import pytest
 
-from ssc_assets.core import illumination as IL
+from ssc_assets.core.image import illumination as IL
 from ssc_assets.core.simulate import FAILURES, PlateSpec, default_wells, load_site_truth, simulate_plate, strong_donors
-from ssc_assets.core.tiff_io import read_image
+from ssc_assets.core.io.tiff import read_image
 
 SIZE, BINNING, SEED, OFFSET = 384, 4, 5, 150.0
 CHANNELS = ("nuclei", "borders", "actin")

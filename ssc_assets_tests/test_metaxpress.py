@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from ssc_assets.core.channels import ChannelMap
-from ssc_assets.core.metaxpress import (
+from ssc_assets.core.ingest.channels import ChannelMap
+from ssc_assets.core.ingest.metaxpress import (
     expected_images,
     normalize_well,
     parse_htd,

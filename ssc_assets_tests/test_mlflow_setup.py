@@ -167,7 +167,7 @@ def test_settings_preset_detects_demo_thesis_custom():
 def test_log_fit_end_to_end_pca(tracking):
     """The model assets' own logging path on a fitted sklearn PCA: headline metrics, run and
     version descriptions, demo marker."""
-    from ssc_assets.core.model_training import FitOutput
+    from ssc_assets.core.learn.fit import FitOutput
     from ssc_assets.defs.model_assets import PcaConfig, _log_fit, settings_preset
     from ssc_assets.demo_config import DEMO_MODEL_CONFIG
 

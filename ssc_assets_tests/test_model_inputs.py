@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from ssc_assets.core.model_training import assign_splits, pick_level, site_table, split_summary
+from ssc_assets.core.learn.fit import assign_splits, pick_level, site_table, split_summary
 
 
 def test_pick_level_keeps_train_and_test_scale_close():

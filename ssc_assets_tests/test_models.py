@@ -1,4 +1,4 @@
-"""Shape, weight-loading and tiny-training tests of ``ssc_assets.core.models`` (CPU, offline)."""
+"""Shape, weight-loading and tiny-training tests of ``ssc_assets.core.learn.models`` (CPU, offline)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ssc_assets.core import models
-from ssc_assets.core.models import (
+from ssc_assets.core.learn import models
+from ssc_assets.core.learn.models import (
     ChannelAutoencoder,
     CustomClassifier,
     DenseNetClassifier,
@@ -241,7 +241,7 @@ def test_densenet_random_init_shapes(offline_hub):
 
 
 def test_densenet_imagenet_offline_falls_back_loudly(offline_hub, caplog):
-    with caplog.at_level("WARNING", logger="ssc_assets.core.models"):
+    with caplog.at_level("WARNING", logger="ssc_assets.core.learn.models"):
         with pytest.warns(RuntimeWarning, match="RANDOM"):
             net = DenseNetClassifier(weights="imagenet")
     assert net.weights_source.startswith("random-init")

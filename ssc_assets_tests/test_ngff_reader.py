@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zarr
 
-from ssc_assets.core import ome_zarr_store as S
+from ssc_assets.core.io import ome_zarr_store as S
 from ssc_assets.core.simulate import PlateSpec, default_wells, simulate_plate
 from ssc_assets.defs import image_assets
 from ssc_assets.defs.partitions import plates
@@ -170,7 +170,7 @@ def test_failed_fields_are_flagged_and_kept_out_of_downstream(run):
     assert flags[MASKS_RAISE]["status"] == "ok"
 
     # downstream sees QC-passed sites only: manifests, list_sites, and what embeddings/models read
-    from ssc_assets.core.model_training import site_table
+    from ssc_assets.core.learn.fit import site_table
 
     assert {tuple(s) for s in cor["sites"]} == run["qc_passed"]
     assert sorted(S.list_sites(cor["store"])) == sorted(run["qc_passed"])

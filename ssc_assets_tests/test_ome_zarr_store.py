@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from ssc_assets.core import ome_zarr_store as S
+from ssc_assets.core.io import ome_zarr_store as S
 
 
 def write(final, sites, channels=("nuclei", "borders", "actin"), labels=False, seed=0):

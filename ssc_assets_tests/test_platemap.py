@@ -1,6 +1,6 @@
 import pytest
 
-from ssc_assets.core.platemap import PlateMapError, read_platemap
+from ssc_assets.core.ingest.platemap import PlateMapError, read_platemap
 
 
 def write(tmp_path, text):

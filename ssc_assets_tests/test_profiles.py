@@ -1,4 +1,4 @@
-"""Tests of the CellProfiler-style profile baseline (ssc_assets.core.profiles).
+"""Tests of the CellProfiler-style profile baseline (ssc_assets.core.analysis.profiles).
 
 Expectations are built from the synthetic geometry and intensities, not from the code
 under test: disk pixel counts, rectangle areas, constant intensities divided by the
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssc_assets.core import profiles
-from ssc_assets.core.profiles import cell_features, select_and_normalize, site_profile
+from ssc_assets.core.analysis import profiles
+from ssc_assets.core.analysis.profiles import cell_features, select_and_normalize, site_profile
 
 H = W = 128
 CHANNELS = ("nuclei", "borders", "actin")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from ssc_assets.core.qc import (
+from ssc_assets.core.ingest.qc import (
     apply_overrides,
     apply_qc_rules,
     edge_width_px,
@@ -205,7 +205,7 @@ def test_user_overrides():
 
 
 def test_image_qc_shares_one_histogram_with_the_same_results():
-    from ssc_assets.core.qc import image_qc
+    from ssc_assets.core.ingest.qc import image_qc
 
     rng = np.random.default_rng(7)
     img = rng.poisson(400, (96, 80)).astype(np.uint16)

@@ -5,7 +5,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from skimage.draw import ellipse
 
-from ssc_assets.core import segmentation as S
+from ssc_assets.core.image import segmentation as S
 from ssc_assets.core.simulate import render_site
 from skimage.segmentation import relabel_sequential
 
@@ -143,7 +143,7 @@ def test_parameters_scale_with_expected_diameter():
 
 def test_nuclei_on_simulated_site_through_preprocessing():
     """Simulator ground truth (independent of the segmenter) after the real preprocessing chain."""
-    from ssc_assets.core.filters import preprocess_channel
+    from ssc_assets.core.image.filters import preprocess_channel
     from skimage.segmentation import clear_border
 
     scores = []

@@ -18,7 +18,7 @@ import pytest
 import tifffile
 from scipy.ndimage import gaussian_filter
 
-from ssc_assets.core.platemap import read_platemap
+from ssc_assets.core.ingest.platemap import read_platemap
 from ssc_assets.core.simulate import (
     FAILURES,
     OBJECTIVES,

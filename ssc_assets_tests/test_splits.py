@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from ssc_assets.core.splits import grouped_folds, grouped_split
+from ssc_assets.core.learn.splits import grouped_folds, grouped_split
 
 
 def sites(n_hc=5, n_ssc=10, wells_per_donor=3, sites_per_well=4, plates=2):

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from ssc_assets.core import storage
+from ssc_assets.core.io import storage
 from ssc_assets_tests.conftest import make_definitions
 
 
@@ -78,7 +78,7 @@ def test_plate_assets_on_fsspec_storage(tmp_path, kind):
         assert job.execute_in_process(instance=instance, partition_key=key).success
         qc = defs.load_asset_value("site_qc", partition_key=key, instance=instance)
         masks = defs.load_asset_value("masks", partition_key=key, instance=instance)
-    from ssc_assets.core import ome_zarr_store
+    from ssc_assets.core.io import ome_zarr_store
 
     assert masks["store"].startswith(base)
     sites = ome_zarr_store.list_sites(masks["store"])
@@ -95,7 +95,7 @@ def test_remote_zarr_commit_protocol(monkeypatch):
     import fsspec
     import numpy as np
 
-    from ssc_assets.core import ome_zarr_store as oz
+    from ssc_assets.core.io import ome_zarr_store as oz
 
     url = "memory://ssc-commit/plate.ome.zarr"
     with oz.HcsPlateWriter(url, "P", ["nuclei"]) as w:

@@ -6,8 +6,8 @@ import torch
 from sklearn.metrics import f1_score, precision_score, recall_score
 from torch.utils.data import TensorDataset
 
-from ssc_assets.core import training as T
-from ssc_assets.core.models import ChannelAutoencoder, CustomClassifier, UNet
+from ssc_assets.core.learn import loop as T
+from ssc_assets.core.learn.models import ChannelAutoencoder, CustomClassifier, UNet
 
 
 def test_binary_metrics_hand_values():

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core import figures
-from ssc_assets.core.embeddings import METHODS
-from ssc_assets.core.storage import write_text
+from ssc_assets.core.plots import figures
+from ssc_assets.core.learn.embeddings import METHODS
+from ssc_assets.core.io.storage import write_text
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.model_assets import ALL_PLATES, log_png
@@ -47,7 +47,7 @@ def _features(df: pd.DataFrame) -> list[str]:
 
 def _normalize_profiles(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Per-plate standardization against HC wells + feature selection (pycytominer)."""
-    from ssc_assets.core.profiles import select_and_normalize
+    from ssc_assets.core.analysis.profiles import select_and_normalize
 
     feats = _features(df)
     renamed = df.rename(columns={"method": "Metadata_method", "n_sites": "Metadata_n_sites"})
@@ -69,7 +69,7 @@ def _flat_numeric(res: dict) -> dict[str, float]:
 
 def _champions(mlflow_tracking: MlflowTracking, methods, context) -> dict[str, dict]:
     """Champion version, params and tags of the models behind ``methods`` (unknown ones left out)."""
-    from ssc_assets.core.clustering import METHOD_MODELS
+    from ssc_assets.core.analysis.clustering import METHOD_MODELS
     from ssc_assets.defs.mlflow_tracking import CHAMPION
 
     out = {}
@@ -92,7 +92,7 @@ def _champions(mlflow_tracking: MlflowTracking, methods, context) -> dict[str, d
 
 def _site_qc_tables(storage: Storage, plates: list[str], context) -> dict[str, pd.DataFrame | None]:
     """Each plate's ``site_qc`` table, read where the parquet IO manager keeps it; None if unreadable."""
-    from ssc_assets.core.storage import read_parquet
+    from ssc_assets.core.io.storage import read_parquet
 
     out = {}
     for plate in plates:
@@ -109,8 +109,8 @@ def _site_qc_tables(storage: Storage, plates: list[str], context) -> dict[str, p
 def _example_images(storage: Storage, wells: pd.DataFrame, context, per_condition: int = 4) -> tuple[bytes | None, str]:
     """Montage of a few corrected sites per condition from the ``corrected_images`` stores
     (read where that asset writes them); (None, why) when none could be read."""
-    from ssc_assets.core.channels import IMAGE_CHANNELS
-    from ssc_assets.core.report import examples_png, pick_examples, read_thumbnail
+    from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+    from ssc_assets.core.analysis.report import examples_png, pick_examples, read_thumbnail
 
     tiles, errors = [], []
     for ex in pick_examples(wells, per_condition):
@@ -155,11 +155,11 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     """
     import mlflow
 
-    from ssc_assets.core.clustering import (
+    from ssc_assets.core.analysis.clustering import (
         DEMO_NOTE, THESIS_SOURCE, cluster_method, comparison_table, headline_markdown, headline_metadata,
         preset_reasons, trust_notes,
     )
-    from ssc_assets.core.report import clustering_report_html
+    from ssc_assets.core.analysis.report import clustering_report_html
 
     wells = pd.concat([df for df in well_embeddings.values() if len(df)], ignore_index=True)
     plates_used = sorted(wells["Metadata_Plate"].unique().tolist())

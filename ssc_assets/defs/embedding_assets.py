@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core.channels import IMAGE_CHANNELS
-from ssc_assets.core.embeddings import (
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+from ssc_assets.core.learn.embeddings import (
     EMBEDDING_META,
     autoencoder_embeddings,
     embed_sites,
@@ -20,8 +20,8 @@ from ssc_assets.core.embeddings import (
     pca_embeddings,
     well_embeddings as aggregate_wells,
 )
-from ssc_assets.core.channels import MODEL_CHANNELS
-from ssc_assets.core.model_training import site_table
+from ssc_assets.core.ingest.channels import MODEL_CHANNELS
+from ssc_assets.core.learn.fit import site_table
 from ssc_assets.defs.image_assets import _check_failure_fraction, _site_failures
 from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
 from ssc_assets.defs.ingest_assets import md_table
@@ -123,7 +123,7 @@ def site_embeddings_profiles(context: dg.AssetExecutionContext, config: Profiles
     Raw medians; normalization against the plate's HC wells and feature selection
     (pycytominer) happen in ``clusterings``, across all plates.
     """
-    from ssc_assets.core.site_pipeline import ProfileSiteTask, profile_site
+    from ssc_assets.core.image.site_tasks import ProfileSiteTask, profile_site
 
     table = _plate_table(context, corrected_images, raw_sites, masks)
     table = table[table["masks_store"].notna()].reset_index(drop=True)

@@ -7,16 +7,16 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core import figures
-from ssc_assets.core.channels import IMAGE_CHANNELS
-from ssc_assets.core.filters import TV_WEIGHT, ChannelPreprocess, PreprocessParams
-from ssc_assets.core.illumination import profile_from_backgrounds
-from ssc_assets.core.ingest import SITE_KEY
-from ssc_assets.core.ome_zarr_store import FIELD_STATUSES, HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
-from ssc_assets.core.acquisition import DEFAULT_PIXEL_SIZE_UM, group_slug
-from ssc_assets.core.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, DEFAULT_NUCLEUS_DIAMETER_UM, MaskParams, NucleiParams
-from ssc_assets.core.site_pipeline import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
-from ssc_assets.core.storage import atomic_write_bytes
+from ssc_assets.core.plots import figures
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+from ssc_assets.core.image.filters import TV_WEIGHT, ChannelPreprocess, PreprocessParams
+from ssc_assets.core.image.illumination import profile_from_backgrounds
+from ssc_assets.core.ingest.site_tables import SITE_KEY
+from ssc_assets.core.io.ome_zarr_store import FIELD_STATUSES, HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
+from ssc_assets.core.ingest.acquisition import DEFAULT_PIXEL_SIZE_UM, group_slug
+from ssc_assets.core.image.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, DEFAULT_NUCLEUS_DIAMETER_UM, MaskParams, NucleiParams
+from ssc_assets.core.image.site_tasks import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
+from ssc_assets.core.io.storage import atomic_write_bytes
 from ssc_assets.defs.automation import IO_RETRY, fail_fast
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.partitions import plates

@@ -7,10 +7,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core import figures
-from ssc_assets.core.acquisition import acquisition_summary, channel_exposures
-from ssc_assets.core.channels import IMAGE_CHANNELS
-from ssc_assets.core.ingest import (
+from ssc_assets.core.plots import figures
+from ssc_assets.core.ingest.acquisition import acquisition_summary, channel_exposures
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+from ssc_assets.core.ingest.site_tables import (
     SITE_KEY,
     assemble_site_qc,
     build_raw_sites,
@@ -19,9 +19,9 @@ from ssc_assets.core.ingest import (
     qc_work_items,
     site_table,
 )
-from ssc_assets.core.qc import CHANNEL_SEP, QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
-from ssc_assets.core.storage import write_text
-from ssc_assets.core.tiff_io import ImageReadError, read_image
+from ssc_assets.core.ingest.qc import CHANNEL_SEP, QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
+from ssc_assets.core.io.storage import write_text
+from ssc_assets.core.io.tiff import ImageReadError, read_image
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
 
@@ -132,7 +132,7 @@ _QC = QcConfig()
 
 
 class SiteQcConfig(dg.Config):
-    """QC settings (editable in the launchpad; defaults from :class:`~ssc_assets.core.qc.QcConfig`)."""
+    """QC settings (editable in the launchpad; defaults from :class:`~ssc_assets.core.ingest.qc.QcConfig`)."""
 
     max_saturated_fraction: float = Field(_QC.max_saturated_fraction, description="Fail an image with more than this fraction of pixels at the camera maximum.")
     min_nuclei_snr: float = Field(_QC.min_nuclei_snr, description="Fail a nuclei image whose q99 - median is below this many noise SDs (empty field, no stain).")

@@ -10,7 +10,7 @@ from pydantic import Field
 from upath import UPath
 
 from ssc_assets import settings
-from ssc_assets.core.storage import read_parquet, write_parquet, write_text
+from ssc_assets.core.io.storage import read_parquet, write_parquet, write_text
 
 
 class _ParquetUPathIOManager(dg.UPathIOManager):

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core import figures
-from ssc_assets.core.channels import MODEL_CHANNELS
-from ssc_assets.core.model_training import FitOutput, assign_splits, site_table, split_summary
-from ssc_assets.core.training import TrainParams
+from ssc_assets.core.plots import figures
+from ssc_assets.core.ingest.channels import MODEL_CHANNELS
+from ssc_assets.core.learn.fit import FitOutput, assign_splits, site_table, split_summary
+from ssc_assets.core.learn.loop import TrainParams
 from ssc_assets.defs.ingest_assets import md_table
 from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
 
@@ -277,7 +277,7 @@ def _partitions(table: pd.DataFrame) -> list[str]:
 
 
 def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, kind: str) -> dict:
-    from ssc_assets.core.model_training import fit_classifier
+    from ssc_assets.core.learn.fit import fit_classifier
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
     if kind == "custom":
@@ -344,7 +344,7 @@ def autoencoder_models(context: dg.AssetExecutionContext, config: AutoencoderCon
     Site embedding = actin || borders || nuclei (768-d). One MLflow run per channel in the
     ``ssc-autoencoder`` experiment; registered as ``ssc-autoencoder-<channel>``.
     """
-    from ssc_assets.core.model_training import fit_autoencoder
+    from ssc_assets.core.learn.fit import fit_autoencoder
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
     preset = settings_preset("autoencoder_models", config)
@@ -379,7 +379,7 @@ def segmentation_model(context: dg.AssetExecutionContext, config: UNetConfig, co
     Metric: IoU of the actin class. Not used for embeddings (its bottleneck, 1024 x 32 x 32 for
     512 tiles, is larger than its input) but trained and tracked; registered as ``ssc-unet``.
     """
-    from ssc_assets.core.model_training import fit_unet
+    from ssc_assets.core.learn.fit import fit_unet
 
     table = _table(corrected_images, raw_sites, masks, config.split_by, config.seed)
     kw = {"base_channels": config.base_channels, "depth": config.depth}
@@ -405,7 +405,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
     """
     import mlflow
 
-    from ssc_assets.core.model_training import fit_pca_svm
+    from ssc_assets.core.learn.fit import fit_pca_svm
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
     preset = settings_preset("pca_model", config)
@@ -448,7 +448,7 @@ def augmentation_sweep(context: dg.AssetExecutionContext, config: SweepConfig, c
     Every run goes to the model family's experiment with the tag ``ssc.sweep`` = Dagster run id,
     so the learning curves (``train_loss``/``val_loss`` per epoch) overlay in the MLflow UI.
     """
-    from ssc_assets.core.model_training import fit_classifier
+    from ssc_assets.core.learn.fit import fit_classifier
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
     kind = "custom" if config.model == "classifier" else "densenet"

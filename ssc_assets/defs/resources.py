@@ -9,8 +9,8 @@ import dagster as dg
 from pydantic import Field, field_validator
 
 from ssc_assets import settings
-from ssc_assets.core.channels import DEFAULT_CHANNEL_MAP, ChannelMap
-from ssc_assets.core.metaxpress import PlateFolders, discover_plate_folders
+from ssc_assets.core.ingest.channels import DEFAULT_CHANNEL_MAP, ChannelMap
+from ssc_assets.core.ingest.metaxpress import PlateFolders, discover_plate_folders
 
 
 class PlateSource(dg.ConfigurableResource):
@@ -96,7 +96,7 @@ class Storage(dg.ConfigurableResource):
     base_dir: str = Field(default_factory=settings.storage_dir, description="Local path or fsspec URL (SSC_STORAGE_DIR).")
 
     def path(self, *parts: str) -> str:
-        from ssc_assets.core.storage import join
+        from ssc_assets.core.io.storage import join
 
         return join(self.base_dir, *parts)
 

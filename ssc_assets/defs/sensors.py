@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from ssc_assets.core.ingest import plate_readiness
+from ssc_assets.core.ingest.site_tables import plate_readiness
 from ssc_assets.defs.jobs import process_plate
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import PlateSource

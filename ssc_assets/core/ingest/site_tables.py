@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ssc_assets.core.acquisition import acquisition_frame, assign_acquisition_groups, fill_acquisition
-from ssc_assets.core.channels import IMAGE_CHANNELS, ChannelMap
-from ssc_assets.core.metaxpress import (
+from ssc_assets.core.ingest.acquisition import acquisition_frame, assign_acquisition_groups, fill_acquisition
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, ChannelMap
+from ssc_assets.core.ingest.metaxpress import (
     PlateScan,
     expected_images,
     missing_images,
@@ -21,9 +21,9 @@ from ssc_assets.core.metaxpress import (
     plate_wavelengths,
     scan_plate,
 )
-from ssc_assets.core.platemap import PlateMapError, read_platemap
-from ssc_assets.core.qc import QcConfig, apply_overrides, apply_qc_rules, image_qc
-from ssc_assets.core.tiff_io import EXPECTED_DTYPE, ImageReadError, read_header_description, read_image
+from ssc_assets.core.ingest.platemap import PlateMapError, read_platemap
+from ssc_assets.core.ingest.qc import QcConfig, apply_overrides, apply_qc_rules, image_qc
+from ssc_assets.core.io.tiff import EXPECTED_DTYPE, ImageReadError, read_header_description, read_image
 
 #: Optional user decisions in a plate folder: well, site, decision (pass|fail), note.
 OVERRIDES_FILE = "qc_overrides.csv"
@@ -62,7 +62,7 @@ def _headers(paths: list[str], workers: int = 8) -> list[tuple[tuple[int, ...] |
 def strict_channels_for(channel_map: ChannelMap, strict_channels: bool | None) -> bool:
     """HTD wavelength names that disagree with the channel map stop the plate (``True``)
     or are only reported (``False``). ``None``: strict unless the map was set explicitly
-    (:attr:`~ssc_assets.core.channels.ChannelMap.explicit`)."""
+    (:attr:`~ssc_assets.core.ingest.channels.ChannelMap.explicit`)."""
     return (not channel_map.explicit) if strict_channels is None else bool(strict_channels)
 
 
@@ -83,7 +83,7 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
     Metadata_TimePoint, channel, wavelength, acquisition, path, file_size (bytes), mtime_ns,
     height, width, dtype, header_error`` (str or None, names the file), every plate-map column
     (``Metadata_Donor, Metadata_Condition, Metadata_Group``, extras as ``Metadata_<col>``), the
-    acquisition metadata of :data:`~ssc_assets.core.acquisition.ACQUISITION_COLUMNS` (from
+    acquisition metadata of :data:`~ssc_assets.core.ingest.acquisition.ACQUISITION_COLUMNS` (from
     each file's MetaSeries XML, else the plate map, HTD and defaults),
     ``Metadata_AcquisitionGroup``, and ``qc_override`` / ``qc_override_note`` from the
     optional ``qc_overrides.csv``.
@@ -91,7 +91,7 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
     Raises :class:`PlateError` for an empty folder, a missing plate map, or HTD wavelength
     names that disagree with the channel map when ``strict_channels`` (default: the map was
     not set explicitly, see :func:`strict_channels_for`; otherwise they are listed in
-    ``problems``), and :class:`~ssc_assets.core.platemap.PlateMapError` for an unusable plate
+    ``problems``), and :class:`~ssc_assets.core.ingest.platemap.PlateMapError` for an unusable plate
     map. A plate-map well without any image is listed in ``wells_without_images`` and
     ``problems`` (the ``plate_complete`` check fails on either).
     """
@@ -179,7 +179,7 @@ SITE_KEY = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
 
 
 def qc_one_image(item: tuple) -> dict:
-    """QC measures of one image file (:func:`~ssc_assets.core.qc.image_qc`).
+    """QC measures of one image file (:func:`~ssc_assets.core.ingest.qc.image_qc`).
 
     ``item`` = (path, expected (H, W) or None[, channel, pixel size um, bit depth]). Never
     raises for bad images: returns ``{"read_error": "<path>: ..."}`` instead.
@@ -220,7 +220,7 @@ def assemble_site_qc(
     rows: pd.DataFrame, measures: list[dict], config: QcConfig = QcConfig(), channels: tuple[str, ...] = IMAGE_CHANNELS
 ) -> pd.DataFrame:
     """Join per-image measures to their ``raw_sites`` rows, apply the QC rules
-    (:func:`~ssc_assets.core.qc.apply_qc_rules`) and the user's overrides.
+    (:func:`~ssc_assets.core.ingest.qc.apply_qc_rules`) and the user's overrides.
 
     Images whose header was already bad keep that error as ``read_error``.
     """

@@ -26,7 +26,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram, fcluster, linkage  # noqa: E402
 from scipy.spatial.distance import pdist  # noqa: E402
 
-from ssc_assets.core.figures import fig_to_png  # noqa: E402
+from ssc_assets.core.plots.figures import fig_to_png  # noqa: E402
 
 NON_FEATURE = {"method", "n_sites"}
 WELL_KEYS = ["Metadata_Plate", "Metadata_Well", "Metadata_Donor", "Metadata_Condition", "Metadata_Group"]

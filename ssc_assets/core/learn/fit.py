@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ssc_assets.core import figures
-from ssc_assets.core.augment import AugmentParams, SiteDataset, SiteRef
-from ssc_assets.core.channels import IMAGE_CHANNELS, MODEL_CHANNELS
-from ssc_assets.core.splits import grouped_split
-from ssc_assets.core.training import TrainParams, confusion, evaluate, set_seed, train
+from ssc_assets.core.plots import figures
+from ssc_assets.core.learn.augment import AugmentParams, SiteDataset, SiteRef
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+from ssc_assets.core.learn.splits import grouped_split
+from ssc_assets.core.learn.loop import TrainParams, confusion, evaluate, set_seed, train
 
 META = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Donor", "Metadata_Condition", "Metadata_Group"]
 
@@ -188,7 +188,7 @@ def _confusion_png(m: np.ndarray) -> bytes:
 def fit_classifier(table: pd.DataFrame, kind: str, params: TrainParams, input_size: int = 512, factor: int = 5,
                    model_kwargs: dict | None = None, on_epoch: Callable | None = None) -> FitOutput:
     """SSc-vs-HC classifier on (actin, borders, nuclei) crops: ``kind`` = ``custom`` or ``densenet``."""
-    from ssc_assets.core.models import CustomClassifier, DenseNetClassifier
+    from ssc_assets.core.learn.models import CustomClassifier, DenseNetClassifier
 
     set_seed(params.seed)
     kw = dict(model_kwargs or {})
@@ -214,7 +214,7 @@ def fit_classifier(table: pd.DataFrame, kind: str, params: TrainParams, input_si
 def _reconstruction_png(model, ds, n: int = 4) -> bytes:
     import matplotlib.pyplot as plt
 
-    from ssc_assets.core.models import reconstruction_target
+    from ssc_assets.core.learn.models import reconstruction_target
 
     model.eval()
     n = min(n, len(ds))
@@ -234,7 +234,7 @@ def _reconstruction_png(model, ds, n: int = 4) -> bytes:
 def fit_autoencoder(table: pd.DataFrame, channel: str, params: TrainParams, patch_size: int = 256, factor: int = 5,
                     model_kwargs: dict | None = None, on_epoch: Callable | None = None) -> FitOutput:
     """One channel's autoencoder (thesis Figure A.1): input 1 x P x P, MSE to the object map."""
-    from ssc_assets.core.models import ChannelAutoencoder
+    from ssc_assets.core.learn.models import ChannelAutoencoder
 
     set_seed(params.seed)
     kw = dict(model_kwargs or {})
@@ -265,7 +265,7 @@ def _segmentation_png(model, ds, n: int = 3) -> bytes:
 def fit_unet(table: pd.DataFrame, params: TrainParams, tile_size: int = 512, factor: int = 5,
              model_kwargs: dict | None = None, on_epoch: Callable | None = None) -> FitOutput:
     """U-Net on (borders, actin) tiles -> actin inside cells, weighted cross-entropy, IoU."""
-    from ssc_assets.core.models import UNet
+    from ssc_assets.core.learn.models import UNet
 
     set_seed(params.seed)
     kw = dict(model_kwargs or {})
@@ -285,8 +285,8 @@ def site_vectors(table: pd.DataFrame, size: int = 64) -> np.ndarray:
     """
     from skimage.transform import resize
 
-    from ssc_assets.core.augment import normalize
-    from ssc_assets.core.ome_zarr_store import read_site_image
+    from ssc_assets.core.learn.augment import normalize
+    from ssc_assets.core.io.ome_zarr_store import read_site_image
 
     idx = [IMAGE_CHANNELS.index(c) for c in MODEL_CHANNELS]
     out = np.empty((len(table), len(idx) * size * size), np.float32)
@@ -315,7 +315,7 @@ def fit_pca_svm(table: pd.DataFrame, n_components: int = 64, size: int = 64, n_f
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from ssc_assets.core.training import binary_metrics
+    from ssc_assets.core.learn.loop import binary_metrics
 
     X = site_vectors(table, size)
     y = table["label"].to_numpy()

@@ -7,8 +7,8 @@ import re
 
 import pandas as pd
 
-from ssc_assets.core.acquisition import ACQUISITION_COLUMNS
-from ssc_assets.core.metaxpress import normalize_well
+from ssc_assets.core.ingest.acquisition import ACQUISITION_COLUMNS
+from ssc_assets.core.ingest.metaxpress import normalize_well
 
 REQUIRED_COLUMNS = ("well", "donor_id", "condition", "group")
 #: Optional columns the pipeline reads (acquisition fallbacks, see ``acquisition.fill_acquisition``);

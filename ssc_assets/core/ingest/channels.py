@@ -32,7 +32,7 @@ class ChannelMap:
     ``explicit``: the user chose this map (``SSC_CHANNEL_MAP`` or a resource setting). It
     decides whether HTD wavelength names that disagree with the map stop a plate (default
     map) or are only reported (explicit map); see ``strict_channels`` in
-    :func:`ssc_assets.core.ingest.build_raw_sites`.
+    :func:`ssc_assets.core.ingest.site_tables.build_raw_sites`.
     """
 
     channels: tuple[ChannelSpec, ...] = field(

@@ -295,7 +295,7 @@ class SiteDataset(Dataset):
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        from ssc_assets.core.ome_zarr_store import read_site_image, read_site_labels
+        from ssc_assets.core.io.ome_zarr_store import read_site_image, read_site_labels
 
         img = read_site_image(ref.store, ref.well, ref.site, self.level)
         if img.shape[0] != len(self.store_channels):

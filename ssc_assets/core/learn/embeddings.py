@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ssc_assets.core.augment import AugmentParams, SiteDataset
-from ssc_assets.core.channels import IMAGE_CHANNELS, MODEL_CHANNELS
-from ssc_assets.core.model_training import META, pick_level, refs, site_vectors
+from ssc_assets.core.learn.augment import AugmentParams, SiteDataset
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+from ssc_assets.core.learn.fit import META, pick_level, refs, site_vectors
 
 METHODS = ("pca", "autoencoder", "classifier", "densenet", "profiles")
 EMBEDDING_META = META + ["method"]

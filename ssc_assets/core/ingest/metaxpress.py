@@ -11,7 +11,7 @@ Layout handled (everything below the plate folder is optional)::
                 <plate>_<well>_s<site>_w<n>_thumb<GUID>.tif preview (ignored)
                 ZStep_<z>/<plate>_<well>_s<site>_w<n><GUID>.tif   z-planes
 
-Files are only listed and stat-ed here; pixel data is read by :mod:`ssc_assets.core.tiff_io`.
+Files are only listed and stat-ed here; pixel data is read by :mod:`ssc_assets.core.io.tiff`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssc_assets.core.channels import ChannelMap
+from ssc_assets.core.ingest.channels import ChannelMap
 
 #: The classic MetaXpress filename (checked on real exports). Channel is one digit: the GUID follows it.
 FILENAME_RE = re.compile(

@@ -11,19 +11,19 @@ from functools import lru_cache
 
 import numpy as np
 
-from ssc_assets.core.figures import downsample
-from ssc_assets.core.filters import PreprocessParams, preprocess_channel
-from ssc_assets.core.illumination import IlluminationProfile, apply_illumination, image_background
-from ssc_assets.core.ome_zarr_store import read_site_image, read_site_labels
-from ssc_assets.core.segmentation import MaskParams, compute_masks, mask_summary
-from ssc_assets.core.tiff_io import read_image
+from ssc_assets.core.plots.figures import downsample
+from ssc_assets.core.image.filters import PreprocessParams, preprocess_channel
+from ssc_assets.core.image.illumination import IlluminationProfile, apply_illumination, image_background
+from ssc_assets.core.io.ome_zarr_store import read_site_image, read_site_labels
+from ssc_assets.core.image.segmentation import MaskParams, compute_masks, mask_summary
+from ssc_assets.core.io.tiff import read_image
 
 PREVIEW_SIDE = 128
 
 
 def illumination_background(item: tuple) -> np.ndarray:
     """Cleaned background and foreground-level grids (float32, (2, ~64, ~64), raw units) of
-    one raw image (:func:`~ssc_assets.core.illumination.image_background`).
+    one raw image (:func:`~ssc_assets.core.image.illumination.image_background`).
     ``item`` = (path, expected (H, W)[, n_iter, k_sd]) (bright-area suppression settings)."""
     path, shape, *rest = item
     kw = dict(zip(("n_iter", "k_sd"), rest))
@@ -116,7 +116,7 @@ def profile_site(task: ProfileSiteTask) -> dict:
 
     Returns ``{"profile": {feature: float}, "n_cells": int, "errors": [str]}``.
     """
-    from ssc_assets.core.profiles import cell_features, site_profile
+    from ssc_assets.core.analysis.profiles import cell_features, site_profile
 
     image = read_site_image(task.store, task.well, task.site, task.level)
     nuclei = read_site_labels(task.masks_store, task.well, task.site, "nuclei", task.level)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ssc_assets.core.channels import IMAGE_CHANNELS
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ssc_assets.core.clustering import fmt3
+from ssc_assets.core.analysis.clustering import fmt3
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1180px;
@@ -152,7 +152,7 @@ def qc_summary(qc_by_plate: dict[str, pd.DataFrame | None], wells: pd.DataFrame)
     ``qc_by_plate``: plate -> its ``site_qc`` table (one row per site x channel) or None when
     it could not be read (then only the embedded counts, from the wells' ``n_sites``).
     """
-    from ssc_assets.core.qc import failure_counts
+    from ssc_assets.core.ingest.qc import failure_counts
 
     w = _one_method(wells)
     rows = []
@@ -232,8 +232,8 @@ def read_thumbnail(store: str, well: str, site: int | None = None, max_side: int
     placeholders, are skipped)."""
     import zarr
 
-    from ssc_assets.core import ome_zarr_store as oz
-    from ssc_assets.core.figures import downsample
+    from ssc_assets.core.io import ome_zarr_store as oz
+    from ssc_assets.core.plots.figures import downsample
 
     readable = getattr(oz, "_readable_store", lambda p: p)(store)
     candidates = [site] if site is not None else sorted(s for w, s in oz.list_sites(store) if w == well)
@@ -264,7 +264,7 @@ def examples_png(tiles: list[tuple[np.ndarray, str, str]], channels: list[str], 
     """
     import matplotlib.pyplot as plt
 
-    from ssc_assets.core.figures import fig_to_png
+    from ssc_assets.core.plots.figures import fig_to_png
 
     conds = list(dict.fromkeys(c for _, _, c in tiles))
     ranges = []
@@ -301,8 +301,8 @@ def headline_png(results: dict[str, dict]) -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from ssc_assets.core.clustering import THESIS_METHOD_NAMES, THESIS_TABLE_6_1
-    from ssc_assets.core.figures import fig_to_png
+    from ssc_assets.core.analysis.clustering import THESIS_METHOD_NAMES, THESIS_TABLE_6_1
+    from ssc_assets.core.plots.figures import fig_to_png
 
     methods = list(results)
     x = np.arange(len(methods))
@@ -402,13 +402,13 @@ def clustering_report_html(
 ) -> str:
     """The clustering report, headline first.
 
-    ``results``: method -> :func:`ssc_assets.core.clustering.cluster_method` output (figures in
+    ``results``: method -> :func:`ssc_assets.core.analysis.clustering.cluster_method` output (figures in
     ``report_figures`` or ``figures``); ``wells``: all methods' well embeddings; ``qc_by_plate``:
     plate -> site_qc table or None; ``examples``: PNG of example images per condition (None:
     ``examples_note`` says why not); ``preset``: reasons the models are a demo (a banner);
     ``comparison``: the full comparison table (one row per metric) for the details.
     """
-    from ssc_assets.core.clustering import DEMO_NOTE, THESIS_SOURCE, headline_table, trust_notes
+    from ssc_assets.core.analysis.clustering import DEMO_NOTE, THESIS_SOURCE, headline_table, trust_notes
 
     notes = trust_notes(results, preset)
     banner = [n for n in notes if n.startswith(DEMO_NOTE)]

@@ -77,8 +77,8 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.writer import write_image, write_labels, write_plate_metadata, write_well_metadata
 
-from ssc_assets.core import storage
-from ssc_assets.core.metaxpress import well_row_col
+from ssc_assets.core.io import storage
+from ssc_assets.core.ingest.metaxpress import well_row_col
 
 CHUNK = 512
 SCALE_FACTORS = (2, 4)

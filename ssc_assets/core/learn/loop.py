@@ -101,7 +101,7 @@ def _batch_loss(model: torch.nn.Module, batch, task: str, device: torch.device):
         logits = model(x)
         return F.binary_cross_entropy_with_logits(logits, y), (y.cpu(), torch.sigmoid(logits).detach().cpu())
     if task == "reconstruct":
-        from ssc_assets.core.models import reconstruction_target
+        from ssc_assets.core.learn.models import reconstruction_target
 
         x = batch[0].to(device)
         probs = model(x)
