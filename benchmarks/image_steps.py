@@ -31,6 +31,7 @@ import scipy.ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssc_assets.core.image import filters as F  # noqa: E402
+from ssc_assets.core.image.filters.threads import _n_threads  # noqa: E402
 from ssc_assets.core.image import illumination as IL  # noqa: E402
 
 # --------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def row(step, t_naive, t_ours, dev, note=""):
 
 def bench(size, repeats, quick):
     print(f"# image_steps: {size}x{size}, repeats={repeats}, cores={os.cpu_count()}, "
-          f"threads={F._n_threads()}, load={os.getloadavg()[0]:.2f}")
+          f"threads={_n_threads()}, load={os.getloadavg()[0]:.2f}")
     site = phantom_site(size, seed=0, noise="obj1")
     print("| step | time naive | time ours | speed-up | mean abs dev / image mean | note |")
     print("|---|---|---|---|---|---|")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ssc_assets.core.image import filters as F
+from ssc_assets.core.image.filters import rolling_ball as RB
 
 
 def _scene(n=192, seed=0, noise=True):
@@ -115,21 +116,21 @@ def test_outliers_small_kernel_is_exact():
 
 
 def test_ball_matches_imagej_rollingball_class():
-    shrink, z = F._rolling_ball(50)
+    shrink, z = RB._rolling_ball(50)
     assert shrink == 4 and z.shape == (19, 19)  # r 12.5, trim int(32*12.5)/100 = 4, half round(8.5)
     assert z[9, 9] == pytest.approx(12.5)
     assert z[0, 0] == 0.0  # 81 + 81 > 156.25
     assert z[9, 0] == pytest.approx(np.sqrt(12.5**2 - 81))
-    assert F._rolling_ball(10)[0] == 1 and F._rolling_ball(10)[1].shape == (17, 17)
-    assert F._rolling_ball(20)[0] == 2 and F._rolling_ball(200)[0] == 8
+    assert RB._rolling_ball(10)[0] == 1 and RB._rolling_ball(10)[1].shape == (17, 17)
+    assert RB._rolling_ball(20)[0] == 2 and RB._rolling_ball(200)[0] == 8
 
 
 def test_opening_decomposition_equals_literal_rollball():
     rng = np.random.default_rng(4)
     small = (rng.normal(0, 20, (57, 43)) + 300).astype(np.float32)
     small[20:25, 10:14] += 500
-    _, z = F._rolling_ball(50)
-    np.testing.assert_allclose(F._roll_ball(small, z), F._roll_ball_direct(small, z), atol=1e-3)
+    _, z = RB._rolling_ball(50)
+    np.testing.assert_allclose(RB._roll_ball(small, z), RB._roll_ball_direct(small, z), atol=1e-3)
 
 
 def test_enlarge_matches_imagej_interpolation_arrays():
@@ -151,7 +152,7 @@ def test_enlarge_matches_imagej_interpolation_arrays():
     xi, xw = arrays(w, 5)
     rows = small[:, xi] * xw + small[:, xi + 1] * (1 - xw)
     expected = rows[yi] * yw[:, None] + rows[yi + 1] * (1 - yw[:, None])
-    np.testing.assert_allclose(F._enlarge(small, (h, w), s), expected, atol=1e-5)
+    np.testing.assert_allclose(RB._enlarge(small, (h, w), s), expected, atol=1e-5)
 
 
 def test_rolling_ball_removes_ramp_keeps_blobs():
