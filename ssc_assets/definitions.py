@@ -21,7 +21,6 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
     }
     return dg.Definitions(
         assets=dg.load_assets_from_modules([ingest_assets, image_assets, model_assets, embedding_assets, clustering_assets]),
-        asset_checks=[],
         jobs=[process_plate, train_models, augmentation_sweep_job, embed_plate, cluster_plates],
         sensors=[plate_sensor, automation_sensor],
         schedules=[nightly_retrain],

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from ssc_assets.defs.ingest_assets import md_table
+from ssc_assets.defs.metadata import md_table
 
 
 def _cells(line: str) -> list[str]:

@@ -16,7 +16,8 @@ from ssc_assets.core.learn.embeddings import METHODS
 from ssc_assets.core.io.storage import write_text
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
-from ssc_assets.defs.model_assets import ALL_PLATES, log_png
+from ssc_assets.defs.metadata import log_png
+from ssc_assets.defs.model_assets import ALL_PLATES
 from ssc_assets.defs.resources import Storage
 
 READING_GUIDE = [

@@ -22,9 +22,8 @@ from ssc_assets.core.learn.embeddings import (
 )
 from ssc_assets.core.ingest.channels import MODEL_CHANNELS
 from ssc_assets.core.learn.fit import site_table
-from ssc_assets.defs.image_assets import _check_failure_fraction, _site_failures
 from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
-from ssc_assets.defs.ingest_assets import md_table
+from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import SiteCompute
@@ -130,8 +129,8 @@ def site_embeddings_profiles(context: dg.AssetExecutionContext, config: Profiles
     tasks = [ProfileSiteTask(r.store, r.masks_store, r.Metadata_Well, int(r.Metadata_Site), tuple(IMAGE_CHANNELS),
                              config.level, config.fast) for r in table.itertuples()]
     results = compute.map(profile_site, tasks)
-    failures = _site_failures(results, tasks, context, "profiles")
-    _check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "site_embeddings_profiles")
+    failures = site_failures(results, tasks, context, "profiles")
+    check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "site_embeddings_profiles")
     ok = [i for i, r in enumerate(results) if r.ok]
     prof = pd.DataFrame([results[i].value["profile"] for i in ok])
     errors = sorted({e for i in ok for e in results[i].value["errors"]})
@@ -141,10 +140,6 @@ def site_embeddings_profiles(context: dg.AssetExecutionContext, config: Profiles
           "cells_per_site_median": float(np.median([results[i].value["n_cells"] for i in ok])) if ok else 0.0,
           "measurement_errors": dg.MetadataValue.md("\n".join(f"- {e}" for e in errors[:30]) or "_none_")}
     return _emit(context, df, md)
-
-
-SITE_EMBEDDING_ASSETS = [site_embeddings_pca, site_embeddings_autoencoder, site_embeddings_classifier,
-                         site_embeddings_densenet, site_embeddings_profiles]
 
 
 @dg.asset(kinds={"pandas"}, **EMBED_KW)

@@ -18,7 +18,7 @@ from ssc_assets.core.image.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, DEFA
 from ssc_assets.core.image.site_tasks import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
 from ssc_assets.core.io.storage import atomic_write_bytes
 from ssc_assets.defs.automation import IO_RETRY, fail_fast
-from ssc_assets.defs.ingest_assets import md_table
+from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import SiteCompute, Storage
 
@@ -180,25 +180,6 @@ class PreprocessConfig(dg.Config):
         )
 
 
-def _site_failures(results, tasks, context, what: str) -> pd.DataFrame:
-    rows = []
-    for t, r in zip(tasks, results):
-        if not r.ok:
-            context.log.error(f"{what} failed for {t.well} s{t.site}: {r.error}")
-            rows.append({"Metadata_Well": t.well, "Metadata_Site": t.site, "error": r.error,
-                         "files": "; ".join(p for _, p in getattr(t, "paths", ()))})
-    return pd.DataFrame(rows, columns=["Metadata_Well", "Metadata_Site", "error", "files"])
-
-
-def _check_failure_fraction(failures: pd.DataFrame, n: int, limit: float, what: str) -> None:
-    if n and len(failures) / n > limit:
-        raise dg.Failure(
-            allow_retries=False,
-            description=f"{what}: {len(failures)}/{n} sites raised (limit {limit:.0%})",
-            metadata={"failed_sites": dg.MetadataValue.md(md_table(failures))},
-        )
-
-
 def qc_failed_plan(raw_sites: pd.DataFrame, site_qc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """QC-failed sites, split into those whose image channels can all be read (they are
     corrected and written, flagged ``qc_failed``, for review) and those that cannot
@@ -334,8 +315,8 @@ def corrected_images(
                                      {"plate": plate, "passed_qc": False, "qc_reason": _reason(r.qc_reason)})
         results = compute.map(correct_site, tasks, on_result=write)
         passed_idx = [k for k, i in enumerate(info) if i["passed"]]
-        failures = _site_failures([results[k] for k in passed_idx], [tasks[k] for k in passed_idx], context, "correction")
-        _check_failure_fraction(failures, len(passed_idx), config.max_failed_fraction, "corrected_images")
+        failures = site_failures([results[k] for k in passed_idx], [tasks[k] for k in passed_idx], context, "correction")
+        check_failure_fraction(failures, len(passed_idx), config.max_failed_fraction, "corrected_images")
     skipped = failed_sites(site_qc)
     written = [(t.well, t.site) for t, r, i in zip(tasks, results, info) if r.ok and i["passed"]]
     flags = writer.flags
@@ -498,8 +479,8 @@ def masks(
             writer.write_placeholder(f["well"], int(f["site"]), status, f"no masks: {reason}",
                                      {"plate": plate, **{k: f[k] for k in ("passed_qc", "qc_reason", "error", "pixel_size_um") if k in f}})
         results = compute.map(mask_site, tasks, on_result=write)
-        failures = _site_failures(results, tasks, context, "masks")
-        _check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "masks")
+        failures = site_failures(results, tasks, context, "masks")
+        check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "masks")
     per_site = per_site_counts(summaries, px, rounded=False)
     flags = writer.flags
     field_status = pd.Series([f["status"] for f in flags.values()]).value_counts().to_dict() if flags else {}

@@ -22,30 +22,9 @@ from ssc_assets.core.ingest.site_tables import (
 from ssc_assets.core.ingest.qc import CHANNEL_SEP, QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
 from ssc_assets.core.io.storage import write_text
 from ssc_assets.core.io.tiff import ImageReadError, read_image
+from ssc_assets.defs.metadata import md_table
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
-
-MAX_TABLE_ROWS = 40
-
-
-def md_table(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
-    r"""Markdown table of the first ``max_rows`` rows, with a note on how many were left out.
-
-    Cells never break the table: ``|`` becomes ``¦`` (Dagster's renderer ignores ``\|``),
-    line breaks become spaces, missing values print as ``n/a``."""
-    if df.empty:
-        return "_none_"
-    shown = df.head(max_rows).copy()
-    for c in shown.columns:
-        if not pd.api.types.is_numeric_dtype(shown[c]) or shown[c].isna().any():
-            shown[c] = shown[c].astype(object).map(
-                lambda v: "n/a" if v is None or (isinstance(v, float) and v != v)
-                else v.replace("|", "¦").replace("\r", " ").replace("\n", " ") if isinstance(v, str) else v)
-    text = shown.to_markdown(index=False)
-    if len(df) > max_rows:
-        text += f"\n\n_{len(df) - max_rows} more rows not shown_"
-    return text
-
 
 @dg.asset(
     partitions_def=plates,

@@ -23,7 +23,7 @@ from ssc_assets.core.plots import figures
 from ssc_assets.core.ingest.channels import MODEL_CHANNELS
 from ssc_assets.core.learn.fit import FitOutput, assign_splits, site_table, split_summary
 from ssc_assets.core.learn.loop import TrainParams
-from ssc_assets.defs.ingest_assets import md_table
+from ssc_assets.defs.metadata import log_png, md_table
 from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
 
 ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
@@ -210,21 +210,6 @@ def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutpu
         lines = []
     mlflow_res.describe_run(run.info.run_id, headline, lines)
     return run, reg
-
-
-def log_png(png: bytes, artifact_file: str) -> None:
-    """Log PNG bytes as the MLflow artifact ``artifact_file`` (e.g. ``figures/curves.png``)."""
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    name = Path(artifact_file)
-    name = name if name.suffix == ".png" else name.with_name(name.name + ".png")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, name.name)
-        path.write_bytes(png)
-        mlflow.log_artifact(str(path), artifact_path=str(name.parent) if str(name.parent) != "." else None)
 
 
 def _epoch_logger(context, prefix: str = ""):
@@ -491,5 +476,3 @@ def _sweep_png(curves: dict[int, list[dict]], kind: str) -> bytes:
     axes[1].legend(fontsize=7)
     return figures.fig_to_png(fig)
 
-
-MODEL_ASSETS = [segmentation_model, autoencoder_models, classifier_model, densenet_model, pca_model, augmentation_sweep]
