@@ -109,7 +109,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if ok:
             ok &= _demo_clusterings(run, [r["plate"] for r in summary])
     stack.close()
-    print(f"\nDagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}; outputs: {settings.storage_dir()}")
+    print(f"\nDagster instance: {settings.dagster_home() or '(ephemeral)'}; outputs: {settings.storage_dir()}")
     print("Open the UI with `make dev` to browse assets, metadata and checks (Dagster :3000, MLflow :5000).")
     return 0 if ok and summary else 1
 

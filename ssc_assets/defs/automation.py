@@ -14,9 +14,10 @@
 
 import functools
 import inspect
-import os
 
 import dagster as dg
+
+from ssc_assets import settings
 
 from ssc_assets.defs.jobs import train_models
 
@@ -62,25 +63,17 @@ def fail_fast(fn):
     return wrapper
 
 
-def cluster_cron() -> str:
-    return os.environ.get("SSC_CLUSTER_CRON", "0 * * * *")
-
-
-def retrain_cron() -> str:
-    return os.environ.get("SSC_RETRAIN_CRON", "0 2 * * *")
-
-
 PER_PLATE_DOWNSTREAM = dg.AutomationCondition.eager()
 # After each cron tick, once, if any plate's well embeddings changed since the last run.
 # Not eager() (it waits for every plate, and a failed plate never arrives) and not on_cron()
 # (it needs every dependency to update AFTER the tick, so a plate that arrived before the tick
 # would wait for the next plate).
 CROSS_PLATE = (
-    dg.AutomationCondition.cron_tick_passed(cluster_cron()).since_last_handled()
+    dg.AutomationCondition.cron_tick_passed(settings.cluster_cron()).since_last_handled()
     & dg.AutomationCondition.any_deps_updated().since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
-).with_label(f"after {cluster_cron()} tick, if new well embeddings")
+).with_label(f"after {settings.cluster_cron()} tick, if new well embeddings")
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "ssc_automation",
@@ -93,14 +86,14 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 def _retrain_run_config() -> dict:
     """Thesis settings unless SSC_TRAIN_PRESET=demo (``make dev`` on the demo instance)."""
-    if os.environ.get("SSC_TRAIN_PRESET", "thesis") == "demo":
+    if settings.train_preset() == "demo":
         from ssc_assets.demo_config import demo_run_config
 
         return demo_run_config("train_models")
     return {}
 
 
-@dg.schedule(job=train_models, cron_schedule=retrain_cron(), execution_timezone="UTC",
+@dg.schedule(job=train_models, cron_schedule=settings.retrain_cron(), execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.RUNNING,
              description="Retrain every model on all plates; champion moves only on a better validation loss.")
 def nightly_retrain(context: dg.ScheduleEvaluationContext):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -141,22 +140,11 @@ class ModelCard:
     score: str = ""  # e.g. "validation loss 0.6931"
 
 
-def _default_tracking_uri() -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return "sqlite:///" + os.path.join(settings.storage_dir(), "mlflow", "mlflow.db")
-
-
-def _default_artifact_root() -> str:
-    return os.environ.get("SSC_MLFLOW_ARTIFACTS") or os.path.join(settings.storage_dir(), "mlflow", "artifacts")
-
-
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Git SHA of the checkout (``+dirty`` when modified), or ``SSC_CODE_VERSION``, or ``unknown``."""
-    if os.environ.get("SSC_CODE_VERSION"):
-        return os.environ["SSC_CODE_VERSION"]
+    if settings.code_version_override():
+        return settings.code_version_override()
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
@@ -170,10 +158,11 @@ def code_version() -> str:
 class MlflowTracking(dg.ConfigurableResource):
     """Tracking store, artifact root and the UI addresses used for links (MLflow and Dagster)."""
 
-    tracking_uri: str = Field(default_factory=_default_tracking_uri, description="MLflow tracking URI (MLFLOW_TRACKING_URI).")
-    artifact_root: str = Field(default_factory=_default_artifact_root, description="Artifact root for new experiments (local store only).")
-    ui_url: str = Field(default_factory=lambda: os.environ.get("SSC_MLFLOW_UI", "http://127.0.0.1:5000"), description="MLflow UI, for links.")
-    dagster_ui_url: str = Field(default_factory=lambda: os.environ.get("SSC_DAGSTER_UI", "http://127.0.0.1:3000"),
+    tracking_uri: str = Field(default_factory=settings.mlflow_tracking_uri, description="MLflow tracking URI (MLFLOW_TRACKING_URI).")
+    artifact_root: str = Field(default_factory=settings.mlflow_artifacts,
+                               description="Artifact root for new experiments (local store only; SSC_MLFLOW_ARTIFACTS).")
+    ui_url: str = Field(default_factory=settings.mlflow_ui, description="MLflow UI (SSC_MLFLOW_UI), for links.")
+    dagster_ui_url: str = Field(default_factory=settings.dagster_ui,
                                 description="Dagster UI (SSC_DAGSTER_UI), for the links in MLflow run and model descriptions.")
 
     def client(self):

@@ -12,16 +12,15 @@ model is, plates, settings preset, score, Dagster run link); runs with the demo 
 """
 
 
-import os
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from ssc_assets import settings
 from ssc_assets.core.plots import figures
 from ssc_assets.core.ingest.channels import MODEL_CHANNELS
-from ssc_assets.core.learn.fit import FitOutput, assign_splits, site_table, split_summary
+from ssc_assets.core.learn.fit import FitOutput, assign_splits, split_summary, training_sites
 from ssc_assets.core.learn.loop import TrainParams
 from ssc_assets.defs.metadata import log_png, md_table
 from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
@@ -64,7 +63,7 @@ class ClassifierConfig(TrainConfig):
 class DenseNetConfig(TrainConfig):
     crop_size: int = Field(512, description="Input crop side (px).")
     embedding_size: int = Field(8, description="Embedding size E.")
-    weights: str = Field(default_factory=lambda: os.environ.get("SSC_DENSENET_WEIGHTS", "imagenet"),
+    weights: str = Field(default_factory=settings.densenet_weights,
                          description="'imagenet' (torchvision weights, needs the torch hub cache or network), a local .pth path, or 'none'.")
 
 
@@ -137,7 +136,7 @@ def _about(model_name: str) -> str:
 
 
 def _table(corrected_images: dict, raw_sites: dict, masks: dict | None, split_by: str, seed: int) -> pd.DataFrame:
-    table = site_table(corrected_images, raw_sites, masks)
+    table = training_sites(corrected_images, raw_sites, masks)
     if table.empty:
         raise dg.Failure("no corrected sites: materialize corrected_images for at least one plate first", allow_retries=False)
     return assign_splits(table, group_by=split_by, seed=seed)
@@ -419,7 +418,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
 class SweepConfig(ClassifierConfig):
     model: str = Field("classifier", description="'classifier' (Figure C.1.1) or 'densenet' (Figure C.1.2).")
     factors: list[int] = Field([1, 5, 10, 20, 30, 50], description="Augmentation factors, one MLflow run each.")
-    weights: str = Field(default_factory=lambda: os.environ.get("SSC_DENSENET_WEIGHTS", "imagenet"),
+    weights: str = Field(default_factory=settings.densenet_weights,
                          description="DenseNet weights (see densenet_model).")
     register_model: bool = Field(False, description="Sweep runs are for comparison: not registered by default.")
 
