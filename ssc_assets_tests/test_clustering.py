@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from ssc_assets.core.analysis import clustering as cl
+from ssc_assets.core.analysis import comparison as cmp
+from ssc_assets.core.plots import clustering as pc
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -38,8 +40,8 @@ def make_wells(
                 "Metadata_Donor": f"D{d:02d}",
                 "Metadata_Condition": "SSc" if ssc else "HC",
                 "Metadata_Group": ("SSC" if d % 4 == 1 else "SSCHL") if ssc else "HC",
-                "method": "test",
-                "n_sites": 4,
+                "Metadata_Method": "test",
+                "Metadata_n_sites": 4,
                 **{f"f{j}": v for j, v in enumerate(feats)},
             })
     return pd.DataFrame(rows)
@@ -56,10 +58,10 @@ def planted_two_clusters(n: int = 20, n_feat: int = 10, seed: int = 0):
 # ---------------------------------------------------------------- features
 
 
-def test_feature_columns_skip_metadata_and_all_nan():
+def test_well_features_skip_metadata_and_all_nan():
     df = make_wells(n_donors=2, plates=("P1",), n_feat=3)
     df["f1"] = np.nan
-    assert cl.feature_columns(df) == ["f0", "f2"]
+    assert cl.well_features(df) == ["f0", "f2"]
 
 
 # ---------------------------------------------------------------- planted clusters
@@ -137,7 +139,7 @@ def test_metrics_hand_computed_internal():
 
 def test_grouped_cv_keeps_donors_apart():
     df = make_wells(n_donors=14, n_feat=6, condition_shift=3.0, seed=1)
-    X = df[cl.feature_columns(df)].to_numpy()
+    X = df[cl.well_features(df)].to_numpy()
     y = df["Metadata_Condition"].to_numpy()
     donors = df["Metadata_Donor"].to_numpy()
     res = cl.svm_cv_accuracy(X, y, groups=donors, n_splits=5, seed=0)
@@ -153,7 +155,7 @@ def test_grouped_cv_keeps_donors_apart():
 
 def test_grouped_cv_reduces_splits_to_groups_per_class():
     df = make_wells(n_donors=6, n_feat=4, seed=2)  # 3 HC and 3 SSc donors
-    X = df[cl.feature_columns(df)].to_numpy()
+    X = df[cl.well_features(df)].to_numpy()
     res = cl.svm_cv_accuracy(X, df["Metadata_Condition"], groups=df["Metadata_Donor"], n_splits=5)
     assert res["n_splits"] == 3
     for train_g, test_g in res["folds"]:
@@ -185,7 +187,7 @@ def test_donor_replicate_map_planted_is_high(tmp_path):
 
 def test_donor_replicate_map_shuffled_is_chance(tmp_path):
     df = make_wells(n_donors=12, noise=0.3, seed=0)
-    feats = cl.feature_columns(df)
+    feats = cl.well_features(df)
     rng = np.random.default_rng(5)
     df[feats] = rng.normal(size=(len(df), len(feats)))  # structure destroyed
     res = cl.donor_replicate_map(df, null_size=1000, seed=0, cache_dir=tmp_path)
@@ -226,9 +228,9 @@ def test_figures_are_png():
     km, pcs = cl.kmeans_on_pca(X)
     groups = ["HC" if c == "HC" else ("SSC" if i % 2 else "SSCHL") for i, c in enumerate(cond)]
     donors = [f"D{i}" for i in range(len(cond))]
-    assert cl.dendrogram_png(cl.hierarchical_cosine(X), donors, groups, "t").startswith(PNG_MAGIC)
-    assert cl.pca_scatter_png(pcs, groups, km, "t").startswith(PNG_MAGIC)
-    assert cl.pca_scatter_png(pcs[:, :1], groups, km).startswith(PNG_MAGIC)
+    assert pc.dendrogram_png(cl.hierarchical_cosine(X), donors, groups, "t").startswith(PNG_MAGIC)
+    assert pc.pca_scatter_png(pcs, groups, km, "t").startswith(PNG_MAGIC)
+    assert pc.pca_scatter_png(pcs[:, :1], groups, km).startswith(PNG_MAGIC)
 
 
 def test_cluster_method_end_to_end(tmp_path):
@@ -255,7 +257,7 @@ def test_cluster_method_end_to_end(tmp_path):
 def test_comparison_table_thesis_columns():
     ours = {"kmeans_cluster_sizes": [70, 33], "kmeans_homogeneity": 0.1, "svm_accuracy_ungrouped": 0.7,
             "map_condition": 0.55, "n_wells": 103}
-    t = cl.comparison_table({m: dict(ours) for m in ["pca", "autoencoder", "classifier", "densenet", "profiles"]})
+    t = cmp.comparison_table({m: dict(ours) for m in ["pca", "autoencoder", "classifier", "densenet", "profiles"]})
     assert list(t.index) == ["pca", "autoencoder", "classifier", "densenet", "profiles"]
     assert t.at["pca", "kmeans_cluster_sizes"] == "33/70"
     assert t.at["pca", "thesis_cluster_sizes"] == "37/66"
@@ -275,4 +277,4 @@ def test_comparison_table_thesis_columns():
     assert t.at["pca", "kmeans_homogeneity"] == pytest.approx(0.1)
     assert np.isnan(t.at["pca", "map_donor_replicate"])
     assert "Table 6.1" in t.at["pca", "thesis_source"]
-    assert cl.THESIS_TABLE_6_1.attrs["source"] == cl.THESIS_SOURCE
+    assert cmp.THESIS_TABLE_6_1.attrs["source"] == cmp.THESIS_SOURCE

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from ssc_assets.core.analysis import clustering as cl
+from ssc_assets.core.analysis import comparison as cmp
 from ssc_assets.core.analysis import report as rp
 
 PNG = b"\x89PNG"
@@ -27,7 +28,7 @@ def wells_frame(method: str, plates=("P1", "P2"), n_donors: int = 8, shift: floa
             rows.append({"Metadata_Plate": plate, "Metadata_Well": f"{'BCDEFG'[p]}{d + 2:02d}", "Metadata_Donor": f"D{d}",
                          "Metadata_Condition": "SSc" if ssc else "HC",
                          "Metadata_Group": ("SSC" if d % 4 == 1 else "SSCHL") if ssc else "HC",
-                         "method": method, "n_sites": 4,
+                         "Metadata_Method": method, "Metadata_n_sites": 4,
                          **{f"f{j}": v for j, v in enumerate(centre + rng.normal(0, 0.3, 5))}})
     return pd.DataFrame(rows)
 
@@ -45,12 +46,12 @@ def run(tmp_path_factory):
 
 
 def test_fmt3_three_significant_digits_and_na():
-    assert cl.fmt3(0.123456) == "0.123"
-    assert cl.fmt3(0.00049975) == "0.0005"
-    assert cl.fmt3(12.3456) == "12.3"
-    assert cl.fmt3(103) == "103"
-    assert cl.fmt3(np.int64(7)) == "7"
-    assert cl.fmt3(float("nan")) == cl.fmt3(None) == cl.fmt3(float("inf")) == cl.fmt3("nan") == "n/a"
+    assert cmp.fmt3(0.123456) == "0.123"
+    assert cmp.fmt3(0.00049975) == "0.0005"
+    assert cmp.fmt3(12.3456) == "12.3"
+    assert cmp.fmt3(103) == "103"
+    assert cmp.fmt3(np.int64(7)) == "7"
+    assert cmp.fmt3(float("nan")) == cmp.fmt3(None) == cmp.fmt3(float("inf")) == cmp.fmt3("nan") == "n/a"
 
 
 # ---------------------------------------------------------------- the Dagster page
@@ -59,7 +60,7 @@ def test_fmt3_three_significant_digits_and_na():
 def test_markdown_table_one_column_per_method_no_nan(run):
     results = run["results"]
     assert math.isnan(results["classifier"]["map_donor_replicate"])  # the NaN this table must not show
-    md = cl.headline_markdown(results)
+    md = cmp.headline_markdown(results)
     lines = md.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header == ["metric", "pca", "classifier"]
@@ -69,9 +70,9 @@ def test_markdown_table_one_column_per_method_no_nan(run):
         assert len(cells[0]) <= 24  # short labels: fits a ~1100 px dialog
         assert all(len(c) <= 16 for c in cells[1:]), line
     assert "nan" not in md.lower()
-    t = cl.headline_table(results).set_index("metric")
+    t = cmp.headline_table(results).set_index("metric")
     assert t.at["mAP donor replicates", "classifier"] == "n/a"
-    assert t.at["mAP SSc/HC p", "pca"] == cl.fmt3(results["pca"]["map_condition_p"])
+    assert t.at["mAP SSc/HC p", "pca"] == cmp.fmt3(results["pca"]["map_condition_p"])
     assert t.at["acc. chance (majority)", "pca"] == "0.5"
     assert "±" in t.at["acc. donor-grouped ± sd", "pca"]
     assert t.at["thesis acc. (ungrouped)", "pca"] == "0.603"
@@ -82,7 +83,7 @@ def test_markdown_table_one_column_per_method_no_nan(run):
 
 
 def test_headline_metadata_keys_exist_and_are_finite(run):
-    meta = cl.headline_metadata(run["results"])
+    meta = cmp.headline_metadata(run["results"])
     for m in ("pca", "classifier"):
         for k in ("v_measure", "svm_accuracy_donor_grouped", "svm_accuracy_donor_grouped_sd", "svm_chance",
                   "svm_accuracy_ungrouped", "map_condition", "map_condition_p", "n_wells"):
@@ -104,20 +105,20 @@ def test_chance_interval_and_preset():
     assert 0.1 < lo < 0.5 < hi < 0.9
     assert all(math.isnan(v) for v in cl.bootstrap_ci([1.0, 0.0], ["D1", "D1"]))
 
-    assert cl.preset_reasons({"ssc-pca": {"version": 1, "params": {}, "tags": {"ssc.preset": "demo"}}}) == [
+    assert cmp.preset_reasons({"ssc-pca": {"version": 1, "params": {}, "tags": {"ssc.preset": "demo"}}}) == [
         "ssc-pca v1: trained with the demo preset"]
-    assert cl.preset_reasons({"ssc-classifier": {"version": 3, "params": {"epochs": "4"}, "tags": {}}}) == [
+    assert cmp.preset_reasons({"ssc-classifier": {"version": 3, "params": {"epochs": "4"}, "tags": {}}}) == [
         "ssc-classifier v3: 4 epochs (thesis: 30)"]
-    assert cl.preset_reasons({"ssc-classifier": {"version": 3, "params": {"epochs": "30"}, "tags": {}},
+    assert cmp.preset_reasons({"ssc-classifier": {"version": 3, "params": {"epochs": "30"}, "tags": {}},
                               "ssc-pca": {"params": {"n_components": "64"}}}) == []
 
 
 def test_trust_notes_say_chance_donors_and_demo(run):
-    notes = cl.trust_notes(run["results"], ["ssc-classifier v1: 4 epochs (thesis: 30)"])
-    assert notes[0].startswith(cl.DEMO_NOTE) and "4 epochs" in notes[0]
+    notes = cmp.trust_notes(run["results"], ["ssc-classifier v1: 4 epochs (thesis: 30)"])
+    assert notes[0].startswith(cmp.DEMO_NOTE) and "4 epochs" in notes[0]
     text = " ".join(notes)
     assert "chance level" in text and "0.5" in text and "donors" in text and "permutations" in text
-    assert not any(n.startswith(cl.DEMO_NOTE) for n in cl.trust_notes(run["results"], []))
+    assert not any(n.startswith(cmp.DEMO_NOTE) for n in cmp.trust_notes(run["results"], []))
 
 
 # ---------------------------------------------------------------- the report
@@ -160,7 +161,7 @@ def test_report_headline_first_with_p_values_and_no_note_rows(run):
                                      "id='guide'>How to read", "id='details'>Details", "Method: pca")]
     assert order == sorted(order)
     headline = text[text.index("id='headline'>"):text.index("id='data'>")]
-    assert "mAP SSc/HC p" in headline and cl.fmt3(results["pca"]["map_condition_p"]) in headline
+    assert "mAP SSc/HC p" in headline and cmp.fmt3(results["pca"]["map_condition_p"]) in headline
     assert "acc. chance (majority)" in headline and "95% CI" in headline and "V-measure" in headline
     assert "<img" in headline  # the headline figure
     assert "_note" not in text  # no empty (or any) *_note rows; a real note is a sentence
@@ -243,7 +244,7 @@ def test_clusterings_page_through_dagster(tmp_path):
               "classifier/map_condition", "classifier/map_condition_p"):
         assert k in numbers, k
     page = md["comparison"].value
-    assert page.startswith(f"**{cl.DEMO_NOTE}**") and "ssc-classifier v1" in page
+    assert page.startswith(f"**{cmp.DEMO_NOTE}**") and "ssc-classifier v1" in page
     assert "| metric | pca | classifier |" in page and "nan" not in page.lower()
     assert "demo preset: not meaningful" in md["demo_preset"].value
     url = md["report_mlflow"].value

@@ -14,10 +14,10 @@ def test_well_median_by_hand():
     emb = np.array([[1.0, 10.0], [3.0, 30.0], [2.0, np.nan], [5.0, 7.0]], np.float32)
     wells = well_embeddings(embedding_frame(table, "classifier", emb))
     b02 = wells.set_index("Metadata_Well").loc["B02"]
-    assert b02["n_sites"] == 3 and b02["f0000"] == 2.0 and b02["f0001"] == 20.0  # NaN ignored
-    assert b02["Metadata_Donor"] == "D1" and b02["method"] == "classifier"
+    assert b02["Metadata_n_sites"] == 3 and b02["f0000"] == 2.0 and b02["f0001"] == 20.0  # NaN ignored
+    assert b02["Metadata_Donor"] == "D1" and b02["Metadata_Method"] == "classifier"
     assert list(wells.columns[:7]) == ["Metadata_Plate", "Metadata_Well", "Metadata_Donor", "Metadata_Condition",
-                                       "Metadata_Group", "method", "n_sites"]
+                                       "Metadata_Group", "Metadata_Method", "Metadata_n_sites"]
 
 
 def test_autoencoder_embedding_reads_once_and_matches_per_channel(tmp_path):

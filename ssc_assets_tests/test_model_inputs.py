@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from ssc_assets.core.learn.fit import assign_splits, pick_level, site_table, split_summary
+from ssc_assets.core.learn.fit import assign_splits, pick_level, split_summary, training_sites
 
 
 def test_pick_level_keeps_train_and_test_scale_close():
@@ -25,7 +25,7 @@ def test_site_table_labels_masks_and_splits():
     wells = [f"B{c:02d}" for c in range(2, 14)]
     corrected = {"P1": {"store": "/s/P1.ome.zarr", "sites": [[w, s] for w in wells for s in (1, 2)], "side": 384}}
     masks = {"P1": {"store": "/m/P1.ome.zarr", "sites": [[w, s] for w in wells for s in (1,)]}}
-    t = site_table(corrected, {"P1": _raw("P1", wells)}, masks)
+    t = training_sites(corrected, {"P1": _raw("P1", wells)}, masks)
     assert len(t) == 24
     assert (t["label"] == (t["Metadata_Condition"] == "SSc").astype(int)).all()
     assert t.loc[t["Metadata_Site"] == 2, "masks_store"].isna().all()

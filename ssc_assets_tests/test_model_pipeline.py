@@ -161,7 +161,7 @@ def test_site_embeddings_use_champion_models(trained, clustered):
     passed = qc.drop_duplicates(["Metadata_Well", "Metadata_Site"]).query("passed_qc")
     for m, df in sites.items():
         assert len(df) == len(passed), m  # one row per QC-passed site
-        assert (df["method"] == m).all()
+        assert (df["Metadata_Method"] == m).all()
     feats = lambda df: [c for c in df.columns if c.startswith("f0")]  # noqa: E731
     assert len(feats(sites["autoencoder"])) == 3 * 16  # actin || borders || nuclei, 16 each in TINY_CONFIG
     assert len(feats(sites["classifier"])) == 8 and len(feats(sites["densenet"])) == 8
@@ -174,13 +174,13 @@ def test_site_embeddings_use_champion_models(trained, clustered):
 
 def test_well_embeddings_are_medians_of_sites(clustered):
     wells, sites = clustered["wells"], clustered["sites"]["classifier"]
-    w = wells[wells["method"] == "classifier"]
+    w = wells[wells["Metadata_Method"] == "classifier"]
     well = w.iloc[0]["Metadata_Well"]
     expected = sites[sites["Metadata_Well"] == well][["f0000", "f0007"]].median()
     got = w[w["Metadata_Well"] == well][["f0000", "f0007"]].iloc[0]
     assert got.to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-6)
-    assert int(w[w["Metadata_Well"] == well]["n_sites"].iloc[0]) == int((sites["Metadata_Well"] == well).sum())
-    for col in ("Metadata_Plate", "Metadata_Well", "Metadata_Donor", "Metadata_Condition", "Metadata_Group", "method", "n_sites"):
+    assert int(w[w["Metadata_Well"] == well]["Metadata_n_sites"].iloc[0]) == int((sites["Metadata_Well"] == well).sum())
+    for col in ("Metadata_Plate", "Metadata_Well", "Metadata_Donor", "Metadata_Condition", "Metadata_Group", "Metadata_Method", "Metadata_n_sites"):
         assert col in wells.columns
 
 
@@ -205,10 +205,10 @@ def test_qc_failed_sites_do_not_enter_well_medians(trained, clustered):
     sites = qc.drop_duplicates(["Metadata_Well", "Metadata_Site"])
     failed = sites[~sites["passed_qc"]]
     assert len(failed)  # the simulator plants failed sites
-    w = clustered["wells"].query("method == 'pca'").set_index("Metadata_Well")
+    w = clustered["wells"].query("Metadata_Method == 'pca'").set_index("Metadata_Well")
     for well, n_failed in failed.groupby("Metadata_Well").size().items():
         n_total = int((sites["Metadata_Well"] == well).sum())
-        assert int(w.loc[well, "n_sites"]) == n_total - n_failed
+        assert int(w.loc[well, "Metadata_n_sites"]) == n_total - n_failed
 
 
 def test_runs_are_comparable_across_model_experiments(trained):

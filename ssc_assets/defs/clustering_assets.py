@@ -13,6 +13,7 @@ from pydantic import Field
 
 from ssc_assets.core.plots import figures
 from ssc_assets.core.learn.embeddings import METHODS
+from ssc_assets.core.schema import METHOD, feature_columns, metadata_columns
 from ssc_assets.core.io.storage import write_text
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
@@ -41,22 +42,15 @@ class ClusteringConfig(dg.Config):
     null_size: int = Field(10000, description="Permutations for the mAP p-values (copairs null_size).")
 
 
-def _features(df: pd.DataFrame) -> list[str]:
-    cols = [c for c in df.columns if not c.startswith("Metadata_") and c not in ("method", "n_sites")]
-    return [c for c in cols if df[c].notna().any()]
-
-
 def _normalize_profiles(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Per-plate standardization against HC wells + feature selection (pycytominer)."""
     from ssc_assets.core.analysis.profiles import select_and_normalize
 
-    feats = _features(df)
-    renamed = df.rename(columns={"method": "Metadata_method", "n_sites": "Metadata_n_sites"})
-    tmp = renamed[[c for c in renamed.columns if c.startswith("Metadata_")] + feats]
+    feats = feature_columns(df, drop_all_nan=True)
+    tmp = df[metadata_columns(df) + feats]
     with warnings.catch_warnings():  # all-NaN features of a plate warn in sklearn; they are dropped by selection
         warnings.simplefilter("ignore", RuntimeWarning)
         out, kept = select_and_normalize(tmp, feats)
-    out = out.rename(columns={"Metadata_method": "method", "Metadata_n_sites": "n_sites"})
     return out, {"n_features_raw": len(feats), "n_features_selected": len(kept)}
 
 
@@ -70,7 +64,7 @@ def _flat_numeric(res: dict) -> dict[str, float]:
 
 def _champions(mlflow_tracking: MlflowTracking, methods, context) -> dict[str, dict]:
     """Champion version, params and tags of the models behind ``methods`` (unknown ones left out)."""
-    from ssc_assets.core.analysis.clustering import METHOD_MODELS
+    from ssc_assets.core.analysis.comparison import METHOD_MODELS
     from ssc_assets.defs.mlflow_tracking import CHAMPION
 
     out = {}
@@ -156,9 +150,9 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     """
     import mlflow
 
-    from ssc_assets.core.analysis.clustering import (
-        DEMO_NOTE, THESIS_SOURCE, cluster_method, comparison_table, headline_markdown, headline_metadata,
-        preset_reasons, trust_notes,
+    from ssc_assets.core.analysis.clustering import cluster_method
+    from ssc_assets.core.analysis.comparison import (
+        DEMO_NOTE, THESIS_SOURCE, comparison_table, headline_markdown, headline_metadata, preset_reasons, trust_notes,
     )
     from ssc_assets.core.analysis.report import clustering_report_html
 
@@ -166,7 +160,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     plates_used = sorted(wells["Metadata_Plate"].unique().tolist())
     results, runs, md = {}, {}, {}
     for method in config.methods:
-        df = wells[wells["method"] == method].reset_index(drop=True)
+        df = wells[wells[METHOD] == method].reset_index(drop=True)
         if df.empty:
             context.log.warning(f"no well embeddings for method {method!r}: skipped")
             continue

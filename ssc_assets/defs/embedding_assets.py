@@ -13,7 +13,6 @@ from pydantic import Field
 
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
 from ssc_assets.core.learn.embeddings import (
-    EMBEDDING_META,
     autoencoder_embeddings,
     embed_sites,
     embedding_frame,
@@ -21,7 +20,8 @@ from ssc_assets.core.learn.embeddings import (
     well_embeddings as aggregate_wells,
 )
 from ssc_assets.core.ingest.channels import MODEL_CHANNELS
-from ssc_assets.core.learn.fit import site_table
+from ssc_assets.core.learn.fit import training_sites
+from ssc_assets.core.schema import METHOD, N_SITES, SITE_META, WELL, feature_columns
 from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
 from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
@@ -31,7 +31,7 @@ from ssc_assets.defs.resources import SiteCompute
 
 def _plate_table(context, corrected_images: dict, raw_sites: pd.DataFrame, masks: dict | None = None) -> pd.DataFrame:
     plate = context.partition_key
-    table = site_table({plate: corrected_images}, {plate: raw_sites}, {plate: masks} if masks else None)
+    table = training_sites({plate: corrected_images}, {plate: raw_sites}, {plate: masks} if masks else None)
     if table.empty:
         raise dg.Failure(f"plate {plate}: no corrected sites to embed", allow_retries=False)
     return table
@@ -46,7 +46,7 @@ def _model_metadata(mlflow_tracking: MlflowTracking, infos: list[dict]) -> dict:
 
 
 def _emit(context, df: pd.DataFrame, extra: dict) -> pd.DataFrame:
-    n_feat = len([c for c in df.columns if c not in EMBEDDING_META])
+    n_feat = len(feature_columns(df))
     context.add_output_metadata({"n_sites": len(df), "n_features": n_feat, **extra})
     return df
 
@@ -134,7 +134,7 @@ def site_embeddings_profiles(context: dg.AssetExecutionContext, config: Profiles
     ok = [i for i, r in enumerate(results) if r.ok]
     prof = pd.DataFrame([results[i].value["profile"] for i in ok])
     errors = sorted({e for i in ok for e in results[i].value["errors"]})
-    df = pd.concat([table.loc[ok, [c for c in EMBEDDING_META if c != "method"]].reset_index(drop=True).assign(method="profiles"),
+    df = pd.concat([table.loc[ok, SITE_META].reset_index(drop=True).assign(**{METHOD: "profiles"}),
                     prof.reset_index(drop=True)], axis=1)
     md = {"n_failed": len(failures), "failed_sites": dg.MetadataValue.md(md_table(failures)),
           "cells_per_site_median": float(np.median([results[i].value["n_cells"] for i in ok])) if ok else 0.0,
@@ -150,15 +150,15 @@ def well_embeddings(context: dg.AssetExecutionContext, site_embeddings_pca: pd.D
     """Median over each well's QC-passed sites, per method (the thesis' sample embedding).
 
     Columns: ``Metadata_Plate, Metadata_Well, Metadata_Donor, Metadata_Condition,
-    Metadata_Group, method, n_sites`` + features (``f0000``... for learned embeddings,
+    Metadata_Group, Metadata_Method, Metadata_n_sites`` + features (``f0000``... for learned embeddings,
     CellProfiler names for profiles; NaN where a method has fewer features).
     """
     frames = [df for df in (site_embeddings_pca, site_embeddings_autoencoder, site_embeddings_classifier,
                             site_embeddings_densenet, site_embeddings_profiles) if len(df)]
     wells = aggregate_wells(pd.concat(frames, ignore_index=True))
-    summary = wells.groupby("method").agg(n_wells=("Metadata_Well", "nunique"), sites_per_well=("n_sites", "median"))
-    dims = {m: int(wells.loc[wells["method"] == m].drop(columns=EMBEDDING_META + ["n_sites"], errors="ignore").notna().any().sum())
-            for m in wells["method"].unique()}
+    summary = wells.groupby(METHOD).agg(n_wells=(WELL, "nunique"), sites_per_well=(N_SITES, "median"))
+    feats = feature_columns(wells)
+    dims = {m: int(wells.loc[wells[METHOD] == m, feats].notna().any().sum()) for m in wells[METHOD].unique()}
     summary["n_features"] = pd.Series(dims)
     context.add_output_metadata({"n_wells": int(wells["Metadata_Well"].nunique()),
                                  "per_method": dg.MetadataValue.md(md_table(summary.reset_index()))})

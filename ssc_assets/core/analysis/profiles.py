@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+from ssc_assets.core.schema import feature_columns, metadata_columns
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +257,6 @@ def cell_features(
 # ---------------------------------------------------------------------------
 
 
-def feature_columns(df: pd.DataFrame) -> list[str]:
-    """Feature columns of a cell or profile table: all but ``ObjectNumber`` and ``Metadata_*``."""
-    return [c for c in df.columns if c != "ObjectNumber" and not str(c).startswith("Metadata_")]
-
-
 def site_profile(cell_df: pd.DataFrame) -> pd.Series:
     """Median over cells (NaN skipped) of every feature column, float64, plus
     ``Metadata_n_cells`` (number of rows). An empty table gives NaN features."""
@@ -314,7 +310,7 @@ def select_and_normalize(
     for col in ("Metadata_Plate", "Metadata_Condition"):
         if col not in site_profiles.columns:
             raise KeyError(f"site_profiles needs a {col} column")
-    meta = [c for c in site_profiles.columns if str(c).startswith("Metadata_")]
+    meta = metadata_columns(site_profiles)
     feats = list(features) if features is not None else feature_columns(site_profiles)
     if not feats:
         raise ValueError("no feature columns")

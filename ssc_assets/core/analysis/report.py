@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ssc_assets.core.analysis.clustering import fmt3
+from ssc_assets.core.analysis.comparison import fmt3
+from ssc_assets.core.schema import METHOD, N_SITES
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1180px;
@@ -138,9 +139,9 @@ def render_html(title: str, intro: list[str], sections: list[Section], footer: s
 
 def _one_method(wells: pd.DataFrame) -> pd.DataFrame:
     """One row per (plate, well): the rows of the method with the most wells."""
-    if "method" in wells and len(wells):
-        best = wells.groupby("method").size().idxmax()
-        wells = wells[wells["method"] == best]
+    if METHOD in wells and len(wells):
+        best = wells.groupby(METHOD).size().idxmax()
+        wells = wells[wells[METHOD] == best]
     keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in wells]
     return wells.drop_duplicates(keys).reset_index(drop=True)
 
@@ -150,7 +151,7 @@ def qc_summary(qc_by_plate: dict[str, pd.DataFrame | None], wells: pd.DataFrame)
     wells and sites that entered the embeddings.
 
     ``qc_by_plate``: plate -> its ``site_qc`` table (one row per site x channel) or None when
-    it could not be read (then only the embedded counts, from the wells' ``n_sites``).
+    it could not be read (then only the embedded counts, from the wells' ``Metadata_n_sites``).
     """
     from ssc_assets.core.ingest.qc import failure_counts
 
@@ -162,7 +163,7 @@ def qc_summary(qc_by_plate: dict[str, pd.DataFrame | None], wells: pd.DataFrame)
         row = {"plate": plate, "sites imaged": None, "passed QC": None, "failed QC": None, "failed %": None,
                "failed by reason": "n/a (site_qc not readable)", "review flags": None,
                "wells embedded": int(len(pw)),
-               "sites in wells": int(pd.to_numeric(pw.get("n_sites"), errors="coerce").fillna(0).sum()) if "n_sites" in pw else None}
+               "sites in wells": int(pd.to_numeric(pw.get(N_SITES), errors="coerce").fillna(0).sum()) if N_SITES in pw else None}
         qc = qc_by_plate.get(plate)
         if qc is not None and len(qc) and "passed_qc" in qc:
             keys = [c for c in ("Metadata_Plate", "Metadata_Well", "Metadata_Site") if c in qc]
@@ -191,7 +192,7 @@ def wells_per_condition(wells: pd.DataFrame) -> pd.DataFrame:
     per_plate.columns = [f"wells {c}" for c in per_plate.columns]
     g = w.groupby(keys)
     out = per_plate.assign(**{"wells total": g.size(), "donors": g["Metadata_Donor"].nunique(),
-                              "sites/well (median)": g["n_sites"].median() if "n_sites" in w else np.nan})
+                              "sites/well (median)": g[N_SITES].median() if N_SITES in w else np.nan})
     out = out.reset_index().rename(columns={"Metadata_Condition": "condition", "Metadata_Group": "group"})
     return out
 
@@ -301,7 +302,7 @@ def headline_png(results: dict[str, dict]) -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from ssc_assets.core.analysis.clustering import THESIS_METHOD_NAMES, THESIS_TABLE_6_1
+    from ssc_assets.core.analysis.comparison import THESIS_METHOD_NAMES, THESIS_TABLE_6_1
     from ssc_assets.core.plots.figures import fig_to_png
 
     methods = list(results)
@@ -408,7 +409,7 @@ def clustering_report_html(
     ``examples_note`` says why not); ``preset``: reasons the models are a demo (a banner);
     ``comparison``: the full comparison table (one row per metric) for the details.
     """
-    from ssc_assets.core.analysis.clustering import DEMO_NOTE, THESIS_SOURCE, headline_table, trust_notes
+    from ssc_assets.core.analysis.comparison import DEMO_NOTE, THESIS_SOURCE, headline_table, trust_notes
 
     notes = trust_notes(results, preset)
     banner = [n for n in notes if n.startswith(DEMO_NOTE)]

@@ -24,6 +24,7 @@ from ssc_assets.core.ingest.metaxpress import (
 from ssc_assets.core.ingest.platemap import PlateMapError, read_platemap
 from ssc_assets.core.ingest.qc import QcConfig, apply_overrides, apply_qc_rules, image_qc
 from ssc_assets.core.io.tiff import EXPECTED_DTYPE, ImageReadError, read_header_description, read_image
+from ssc_assets.core.schema import is_metadata, metadata_columns
 
 #: Optional user decisions in a plate folder: well, site, decision (pass|fail), note.
 OVERRIDES_FILE = "qc_overrides.csv"
@@ -225,7 +226,7 @@ def assemble_site_qc(
     Images whose header was already bad keep that error as ``read_error``.
     """
     meas = pd.DataFrame(measures, index=rows.index)
-    keep = [c for c in rows.columns if c.startswith("Metadata_")] + ["channel", "wavelength", "path"]
+    keep = metadata_columns(rows) + ["channel", "wavelength", "path"]
     keep += [c for c in ("qc_override", "qc_override_note") if c in rows]
     out = pd.concat([rows[keep], meas], axis=1)
     if "header_error" in rows:
@@ -244,7 +245,7 @@ def _add_missing_channels(qc: pd.DataFrame, channels: tuple[str, ...]) -> pd.Dat
     sites = qc.drop_duplicates(SITE_KEY)
     have = set(zip(*(qc[c] for c in SITE_KEY), qc["channel"]))
     extra = []
-    site_cols = [c for c in qc.columns if c.startswith("Metadata_") or c in ("qc_override", "qc_override_note")]
+    site_cols = [c for c in qc.columns if is_metadata(c) or c in ("qc_override", "qc_override_note")]
     for _, site in sites.iterrows():
         key = tuple(site[c] for c in SITE_KEY)
         for ch in channels:

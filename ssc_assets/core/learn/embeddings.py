@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 
 from ssc_assets.core.learn.augment import AugmentParams, SiteDataset
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
-from ssc_assets.core.learn.fit import META, pick_level, refs, site_vectors
+from ssc_assets.core.learn.fit import pick_level, refs, site_vectors
+from ssc_assets.core.schema import METHOD, N_SITES, PLATEMAP_COLUMNS, SITE_META, WELL_KEY, feature_columns
 
 METHODS = ("pca", "autoencoder", "classifier", "densenet", "profiles")
-EMBEDDING_META = META + ["method"]
 
 
 def feature_names(n: int) -> list[str]:
@@ -69,9 +69,9 @@ def pca_embeddings(pipeline, table: pd.DataFrame, size: int) -> np.ndarray:
 
 
 def embedding_frame(table: pd.DataFrame, method: str, emb: np.ndarray, names: list[str] | None = None) -> pd.DataFrame:
-    """``META + method`` columns and one column per embedding dimension (``f0000``...)."""
-    meta = table[META].reset_index(drop=True).copy()
-    meta["method"] = method
+    """``SITE_META + Metadata_Method`` columns and one column per embedding dimension (``f0000``...)."""
+    meta = table[SITE_META].reset_index(drop=True).copy()
+    meta[METHOD] = method
     feats = pd.DataFrame(emb, columns=names or feature_names(emb.shape[1]))
     return pd.concat([meta, feats], axis=1)
 
@@ -79,16 +79,15 @@ def embedding_frame(table: pd.DataFrame, method: str, emb: np.ndarray, names: li
 def well_embeddings(site_emb: pd.DataFrame) -> pd.DataFrame:
     """Median over each well's sites, per method.
 
-    Input: site rows (``EMBEDDING_META`` + features, any QC-failed sites already absent).
+    Input: site rows (``Metadata_*`` + features, any QC-failed sites already absent).
     Output columns: ``Metadata_Plate, Metadata_Well, Metadata_Donor, Metadata_Condition,
-    Metadata_Group, method, n_sites`` + the features (the median ignores NaN).
+    Metadata_Group, Metadata_Method, Metadata_n_sites`` + the features (the median ignores NaN).
     """
-    keys = ["Metadata_Plate", "Metadata_Well", "method"]
-    feats = [c for c in site_emb.columns if c not in EMBEDDING_META and not c.startswith("Metadata_")]
-    meta_cols = ["Metadata_Donor", "Metadata_Condition", "Metadata_Group"]
+    keys = [*WELL_KEY, METHOD]
+    feats = feature_columns(site_emb)
     g = site_emb.groupby(keys, sort=True)
     out = g[feats].median()
-    out.insert(0, "n_sites", g.size())
-    meta = g[meta_cols].first()
+    out.insert(0, N_SITES, g.size())
+    meta = g[PLATEMAP_COLUMNS].first()
     out = pd.concat([meta, out], axis=1).reset_index()
-    return out[["Metadata_Plate", "Metadata_Well", *meta_cols, "method", "n_sites", *feats]]
+    return out[[*WELL_KEY, *PLATEMAP_COLUMNS, METHOD, N_SITES, *feats]]

@@ -1,6 +1,6 @@
 """Fit the seed's model families on QC-passed corrected sites (pure: no Dagster, no MLflow).
 
-Inputs are a *site table*, one row per corrected site (:func:`site_table`), with a donor-grouped
+Inputs are a *site table*, one row per corrected site (:func:`training_sites`), with a donor-grouped
 ``split`` column (:func:`assign_splits`). Each ``fit_*`` returns a :class:`FitOutput` with the
 trained model (best validation loss), per-epoch history, final metrics per split, figures
 (PNG bytes) and an input example for model logging.
@@ -26,16 +26,15 @@ from ssc_assets.core.learn.augment import AugmentParams, SiteDataset, SiteRef
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
 from ssc_assets.core.learn.splits import grouped_split
 from ssc_assets.core.learn.loop import TrainParams, confusion, evaluate, set_seed, train
+from ssc_assets.core.schema import SITE_META
 
-META = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Donor", "Metadata_Condition", "Metadata_Group"]
 
-
-def site_table(corrected: dict[str, dict], raw_sites: dict[str, pd.DataFrame], masks: dict[str, dict] | None = None) -> pd.DataFrame:
+def training_sites(corrected: dict[str, dict], raw_sites: dict[str, pd.DataFrame], masks: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per corrected (QC-passed, written) site of every plate.
 
     ``corrected`` / ``masks``: plate -> asset manifest (``store``, ``sites`` [[well, site]]).
     ``raw_sites``: plate -> raw_sites table (gives the plate-map ``Metadata_*`` columns).
-    Columns: ``META`` + ``label`` (1 = SSc, 0 = HC) + ``store`` + ``masks_store`` (None
+    Columns: ``schema.SITE_META`` + ``label`` (1 = SSc, 0 = HC) + ``store`` + ``masks_store`` (None
     when the site has no masks) + ``side`` (px, full-resolution side of the stored image).
     """
     rows = []
@@ -55,7 +54,7 @@ def site_table(corrected: dict[str, dict], raw_sites: dict[str, pd.DataFrame], m
                 "masks_store": masks[plate]["store"] if (well, int(site)) in mask_sites else None,
                 "side": int(man.get("side") or 0),
             })
-    return pd.DataFrame(rows, columns=META + ["label", "store", "masks_store", "side"])
+    return pd.DataFrame(rows, columns=SITE_META + ["label", "store", "masks_store", "side"])
 
 
 def assign_splits(table: pd.DataFrame, group_by: str = "donor", seed: int = 0) -> pd.DataFrame:
