@@ -218,7 +218,7 @@ class CropDataset:
 def build_crop_dataset(sites: pd.DataFrame, params: CropParams = CropParams(),
                        store_channels: Sequence[str] = IMAGE_CHANNELS,
                        on_site: Callable[[int, int], None] | None = None) -> CropDataset:
-    """Crops of every site of a site table (as :func:`ssc_assets.core.learn.fit.site_table`).
+    """Crops of every site of a site table (as :func:`ssc_assets.core.learn.fit.training_sites`).
 
     ``sites`` needs ``Metadata_Plate, Metadata_Well, Metadata_Site, store, masks_store`` and
     carries ``Metadata_Donor, Metadata_Condition, Metadata_Group, label`` when present. Sites

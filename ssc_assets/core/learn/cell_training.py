@@ -319,8 +319,9 @@ def cell_frame(table: pd.DataFrame, emb: np.ndarray, logits: np.ndarray | None =
     """Per-cell table: the crop table's ``Metadata_*`` columns (and ``label``) + ``f0000``..
     embedding columns (+ ``Metadata_Logit`` when ``logits`` is given)."""
     from ssc_assets.core.learn.embeddings import feature_names
+    from ssc_assets.core.schema import metadata_columns
 
-    meta = table[[c for c in table.columns if str(c).startswith("Metadata_")]].reset_index(drop=True).copy()
+    meta = table[metadata_columns(table)].reset_index(drop=True).copy()
     if logits is not None:
         meta["Metadata_Logit"] = np.asarray(logits, np.float64)
     return pd.concat([meta, pd.DataFrame(np.asarray(emb, np.float32), columns=feature_names(emb.shape[1]))], axis=1)
@@ -333,18 +334,18 @@ def aggregate_cells(table: pd.DataFrame, emb: np.ndarray, method: str = "cell_cn
     ``table``: crop table (``Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Donor,
     Metadata_Condition, Metadata_Group``), ``emb`` (N, E) aligned with it. Returns ``(sites,
     wells)``: ``sites`` in the :func:`ssc_assets.core.learn.embeddings.embedding_frame` layout
-    (site META + method column + ``f0000``..) plus ``Metadata_n_cells``; ``wells`` from
+    (``schema.SITE_META`` + ``Metadata_Method`` + ``f0000``..) plus ``Metadata_n_cells``; ``wells`` from
     :func:`~ssc_assets.core.learn.embeddings.well_embeddings` plus ``Metadata_n_cells`` (summed
     over sites). With ``logits`` (N,), both also get ``Metadata_Score``: the median cell logit
     of the site, then the median over the well's sites (> 0 = SSc-like); it is metadata, not
     a feature, so feature-based analyses do not see it twice.
     """
-    from ssc_assets.core.learn.embeddings import EMBEDDING_META, feature_names, well_embeddings
+    from ssc_assets.core.learn.embeddings import feature_names, well_embeddings
+    from ssc_assets.core.schema import METHOD, SITE_KEY, SITE_META, WELL_KEY
 
-    site_key = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
-    well_key = ["Metadata_Plate", "Metadata_Well"]
-    meta_keep = [c for c in EMBEDDING_META if c in table.columns and c not in site_key]
-    method_col = [c for c in EMBEDDING_META if c not in table.columns and c not in site_key][:1] or ["method"]
+    site_key, well_key = SITE_KEY, WELL_KEY
+    embedding_meta = SITE_META + [METHOD]
+    meta_keep = [c for c in SITE_META if c in table.columns and c not in site_key]
     names = feature_names(emb.shape[1])
     df = pd.concat([table[site_key + meta_keep].reset_index(drop=True),
                     pd.DataFrame(np.asarray(emb, np.float64), columns=names)], axis=1)
@@ -356,8 +357,8 @@ def aggregate_cells(table: pd.DataFrame, emb: np.ndarray, method: str = "cell_cn
     if logits is not None:
         sites["Metadata_Score"] = g["Metadata_Score"].median()
     sites = pd.concat([g[meta_keep].first(), sites], axis=1).reset_index()
-    sites[method_col[0]] = method
-    cols = [c for c in EMBEDDING_META if c in sites.columns]
+    sites[METHOD] = method
+    cols = [c for c in embedding_meta if c in sites.columns]
     sites = sites[cols + [c for c in sites.columns if c not in cols]]
     wells = well_embeddings(sites)
     gw = sites.groupby(well_key)
