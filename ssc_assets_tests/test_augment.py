@@ -122,7 +122,7 @@ def test_test_mode_is_deterministic_centre_crop():
     np.testing.assert_allclose(a, expected, atol=1e-5)
     # smaller than the input size: nearest upscale (each pixel -> 2x2 block), then centre crop
     small = np.random.default_rng(1).random((2, 20, 20)).astype(np.float32)
-    up, (t,) = A.centre_crop(small, 40, targets=[np.arange(400, dtype=np.int16).reshape(20, 20)])
+    up, (t,) = A.centre_crop_sample(small, 40, targets=[np.arange(400, dtype=np.int16).reshape(20, 20)])
     np.testing.assert_array_equal(up, small.repeat(2, axis=1).repeat(2, axis=2))
     assert t.dtype == np.int16
     np.testing.assert_array_equal(t, np.arange(400).reshape(20, 20).repeat(2, 0).repeat(2, 1))

@@ -1,5 +1,9 @@
 """Classic morphological profiles (CellProfiler-style baseline) from the masks of one site.
 
+"Profile" here means a *morphological* profile: a vector of cell measurements per site or
+well (the ``profiles`` embedding method). Not the illumination (flat-field) model of
+:class:`ssc_assets.core.image.illumination.IlluminationProfile`.
+
 Three steps, each usable on its own:
 
 1. :func:`cell_features` - one row per cell, measured with ``cp_measure`` (a port of

@@ -70,7 +70,9 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class IlluminationProfile:
-    """Illumination model of one channel of one plate (or acquisition group).
+    """Illumination model of one channel of one plate (or acquisition group): the flat-field
+    and dark-field images. ("Profile" in the illumination sense, not a morphological profile
+    of :mod:`ssc_assets.core.analysis.profiles`.)
 
     Attributes
     ----------

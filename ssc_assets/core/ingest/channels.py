@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 MODEL_CHANNELS: tuple[str, ...] = ("actin", "borders", "nuclei")
 #: Channels processed by the image pipeline (illumination, preprocessing, masks).
 IMAGE_CHANNELS: tuple[str, ...] = ("nuclei", "borders", "actin")
-IGNORED_CHANNELS: tuple[str, ...] = ("mitochondria",)
 #: Channel names a channel map may use, and those it must contain.
 KNOWN_CHANNELS: tuple[str, ...] = ("nuclei", "borders", "actin", "mitochondria")
 REQUIRED_CHANNELS: tuple[str, ...] = IMAGE_CHANNELS

@@ -109,7 +109,7 @@ def random_scaled_crop(
     return _out_image(out), _out_targets(outs, dtypes), {"scale": s, "side": side, "box": box}
 
 
-def centre_crop(
+def centre_crop_sample(
     image: np.ndarray, size: int, targets: Sequence[np.ndarray] = ()
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """Centre ``size`` x ``size`` crop of ``image`` (C, H, W) and targets (H, W).
@@ -195,10 +195,10 @@ def augment(
         image, targets, _ = random_scaled_crop(image, rng, params, targets)
         image, targets, _ = rotate_flip(image, rng, params, targets)
     elif mode == "val":
-        image, targets = centre_crop(image, params.input_size, targets)
+        image, targets = centre_crop_sample(image, params.input_size, targets)
         image, targets, _ = rotate_flip(image, rng, params, targets)
     elif mode == "test":
-        image, targets = centre_crop(image, params.input_size, targets)
+        image, targets = centre_crop_sample(image, params.input_size, targets)
     else:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     return normalize(image), tuple(targets)

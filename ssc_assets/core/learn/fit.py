@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ssc_assets.core.plots import figures
+from ssc_assets.core.plots import training as training_plots
 from ssc_assets.core.learn.augment import AugmentParams, SiteDataset, SiteRef
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
 from ssc_assets.core.learn.splits import grouped_split
@@ -155,35 +155,6 @@ def _output(model, t: _Trained, figs: dict, params: dict, extra: dict) -> FitOut
                      {"level": t.params["pyramid_level"], **extra}, r.seconds)
 
 
-def _curves_png(history: list[dict], title: str) -> bytes:
-    import matplotlib.pyplot as plt
-
-    ep = np.arange(1, len(history) + 1)
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    ax.plot(ep, [h["train_loss"] for h in history], label="train")
-    ax.plot(ep, [h["val_loss"] for h in history], label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    return figures.fig_to_png(fig)
-
-
-def _confusion_png(m: np.ndarray) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(3, 3))
-    ax.imshow(m, cmap="Blues")
-    for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, str(v), ha="center", va="center")
-    ax.set_xticks([0, 1], ["HC", "SSc"])
-    ax.set_yticks([0, 1], ["HC", "SSc"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("test confusion matrix", fontsize=9)
-    return figures.fig_to_png(fig)
-
-
 def fit_classifier(table: pd.DataFrame, kind: str, params: TrainParams, input_size: int = 512, factor: int = 5,
                    model_kwargs: dict | None = None, on_epoch: Callable | None = None) -> FitOutput:
     """SSc-vs-HC classifier on (actin, borders, nuclei) crops: ``kind`` = ``custom`` or ``densenet``."""
@@ -199,35 +170,15 @@ def fit_classifier(table: pd.DataFrame, kind: str, params: TrainParams, input_si
         raise ValueError(f"kind must be 'custom' or 'densenet', not {kind!r}")
     t = _fit(model, "classify", table, MODEL_CHANNELS, input_size, factor, params, on_epoch)
     pred = t.metrics.pop("_test_predictions", None)
-    figs = {"learning_curves.png": _curves_png(t.result.history, f"{kind} classifier, augmentation x{factor}")}
+    figs = {"learning_curves.png": training_plots.curves_png(t.result.history, f"{kind} classifier, augmentation x{factor}")}
     extra = {"confusion_matrix": None}
     if pred is not None:
         cm = confusion(pred["y_true"], pred["prob"])
-        figs["confusion_matrix.png"] = _confusion_png(cm)
+        figs["confusion_matrix.png"] = training_plots.confusion_png(cm)
         extra["confusion_matrix"] = cm.tolist()
     if kind == "densenet":
         extra["weights_source"] = model.weights_source
     return _output(model, t, figs, kw, extra)
-
-
-def _reconstruction_png(model, ds, n: int = 4) -> bytes:
-    import matplotlib.pyplot as plt
-
-    from ssc_assets.core.learn.models import reconstruction_target
-
-    model.eval()
-    n = min(n, len(ds))
-    fig, axes = plt.subplots(3, n, figsize=(2.2 * n, 6.6), squeeze=False)
-    with torch.no_grad():
-        for j in range(n):
-            x = ds[j][0][None]
-            p = model(x)[0, 1].numpy()
-            t = reconstruction_target(x)[0, 1].numpy()
-            for i, (img, name) in enumerate([(x[0, 0].numpy(), "input"), (t, "target P(object)"), (p, "output P(object)")]):
-                axes[i, j].imshow(img, cmap="gray")
-                axes[i, j].set_title(name, fontsize=7)
-                axes[i, j].axis("off")
-    return figures.fig_to_png(fig)
 
 
 def fit_autoencoder(table: pd.DataFrame, channel: str, params: TrainParams, patch_size: int = 256, factor: int = 5,
@@ -239,26 +190,9 @@ def fit_autoencoder(table: pd.DataFrame, channel: str, params: TrainParams, patc
     kw = dict(model_kwargs or {})
     model = ChannelAutoencoder(patch_size=patch_size, **kw)
     t = _fit(model, "reconstruct", table, (channel,), patch_size, factor, params, on_epoch)
-    figs = {"learning_curves.png": _curves_png(t.result.history, f"{channel} autoencoder"),
-            "reconstructions.png": _reconstruction_png(model, t.datasets["test"])}
+    figs = {"learning_curves.png": training_plots.curves_png(t.result.history, f"{channel} autoencoder"),
+            "reconstructions.png": training_plots.reconstruction_png(model, t.datasets["test"])}
     return _output(model, t, figs, {"channel": channel, **kw}, {})
-
-
-def _segmentation_png(model, ds, n: int = 3) -> bytes:
-    import matplotlib.pyplot as plt
-
-    model.eval()
-    n = min(n, len(ds))
-    fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.2 * n), squeeze=False)
-    with torch.no_grad():
-        for i in range(n):
-            x, mask, _ = ds[i]
-            pred = model(x[None]).argmax(1)[0].numpy()
-            for j, (img, name) in enumerate([(x[1].numpy(), "actin (input)"), (mask.numpy(), "actin inside cells"), (pred, "U-Net")]):
-                axes[i, j].imshow(img, cmap="gray")
-                axes[i, j].set_title(name, fontsize=7)
-                axes[i, j].axis("off")
-    return figures.fig_to_png(fig)
 
 
 def fit_unet(table: pd.DataFrame, params: TrainParams, tile_size: int = 512, factor: int = 5,
@@ -271,8 +205,8 @@ def fit_unet(table: pd.DataFrame, params: TrainParams, tile_size: int = 512, fac
     model = UNet(in_channels=2, n_classes=2, **kw)
     t = _fit(model, "segment", table[table["masks_store"].notna()], ("borders", "actin"), tile_size, factor, params,
              on_epoch, target="unet")
-    figs = {"learning_curves.png": _curves_png(t.result.history, "U-Net (actin inside cells)"),
-            "segmentation_overlays.png": _segmentation_png(model, t.datasets["test"])}
+    figs = {"learning_curves.png": training_plots.curves_png(t.result.history, "U-Net (actin inside cells)"),
+            "segmentation_overlays.png": training_plots.segmentation_png(model, t.datasets["test"])}
     return _output(model, t, figs, kw, {"bottleneck": list(model.bottleneck_shape(tile_size, tile_size))})
 
 

@@ -68,10 +68,6 @@ class PreprocessParams:
         except AttributeError:
             raise KeyError(f"no preprocessing parameters for channel {channel!r}") from None
 
-    @property
-    def channels(self) -> tuple[str, ...]:
-        return ("nuclei", "borders", "actin")
-
 
 def preprocess_channel(
     img: np.ndarray, channel: str, params: PreprocessParams | None = None, *, crop: bool = True
