@@ -1,0 +1,376 @@
+"""Per-donor answers from well-level embeddings (issue 11). Pure: numpy, pandas, scikit-learn, pycytominer.
+
+Input everywhere: a *well table*, one row per well, with ``Metadata_Plate``,
+``Metadata_Well``, ``Metadata_Donor``, ``Metadata_Condition`` (``HC`` | ``SSc``),
+``Metadata_Group`` (``HC`` | ``SSC`` | ``SSCHL``), optionally ``Metadata_AcquisitionGroup``
+(or ``Metadata_Objective``), and numeric feature columns (by default
+:func:`ssc_assets.core.schema.feature_columns`; the legacy bookkeeping columns ``method``,
+``n_sites``, ``label`` are never features). Any embedding of the project fits (PCA,
+autoencoder, classifiers, cell CNN, profiles).
+
+* :func:`normalize_wells` - per plate x acquisition group, robust z-scores against that
+  batch's HC wells (pycytominer ``normalize``), so HC wells of every batch have median 0;
+* :func:`batch_vmeasure` - V-measure of KMeans clusters against plate, acquisition group and
+  condition (a batch effect shows as plate V-measure >> condition V-measure);
+* :func:`lodo_accuracy` - leave-one-donor-out linear SVM: well accuracy, out-of-fold decision
+  values; :func:`permutation_pvalue` - the same with condition labels permuted between donors;
+* :func:`donor_scores` - per-donor SSc-likeness (mean out-of-fold decision over the donor's
+  wells, bootstrap interval over wells, rank) and :func:`severity_spearman` (rho between the
+  score and HC < SSC < SSCHL);
+* :func:`donor_report` - all of it for several methods: tidy tables, one row per donor x
+  method and one row per method.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from ssc_assets.core import schema
+
+log = logging.getLogger(__name__)
+
+CONTROL = "HC"
+#: Group order of the severity check: HC (0) < SSc (1) < severe SSc (2).
+GROUP_ORDER = {"HC": 0, "SSC": 1, "SSCHL": 2}
+LEGACY_NON_FEATURES = frozenset({"method", "n_sites", "label", "site_index", "side", "store", "masks_store", "split"})
+#: Columns of :func:`donor_scores` (one row per donor).
+DONOR_COLUMNS = ["Metadata_Donor", "Metadata_Condition", "Metadata_Group", "n_wells", "score", "score_low",
+                 "score_high", "rank", "predicted", "correct", "well_accuracy"]
+
+
+def wells_features(wells: pd.DataFrame, features: list[str] | None = None) -> list[str]:
+    """The feature columns of a well table (numeric, not all-NaN, not bookkeeping)."""
+    if features is not None:
+        return list(features)
+    return [c for c in schema.feature_columns(wells, numeric=True, drop_all_nan=True) if c not in LEGACY_NON_FEATURES]
+
+
+def batch_column(wells: pd.DataFrame) -> str | None:
+    """The acquisition-group column present (``Metadata_AcquisitionGroup``, else
+    ``Metadata_Objective``), or None."""
+    for c in (schema.ACQUISITION_GROUP, schema.OBJECTIVE):
+        if c in wells.columns:
+            return c
+    return None
+
+
+def _matrix(wells: pd.DataFrame, features: list[str]) -> np.ndarray:
+    X = wells[features].to_numpy(np.float64)
+    X = np.where(np.isfinite(X), X, np.nan)
+    med = np.nanmedian(X, axis=0) if len(X) else np.zeros(X.shape[1])
+    return np.where(np.isnan(X), np.where(np.isnan(med), 0.0, med)[None, :], X)
+
+
+# ---------------------------------------------------------------- batch normalisation
+
+
+def normalize_wells(wells: pd.DataFrame, features: list[str] | None = None, *, control: str = CONTROL,
+                    by: list[str] | None = None, method: str = "mad_robustize", min_reference: int = 2) -> pd.DataFrame:
+    """Per-batch normalisation of the features against the batch's control wells.
+
+    Batches: ``by`` (default: ``Metadata_Plate`` and, if present, the acquisition group
+    column of :func:`batch_column`). In each batch, ``pycytominer.normalize(method=method,
+    samples="Metadata_Condition == 'HC'")`` fits on the control wells and transforms all wells:
+    ``mad_robustize`` (default) gives (x - median_HC) / (1.4826 MAD_HC), so the control wells
+    have median exactly 0 per feature; ``standardize`` gives mean 0 / std 1 on them (what
+    :func:`ssc_assets.core.analysis.profiles.select_and_normalize` uses for sites). A batch
+    with fewer than ``min_reference`` control wells is normalised against all its wells; a
+    feature whose reference MAD (or std) is 0 is only centred (no division by ~0). Noted in
+    ``out.attrs["notes"]``. Returns the same rows (order kept) and columns, features float64.
+    """
+    from pycytominer import normalize
+
+    feats = wells_features(wells, features)
+    if not feats:
+        raise ValueError("no feature columns")
+    by = list(by) if by is not None else [schema.PLATE] + ([batch_column(wells)] if batch_column(wells) else [])
+    meta = [c for c in wells.columns if c not in feats]
+    df = wells.reset_index(drop=True).copy()
+    df[feats] = df[feats].astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    df["_row"] = np.arange(len(df))
+    notes: list[str] = []
+    parts = []
+    for key, sub in df.groupby(by, sort=False, dropna=False):
+        is_ref = (sub[schema.CONDITION].astype(str) == control).to_numpy()
+        if is_ref.sum() >= min_reference:
+            samples, ref = f"{schema.CONDITION} == {control!r}", sub[is_ref]
+        else:
+            samples, ref = "all", sub
+            notes.append(f"batch {key}: {int(is_ref.sum())} {control} well(s), normalised against all {len(sub)} wells")
+        out = normalize(profiles=sub, features=feats, meta_features=meta + ["_row"], samples=samples, method=method)
+        # features constant in the reference: centre only
+        centre = ref[feats].median() if method == "mad_robustize" else ref[feats].mean()
+        spread = (ref[feats] - ref[feats].median()).abs().median() if method == "mad_robustize" else ref[feats].std(ddof=0)
+        flat = [f for f in feats if not spread[f] > 1e-12]
+        if flat:
+            out[flat] = sub[flat].to_numpy() - centre[flat].to_numpy()[None, :]
+            notes.append(f"batch {key}: {len(flat)} feature(s) constant in the reference, centred only")
+        parts.append(out)
+    normed = pd.concat(parts).sort_values("_row")
+    result = wells.reset_index(drop=True).copy()
+    result[feats] = normed[feats].to_numpy(np.float64)
+    for n in notes:
+        log.info("normalize_wells: %s", n)
+    result.attrs["notes"] = notes
+    return result
+
+
+# ---------------------------------------------------------------- batch effects
+
+
+def batch_vmeasure(wells: pd.DataFrame, features: list[str] | None = None, *, factors: list[str] | None = None,
+                   seed: int = 0, n_init: int = 10) -> pd.DataFrame:
+    """V-measure between KMeans clusters of the (standardised) features and each factor.
+
+    ``factors``: default ``Metadata_Plate``, the acquisition group column (if any) and
+    ``Metadata_Condition``. For each factor with >= 2 levels, KMeans with k = number of
+    levels (``seed``, ``n_init``) is compared with the factor's labels. Returns one row per
+    factor: ``factor, n_levels, k, v_measure`` (0 = clusters ignore the factor, 1 = clusters
+    are the factor's levels; NaN for a factor with < 2 levels).
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import v_measure_score
+    from sklearn.preprocessing import StandardScaler
+
+    feats = wells_features(wells, features)
+    X = StandardScaler().fit_transform(_matrix(wells, feats)) if len(wells) else np.zeros((0, len(feats)))
+    if factors is None:
+        factors = [schema.PLATE] + ([batch_column(wells)] if batch_column(wells) else []) + [schema.CONDITION]
+    rows = []
+    for f in factors:
+        labels = wells[f].astype(str).to_numpy()
+        k = len(np.unique(labels))
+        v = float("nan")
+        if 2 <= k < len(wells):
+            clusters = KMeans(n_clusters=k, random_state=seed, n_init=n_init).fit_predict(X)
+            v = float(v_measure_score(labels, clusters))
+        rows.append({"factor": f, "n_levels": k, "k": k, "v_measure": v})
+    return pd.DataFrame(rows, columns=["factor", "n_levels", "k", "v_measure"])
+
+
+# ---------------------------------------------------------------- leave one donor out
+
+
+def _svm(C: float):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    return make_pipeline(StandardScaler(), SVC(kernel="linear", C=C, class_weight="balanced"))
+
+
+def _lodo(X: np.ndarray, y: np.ndarray, donors: np.ndarray, C: float) -> np.ndarray:
+    """Out-of-fold decision values (n,) of leave-one-donor-out linear SVMs (> 0 = class 1)."""
+    dec = np.full(len(y), np.nan)
+    for d in np.unique(donors):
+        te = donors == d
+        tr = ~te
+        if len(np.unique(y[tr])) < 2:  # cannot fit: decide for the only class seen
+            dec[te] = 1.0 if y[tr][0] == 1 else -1.0
+            continue
+        dec[te] = _svm(C).fit(X[tr], y[tr]).decision_function(X[te])
+    return dec
+
+
+def _xy(wells: pd.DataFrame, features: list[str] | None, control: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    X = _matrix(wells, wells_features(wells, features))
+    y = (wells[schema.CONDITION].astype(str) != control).to_numpy().astype(int)
+    donors = wells[schema.DONOR].astype(str).to_numpy()
+    return X, y, donors
+
+
+def lodo_accuracy(wells: pd.DataFrame, features: list[str] | None = None, *, C: float = 1.0,
+                  control: str = CONTROL) -> dict:
+    """Leave-one-donor-out linear SVM (StandardScaler + SVC(linear, C, class_weight=balanced))
+    on the wells: each donor's wells are predicted by a model fitted on all other donors.
+
+    Returns ``accuracy`` (over wells), ``balanced_accuracy`` (mean of per-condition well
+    accuracies), ``donor_accuracy`` (donors whose mean well decision has the right sign),
+    ``chance`` (majority-class rate of the wells, :func:`clustering.chance_accuracy`),
+    ``decision`` (n,) out-of-fold decision values (> 0 = SSc), ``correct`` (n,) 1/0,
+    ``n_wells``, ``n_donors``. NaN accuracy with < 2 donors per condition.
+    """
+    from ssc_assets.core.analysis.clustering import chance_accuracy
+
+    X, y, donors = _xy(wells, features, control)
+    per = pd.DataFrame({"y": y, "d": donors}).groupby("y")["d"].nunique()
+    out = {"n_wells": int(len(y)), "n_donors": int(len(np.unique(donors))),
+           "chance": chance_accuracy(wells[schema.CONDITION]) if len(y) else float("nan")}
+    if len(per) < 2 or per.min() < 2:
+        return {**out, "accuracy": float("nan"), "balanced_accuracy": float("nan"), "donor_accuracy": float("nan"),
+                "decision": np.full(len(y), np.nan), "correct": np.full(len(y), np.nan),
+                "note": "need at least 2 donors per condition"}
+    dec = _lodo(X, y, donors, C)
+    correct = ((dec > 0).astype(int) == y).astype(float)
+    bal = float(np.mean([correct[y == c].mean() for c in (0, 1)]))
+    dd = pd.DataFrame({"d": donors, "dec": dec, "y": y}).groupby("d").agg(dec=("dec", "mean"), y=("y", "first"))
+    return {**out, "accuracy": float(correct.mean()), "balanced_accuracy": bal,
+            "donor_accuracy": float(((dd["dec"] > 0).astype(int) == dd["y"]).mean()),
+            "decision": dec, "correct": correct}
+
+
+def permutation_pvalue(wells: pd.DataFrame, features: list[str] | None = None, *, n_permutations: int = 200,
+                       seed: int = 0, C: float = 1.0, control: str = CONTROL,
+                       observed: float | None = None) -> dict:
+    """Permutation test of the LODO accuracy, permuting conditions between DONORS.
+
+    Each permutation shuffles the donors' condition labels (every well of a donor keeps its
+    donor's label, so the number of donors per condition is kept) and recomputes the LODO
+    balanced accuracy. p = (1 + #{permuted >= observed}) / (1 + n_permutations). Returns
+    ``observed`` (balanced accuracy, :func:`lodo_accuracy`), ``p_value``, ``null_mean``,
+    ``null_sd``, ``n_permutations``.
+    """
+    X, y, donors = _xy(wells, features, control)
+    if observed is None:
+        observed = lodo_accuracy(wells, features, C=C, control=control)["balanced_accuracy"]
+    if not np.isfinite(observed):
+        return {"observed": observed, "p_value": float("nan"), "null_mean": float("nan"), "null_sd": float("nan"),
+                "n_permutations": 0}
+    ids, inv = np.unique(donors, return_inverse=True)
+    donor_y = pd.Series(y).groupby(inv).first().to_numpy()
+    rng = np.random.default_rng(seed)
+    null = np.empty(n_permutations)
+    for i in range(n_permutations):
+        yp = rng.permutation(donor_y)[inv]
+        dec = _lodo(X, yp, donors, C)
+        corr = ((dec > 0).astype(int) == yp).astype(float)
+        null[i] = np.mean([corr[yp == c].mean() for c in (0, 1)])
+    p = (1.0 + float(np.sum(null >= observed - 1e-12))) / (1.0 + n_permutations)
+    return {"observed": float(observed), "p_value": p, "null_mean": float(null.mean()), "null_sd": float(null.std()),
+            "n_permutations": int(n_permutations)}
+
+
+# ---------------------------------------------------------------- per-donor scores
+
+
+def donor_scores(wells: pd.DataFrame, features: list[str] | None = None, *, score_col: str | None = None,
+                 n_boot: int = 2000, level: float = 0.95, seed: int = 0, C: float = 1.0,
+                 control: str = CONTROL) -> pd.DataFrame:
+    """Per-donor SSc-likeness score, one row per donor (columns :data:`DONOR_COLUMNS`).
+
+    Well scores: ``score_col`` when given (an already out-of-fold per-well score, e.g. the
+    cell CNN's median logit ``Metadata_Score`` from cross-validation), else the out-of-fold
+    leave-one-donor-out linear SVM decision values (:func:`lodo_accuracy`; a donor's wells
+    are never seen by the model that scores them). ``score`` = mean over the donor's wells
+    (> 0: SSc-like); ``score_low``/``score_high``: percentile interval (``level``) of that mean
+    over ``n_boot`` resamplings of the donor's wells with replacement (a single-well donor
+    gets a zero-width interval); ``rank``: 1 = most SSc-like; ``predicted``: SSc if score >
+    0 else HC; ``correct``: predicted == condition; ``well_accuracy``: fraction of the
+    donor's wells on the right side of 0. Sorted by rank.
+    """
+    if score_col is not None:
+        s = wells[score_col].to_numpy(np.float64)
+    else:
+        s = lodo_accuracy(wells, features, C=C, control=control)["decision"]
+    df = pd.DataFrame({
+        "Metadata_Donor": wells[schema.DONOR].astype(str).to_numpy(),
+        "Metadata_Condition": wells[schema.CONDITION].astype(str).to_numpy(),
+        "Metadata_Group": wells[schema.GROUP].astype(str).to_numpy() if schema.GROUP in wells else "",
+        "s": s,
+    })
+    rng = np.random.default_rng(seed)
+    a = (1.0 - level) / 2.0
+    rows = []
+    for donor, part in df.groupby("Metadata_Donor", sort=True):
+        v = part["s"].to_numpy()
+        v = v[np.isfinite(v)]
+        cond = part["Metadata_Condition"].iloc[0]
+        if len(v) == 0:
+            mean = lo = hi = float("nan")
+        else:
+            mean = float(v.mean())
+            boots = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+            lo, hi = float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
+        pred = "SSc" if mean > 0 else control
+        rows.append({"Metadata_Donor": donor, "Metadata_Condition": cond, "Metadata_Group": part["Metadata_Group"].iloc[0],
+                     "n_wells": int(len(part)), "score": mean, "score_low": lo, "score_high": hi,
+                     "predicted": pred, "correct": bool(pred == cond if np.isfinite(mean) else False),
+                     "well_accuracy": float(np.mean((v > 0) == (cond != control))) if len(v) else float("nan")})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=DONOR_COLUMNS)
+    out["rank"] = out["score"].rank(ascending=False, method="min").astype("Int64")
+    return out.sort_values(["rank", "Metadata_Donor"]).reset_index(drop=True)[DONOR_COLUMNS]
+
+
+def severity_spearman(donors: pd.DataFrame, order: dict[str, float] | None = None, *,
+                      score: str = "score", group: str = "Metadata_Group") -> dict:
+    """Spearman rho (and two-sided p) between the donor scores and an ordinal severity.
+
+    ``order``: group -> rank (default :data:`GROUP_ORDER`, HC 0 < SSC 1 < SSCHL 2); donors
+    whose group is not in it, or without a finite score, are left out. Pass
+    ``group="severity"`` with a numeric column and ``order={}`` to use true severities.
+    Returns ``rho``, ``p_value``, ``n_donors``.
+    """
+    from scipy.stats import spearmanr
+
+    order = GROUP_ORDER if order is None else order
+    sev = donors[group].map(order) if order else donors[group].astype(float)
+    s = donors[score].astype(float)
+    ok = sev.notna() & np.isfinite(s)
+    n = int(ok.sum())
+    if n < 3 or sev[ok].nunique() < 2 or s[ok].nunique() < 2:
+        return {"rho": float("nan"), "p_value": float("nan"), "n_donors": n}
+    r = spearmanr(s[ok], sev[ok].astype(float))
+    return {"rho": float(r.statistic), "p_value": float(r.pvalue), "n_donors": n}
+
+
+# ---------------------------------------------------------------- all methods
+
+
+#: Columns of the per-method table of :func:`donor_report`.
+SUMMARY_COLUMNS = ["method", "n_wells", "n_donors", "grouped_accuracy", "lodo_accuracy", "lodo_balanced_accuracy",
+                   "lodo_donor_accuracy", "chance", "permutation_p", "n_permutations", "rho_group", "rho_group_p",
+                   "vmeasure_plate", "vmeasure_acquisition", "vmeasure_condition"]
+
+
+def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, score_cols: dict[str, str] | None = None,
+                 n_permutations: int = 200, n_boot: int = 2000, seed: int = 0, n_splits: int = 5,
+                 C: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Donor scores and summary metrics for several methods.
+
+    ``tables``: method -> well table. With ``normalize``, each is first
+    :func:`normalize_wells` (per plate x acquisition group against HC). ``score_cols``:
+    method -> column of an out-of-fold per-well score to use instead of the LODO SVM decision
+    (e.g. ``{"cell_cnn": "Metadata_Score"}``). Returns ``(donors, summary)``:
+
+    * ``donors``: :data:`DONOR_COLUMNS` + ``method``, one row per donor x method;
+    * ``summary``: :data:`SUMMARY_COLUMNS`, one row per method: ``grouped_accuracy``
+      (donor-grouped k-fold RBF SVM, :func:`clustering.svm_cv_accuracy`), the LODO linear SVM
+      accuracies and permutation p-value (conditions permuted between donors), chance,
+      Spearman rho (p) of the donor scores vs HC < SSC < SSCHL, and V-measures of KMeans vs
+      plate / acquisition group / condition (on the normalised features).
+    """
+    from ssc_assets.core.analysis.clustering import svm_cv_accuracy
+
+    score_cols = score_cols or {}
+    all_donors, summary = [], []
+    for method, wells in tables.items():
+        w = normalize_wells(wells) if normalize else wells.reset_index(drop=True)
+        feats = wells_features(w)
+        X, y, donors = _xy(w, feats, CONTROL)
+        grouped = svm_cv_accuracy(X, y, groups=donors, n_splits=n_splits, seed=seed)
+        lodo = lodo_accuracy(w, feats, C=C)
+        perm = permutation_pvalue(w, feats, n_permutations=n_permutations, seed=seed, C=C,
+                                  observed=lodo["balanced_accuracy"]) if n_permutations else {"p_value": float("nan"), "n_permutations": 0}
+        d = donor_scores(w, feats, score_col=score_cols.get(method), n_boot=n_boot, seed=seed, C=C)
+        d.insert(0, "method", method)
+        all_donors.append(d)
+        rho = severity_spearman(d)
+        vm = batch_vmeasure(w, feats, seed=seed).set_index("factor")["v_measure"]
+        acq = batch_column(w)
+        summary.append({
+            "method": method, "n_wells": lodo["n_wells"], "n_donors": lodo["n_donors"],
+            "grouped_accuracy": grouped["accuracy"], "lodo_accuracy": lodo["accuracy"],
+            "lodo_balanced_accuracy": lodo["balanced_accuracy"], "lodo_donor_accuracy": lodo["donor_accuracy"],
+            "chance": lodo["chance"], "permutation_p": perm["p_value"], "n_permutations": perm["n_permutations"],
+            "rho_group": rho["rho"], "rho_group_p": rho["p_value"],
+            "vmeasure_plate": float(vm.get(schema.PLATE, np.nan)),
+            "vmeasure_acquisition": float(vm.get(acq, np.nan)) if acq else float("nan"),
+            "vmeasure_condition": float(vm.get(schema.CONDITION, np.nan)),
+        })
+    donors_df = pd.concat(all_donors, ignore_index=True) if all_donors else pd.DataFrame(columns=["method"] + DONOR_COLUMNS)
+    return donors_df, pd.DataFrame(summary, columns=SUMMARY_COLUMNS)

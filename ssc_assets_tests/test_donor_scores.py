@@ -1,0 +1,123 @@
+"""Donor-level analysis (core/analysis/donor_scores.py) against planted, independent truths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ssc_assets.core.analysis import donor_scores as DS
+
+
+def planted_wells(n_hc=4, n_ssc=4, n_sschl=3, wells_per_donor=4, plates=2, shift=(0.0, 2.0, 4.0), noise=0.5,
+                  plate_offset=3.0, n_feat=6, seed=0, shuffle=False):
+    """Wells whose feature 0 grows with the group (HC < SSC < SSCHL) plus a per-plate offset on
+    every feature; other features are noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    donors = [(f"HC{i}", "HC", "HC", shift[0]) for i in range(n_hc)] + \
+             [(f"SSC{i}", "SSc", "SSC", shift[1]) for i in range(n_ssc)] + \
+             [(f"SSCHL{i}", "SSc", "SSCHL", shift[2]) for i in range(n_sschl)]
+    for d, cond, grp, s in donors:
+        for k in range(wells_per_donor):
+            p = k % plates
+            x = rng.normal(0, noise, n_feat) + plate_offset * p
+            x[0] += s
+            rows.append({"Metadata_Plate": f"P{p}", "Metadata_Well": f"{d}-{k}", "Metadata_Donor": d,
+                         "Metadata_Condition": cond, "Metadata_Group": grp, "method": "m", "n_sites": 4,
+                         **{f"f{j:04d}": x[j] for j in range(n_feat)}})
+    df = pd.DataFrame(rows)
+    if shuffle:  # conditions shuffled between donors: no signal
+        donor_cond = df.drop_duplicates("Metadata_Donor")[["Metadata_Donor", "Metadata_Condition"]]
+        perm = dict(zip(donor_cond["Metadata_Donor"], rng.permutation(donor_cond["Metadata_Condition"].to_numpy())))
+        df["Metadata_Condition"] = df["Metadata_Donor"].map(perm)
+        df[[f"f{j:04d}" for j in range(n_feat)]] = rng.normal(0, 1, (len(df), n_feat))
+    return df
+
+
+def test_features_skip_bookkeeping():
+    w = planted_wells()
+    assert DS.wells_features(w) == [f"f{j:04d}" for j in range(6)]
+
+
+def test_normalisation_gives_hc_median_zero_per_plate():
+    w = planted_wells()
+    n = DS.normalize_wells(w)
+    feats = DS.wells_features(w)
+    assert len(n) == len(w) and (n["Metadata_Well"].to_numpy() == w["Metadata_Well"].to_numpy()).all()
+    for _, part in n[n["Metadata_Condition"] == "HC"].groupby("Metadata_Plate"):
+        assert np.allclose(part[feats].median().to_numpy(), 0.0, atol=1e-9)
+    # the plate offset (3 units = ~6 noise SDs on every feature) is gone: SSc wells of both plates agree
+    ssc = n[n["Metadata_Group"] != "HC"]
+    gap = ssc.groupby("Metadata_Plate")["f0001"].median()
+    assert abs(gap.iloc[0] - gap.iloc[1]) < 1.5
+    raw = w[w["Metadata_Group"] != "HC"].groupby("Metadata_Plate")["f0001"].median()
+    assert abs(raw.iloc[0] - raw.iloc[1]) / 0.5 > 4.0
+
+
+def test_normalisation_by_acquisition_group_and_constant_feature():
+    w = planted_wells()
+    w["Metadata_AcquisitionGroup"] = np.where(w.index % 2 == 0, "A", "B")
+    w["f0005"] = 7.0  # constant: centred, not divided by a zero MAD
+    n = DS.normalize_wells(w)
+    assert np.isfinite(n[DS.wells_features(w)].to_numpy()).all()
+    assert np.allclose(n["f0005"], 0.0)
+    for _, part in n[n["Metadata_Condition"] == "HC"].groupby(["Metadata_Plate", "Metadata_AcquisitionGroup"]):
+        assert np.allclose(part["f0000"].median(), 0.0, atol=1e-9)
+
+
+def test_vmeasure_sees_the_plate_effect():
+    w = planted_wells(plate_offset=6.0, shift=(0.0, 0.2, 0.4))
+    vm = DS.batch_vmeasure(w).set_index("factor")["v_measure"]
+    assert vm["Metadata_Plate"] > 0.9
+    assert vm["Metadata_Condition"] < 0.3
+    vm2 = DS.batch_vmeasure(DS.normalize_wells(w)).set_index("factor")["v_measure"]
+    assert vm2["Metadata_Plate"] < 0.3
+
+
+def test_lodo_separable_and_shuffled():
+    sep = DS.lodo_accuracy(DS.normalize_wells(planted_wells(noise=0.25)))
+    assert sep["accuracy"] >= 0.95 and sep["donor_accuracy"] == 1.0
+    assert sep["chance"] == pytest.approx(28 / 44)
+    accs = [DS.lodo_accuracy(planted_wells(shuffle=True, seed=s))["balanced_accuracy"] for s in range(6)]
+    assert abs(np.mean(accs) - 0.5) < 0.15
+
+
+def test_permutation_pvalue_small_vs_large():
+    sep = DS.permutation_pvalue(DS.normalize_wells(planted_wells()), n_permutations=60, seed=1)
+    assert sep["p_value"] <= 0.05
+    null = DS.permutation_pvalue(planted_wells(shuffle=True, seed=3), n_permutations=60, seed=1)
+    assert null["p_value"] > 0.1
+
+
+def test_donor_scores_rank_planted_donors():
+    w = DS.normalize_wells(planted_wells(noise=0.3))
+    d = DS.donor_scores(w, n_boot=300)
+    assert list(d.columns) == DS.DONOR_COLUMNS and len(d) == 11
+    # the three severe donors first, the four HC last
+    assert set(d["Metadata_Group"].iloc[:3]) == {"SSCHL"}
+    assert set(d["Metadata_Group"].iloc[-4:]) == {"HC"}
+    assert d["correct"].all()
+    assert (d["score_low"] <= d["score"]).all() and (d["score"] <= d["score_high"]).all()
+    rho = DS.severity_spearman(d)
+    assert rho["rho"] > 0.8 and rho["p_value"] < 0.01 and rho["n_donors"] == 11
+
+
+def test_donor_scores_from_given_score_column():
+    w = planted_wells()
+    w["Metadata_Score"] = w["Metadata_Group"].map({"HC": -1.0, "SSC": 0.5, "SSCHL": 2.0})
+    d = DS.donor_scores(w, score_col="Metadata_Score", n_boot=50)
+    assert (d.loc[d["Metadata_Group"] == "SSCHL", "score"] == 2.0).all()
+    assert (d.loc[d["Metadata_Group"] == "HC", "rank"] == 8).all()  # ties share the lowest rank
+    assert d.loc[d["Metadata_Group"] == "HC", "score_high"].max() == -1.0
+
+
+def test_donor_report_tidy():
+    tables = {"good": planted_wells(noise=0.25), "noise": planted_wells(shuffle=True, seed=5)}
+    donors, summary = DS.donor_report(tables, n_permutations=30, n_boot=100)
+    assert list(summary.columns) == DS.SUMMARY_COLUMNS
+    assert len(donors) == 22 and set(donors["method"]) == {"good", "noise"}
+    s = summary.set_index("method")
+    assert s.loc["good", "lodo_accuracy"] > 0.9 and s.loc["good", "grouped_accuracy"] > 0.9
+    assert s.loc["good", "rho_group"] > 0.7
+    assert s.loc["good", "permutation_p"] < s.loc["noise", "permutation_p"]
