@@ -7,6 +7,8 @@ The demo plates' corrected sites are 384 px (512 px simulated images, centre cro
 
 from __future__ import annotations
 
+from ssc_assets.defs.model_families import TRAINING_ASSETS
+
 DEMO_TRAIN = {"epochs": 4, "augmentation_factor": 2, "batch_size": 8, "lr": 1e-3}
 
 DEMO_MODEL_CONFIG: dict[str, dict] = {
@@ -21,7 +23,7 @@ DEMO_MODEL_CONFIG: dict[str, dict] = {
 
 
 JOB_ASSETS = {
-    "train_models": ["classifier_model", "densenet_model", "autoencoder_models", "segmentation_model", "pca_model"],
+    "train_models": TRAINING_ASSETS,
     "embed_plate": ["site_embeddings_profiles"],
     "cluster_plates": ["clusterings"],
 }

@@ -35,6 +35,7 @@ import dagster as dg
 from pydantic import Field
 
 from ssc_assets import settings
+from ssc_assets.defs.model_families import CLUSTERING_EXPERIMENT, FAMILIES
 
 CHAMPION = "champion"
 
@@ -72,27 +73,27 @@ _CLASSIFIER_METRICS = ("best_val_loss", "final_test_accuracy", "final_test_f1", 
 _TRAIN_PARAMS = ("epochs", "augmentation_factor", "lr", "split_by")
 
 EXPERIMENTS: dict[str, ExperimentSpec] = {
-    "ssc-classifier": ExperimentSpec(
+    FAMILIES["classifier"].experiment: ExperimentSpec(
         "Custom CNN SSc-vs-HC classifier (asset `classifier_model`, E = 8 embedding) and its augmentation sweeps "
         "(asset `augmentation_sweep`, tag `ssc.sweep`).",
         _CLASSIFIER_METRICS, (*_TRAIN_PARAMS, "crop_size"), (PRESET_TAG, "ssc.partitions", "ssc.sweep"), "best_val_loss"),
-    "ssc-densenet": ExperimentSpec(
+    FAMILIES["densenet"].experiment: ExperimentSpec(
         "DenseNet-121 SSc-vs-HC classifier (asset `densenet_model`, E = 8 embedding) and its augmentation sweeps.",
         _CLASSIFIER_METRICS, (*_TRAIN_PARAMS, "crop_size", "weights_source"),
         (PRESET_TAG, "ssc.partitions", "ssc.sweep", "ssc.weights_source"), "best_val_loss"),
-    "ssc-autoencoder": ExperimentSpec(
+    FAMILIES["autoencoder"].experiment: ExperimentSpec(
         "Per-channel autoencoders (asset `autoencoder_models`, 256-d bottleneck per channel), one run per channel.",
         ("best_val_loss", "final_test_loss", "best_epoch"), (*_TRAIN_PARAMS, "patch_size"),
         ("ssc.channel", PRESET_TAG, "ssc.partitions"), "best_val_loss"),
-    "ssc-unet": ExperimentSpec(
+    FAMILIES["unet"].experiment: ExperimentSpec(
         "U-Net actin segmentation (asset `segmentation_model`), metric: IoU of the actin class.",
         ("best_val_loss", "final_test_iou_actin", "final_test_loss", "best_epoch"), (*_TRAIN_PARAMS, "tile_size"),
         primary_metric="best_val_loss"),
-    "ssc-pca": ExperimentSpec(
+    FAMILIES["pca"].experiment: ExperimentSpec(
         "PCA baseline embedding + SVM (asset `pca_model`), SVM accuracy with donor-grouped and ungrouped folds.",
         ("final_cv_grouped_accuracy", "final_cv_ungrouped_accuracy", "final_cv_grouped_f1", "final_pca_explained_variance"),
         ("n_components", "size", "split_by"), primary_metric="final_cv_grouped_accuracy"),
-    "ssc-clustering": ExperimentSpec(
+    CLUSTERING_EXPERIMENT: ExperimentSpec(
         "Patient clusterings per embedding method (asset `clusterings`): one run per method plus a `comparison` run.",
         ("kmeans_homogeneity", "hier_homogeneity", "svm_accuracy_donor_grouped", "svm_accuracy_ungrouped",
          "map_donor_replicate", "map_condition"),

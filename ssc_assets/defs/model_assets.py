@@ -12,6 +12,8 @@ model is, plates, settings preset, score, Dagster run link); runs with the demo 
 """
 
 
+import dataclasses
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -22,70 +24,85 @@ from ssc_assets.core.plots import figures
 from ssc_assets.core.ingest.channels import MODEL_CHANNELS
 from ssc_assets.core.learn.fit import FitOutput, assign_splits, split_summary, training_sites
 from ssc_assets.core.learn.loop import TrainParams
+from ssc_assets.defs.core_defaults import core_factory_field, core_field
 from ssc_assets.defs.metadata import log_png, md_table
+from ssc_assets.defs.model_families import FAMILIES, ModelFamily, about
 from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
 
 ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
-MODEL_PREFIX = "ssc"
+
+_LOOP = "ssc_assets.core.learn.loop:TrainParams"
+_FIT = "ssc_assets.core.learn.fit"
+_MODELS = "ssc_assets.core.learn.models"
 
 
 class TrainConfig(dg.Config):
-    """Thesis training settings (section 6.3.1). Epochs are not given in the thesis: 30, best-val kept."""
+    """Thesis training settings (section 6.3.1); defaults from :class:`~ssc_assets.core.learn.loop.TrainParams`
+    and the ``core.learn.fit`` functions. Epochs are not given in the thesis: 30, best-val kept."""
 
-    epochs: int = Field(30, description="Training epochs (weights with the lowest validation loss are kept).")
-    batch_size: int = Field(8, description="Batch size.")
-    lr: float = Field(5e-5, description="Adam learning rate.")
-    weight_decay: float = Field(1e-5, description="Adam weight decay.")
-    beta1: float = Field(0.9, description="Adam beta1.")
-    beta2: float = Field(0.999, description="Adam beta2.")
-    eps: float = Field(1e-8, description="Adam epsilon.")
-    t_max: int = Field(10, description="Cosine annealing T_max (epochs).")
-    eta_min: float = Field(5e-10, description="Cosine annealing minimum learning rate.")
-    seed: int = Field(0, description="Seed for splits, augmentation and initialization.")
-    augmentation_factor: int = Field(5, description="Train/val sets are this many augmented copies (1, 5, 10, 20, 30, 50).")
-    split_by: str = Field("donor", description="'donor' (no donor in two splits) or 'well' (the thesis; leaks donors).")
-    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    epochs: int = core_field(f"{_LOOP}.epochs", "Training epochs (weights with the lowest validation loss are kept).")
+    batch_size: int = core_field(f"{_LOOP}.batch_size", "Batch size.")
+    lr: float = core_field(f"{_LOOP}.lr", "Adam learning rate.")
+    weight_decay: float = core_field(f"{_LOOP}.weight_decay", "Adam weight decay.")
+    beta1: float = core_field(f"{_LOOP}.beta1", "Adam beta1.")
+    beta2: float = core_field(f"{_LOOP}.beta2", "Adam beta2.")
+    eps: float = core_field(f"{_LOOP}.eps", "Adam epsilon.")
+    t_max: int = core_field(f"{_LOOP}.t_max", "Cosine annealing T_max (epochs).")
+    eta_min: float = core_field(f"{_LOOP}.eta_min", "Cosine annealing minimum learning rate.")
+    seed: int = core_field(f"{_LOOP}.seed", "Seed for splits, augmentation and initialization.")
+    augmentation_factor: int = core_field(f"{_FIT}:fit_classifier.factor",
+                                          "Train/val sets are this many augmented copies (1, 5, 10, 20, 30, 50).")
+    split_by: str = core_field(f"{_FIT}:assign_splits.group_by",
+                               "'donor' (no donor in two splits) or 'well' (the thesis; leaks donors).")
+    device: str = core_field(f"{_LOOP}.device", "'auto' (CUDA when available), 'cpu' or 'cuda'.")
     register_model: bool = Field(True, description="Register the model in the MLflow registry.")
 
-    def train_params(self) -> TrainParams:
-        return TrainParams(self.epochs, self.batch_size, self.lr, self.weight_decay, self.beta1, self.beta2, self.eps,
-                           self.t_max, self.eta_min, self.seed, 0, self.device)
+    def to_core(self) -> TrainParams:
+        """The core training parameters, by keyword (fields TrainParams has and this Config sets)."""
+        return TrainParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainParams)
+                              if f.name in type(self).model_fields})
+
+    train_params = to_core
 
 
 class ClassifierConfig(TrainConfig):
-    crop_size: int = Field(512, description="Input crop side (px).")
-    embedding_size: int = Field(8, description="Embedding size E.")
-    n_blocks: int = Field(8, description="Convolution blocks (N in Figure 5.9).")
-    first_width: int = Field(256, description="Channels of the first convolution block (then halved per block).")
-    dropout: float = Field(0.4, description="Dropout rate.")
+    crop_size: int = core_field(f"{_FIT}:fit_classifier.input_size", "Input crop side (px).")
+    embedding_size: int = core_field(f"{_MODELS}:CustomClassifier.embedding_size", "Embedding size E.")
+    n_blocks: int = core_field(f"{_MODELS}:CustomClassifier.n_blocks", "Convolution blocks (N in Figure 5.9).")
+    first_width: int = core_field(f"{_MODELS}:CustomClassifier.first_width",
+                                  "Channels of the first convolution block (then halved per block).")
+    dropout: float = core_field(f"{_MODELS}:CustomClassifier.dropout", "Dropout rate.")
 
 
 class DenseNetConfig(TrainConfig):
-    crop_size: int = Field(512, description="Input crop side (px).")
-    embedding_size: int = Field(8, description="Embedding size E.")
-    weights: str = Field(default_factory=settings.densenet_weights,
-                         description="'imagenet' (torchvision weights, needs the torch hub cache or network), a local .pth path, or 'none'.")
+    crop_size: int = core_field(f"{_FIT}:fit_classifier.input_size", "Input crop side (px).")
+    embedding_size: int = core_field(f"{_MODELS}:DenseNetClassifier.embedding_size", "Embedding size E.")
+    weights: str = core_factory_field(
+        f"{_MODELS}:DenseNetClassifier.weights", settings.densenet_weights,
+        "'imagenet' (torchvision weights, needs the torch hub cache or network), a local .pth path, or 'none' "
+        "(default: SSC_DENSENET_WEIGHTS).")
 
 
 class AutoencoderConfig(TrainConfig):
-    patch_size: int = Field(256, description="Input patch side (px).")
-    embedding_size: int = Field(256, description="Bottleneck size per channel.")
-    dropout: float = Field(0.4, description="Dropout rate.")
-    widths: list[int] = Field([256, 128, 64, 32], description="Encoder convolution widths (Figure A.1).")
+    patch_size: int = core_field(f"{_FIT}:fit_autoencoder.patch_size", "Input patch side (px).")
+    embedding_size: int = core_field(f"{_MODELS}:ChannelAutoencoder.embedding_size", "Bottleneck size per channel.")
+    dropout: float = core_field(f"{_MODELS}:ChannelAutoencoder.dropout", "Dropout rate.")
+    widths: list[int] = core_field(f"{_MODELS}:ChannelAutoencoder.widths", "Encoder convolution widths (Figure A.1).")
 
 
 class UNetConfig(TrainConfig):
-    tile_size: int = Field(512, description="Input tile side (px).")
-    base_channels: int = Field(64, description="Channels of the first U-Net level.")
-    depth: int = Field(4, description="Down-sampling steps.")
+    tile_size: int = core_field(f"{_FIT}:fit_unet.tile_size", "Input tile side (px).")
+    base_channels: int = core_field(f"{_MODELS}:UNet.base_channels", "Channels of the first U-Net level.")
+    depth: int = core_field(f"{_MODELS}:UNet.depth", "Down-sampling steps.")
 
 
 class PcaConfig(dg.Config):
-    n_components: int = Field(64, description="PCA components (capped by the number of training sites).")
-    size: int = Field(64, description="Sites are downsampled to size x size per channel before flattening.")
-    n_folds: int = Field(5, description="SVM cross-validation folds.")
-    split_by: str = Field("donor", description="Group CV folds and the PCA train split by 'donor' or 'well'.")
-    seed: int = Field(0, description="Seed.")
+    n_components: int = core_field(f"{_FIT}:fit_pca_svm.n_components",
+                                   "PCA components (capped by the number of training sites).")
+    size: int = core_field(f"{_FIT}:fit_pca_svm.size", "Sites are downsampled to size x size per channel before flattening.")
+    n_folds: int = core_field(f"{_FIT}:fit_pca_svm.n_folds", "SVM cross-validation folds.")
+    split_by: str = core_field(f"{_FIT}:fit_pca_svm.group_by", "Group CV folds and the PCA train split by 'donor' or 'well'.")
+    seed: int = core_field(f"{_FIT}:fit_pca_svm.seed", "Seed.")
     register_model: bool = Field(True, description="Register the PCA model in the MLflow registry.")
 
 
@@ -102,7 +119,7 @@ def settings_preset(asset: str, config: dg.Config) -> tuple[str, str]:
 
     values = config.model_dump()
     if asset == "augmentation_sweep":
-        asset = "densenet_model" if values.get("model") == "densenet" else "classifier_model"
+        asset = FAMILIES["densenet" if values.get("model") == "densenet" else "classifier"].asset
     demo = DEMO_MODEL_CONFIG.get(asset, {})
     if demo and all(values.get(k) == v for k, v in demo.items()):
         return DEMO, "demo_config.py: " + ", ".join(f"{k}={v}" for k, v in demo.items())
@@ -111,28 +128,6 @@ def settings_preset(asset: str, config: dg.Config) -> tuple[str, str]:
     if not diff:
         return "thesis", "the thesis defaults of the asset Config"
     return "custom", "differs from the thesis defaults in " + ", ".join(f"{k}={v}" for k, v in diff.items())
-
-
-MODEL_ABOUT = {
-    "classifier": "Custom CNN (thesis Figure 5.9 / A.2) predicting SSc (1) vs healthy control (0) per site from "
-                  "actin, borders and nuclei crops; its 8-d layer before the output is the `classifier` site embedding.",
-    "densenet": "DenseNet-121 (all weights fine-tuned, then linear 8 + sigmoid; thesis Figure A.3) predicting SSc (1) vs "
-                "healthy control (0) per site; its 8-d layer is the `densenet` site embedding.",
-    "autoencoder": "Autoencoder of the {channel} channel (thesis Figure 5.8 / A.1): reconstructs the channel as an "
-                   "object-probability map; its 256-d bottleneck is the {channel} part of the `autoencoder` site "
-                   "embedding (actin ‖ borders ‖ nuclei).",
-    "unet": "U-Net segmenting actin inside cells from (borders, actin) tiles, metric IoU of the actin class. "
-            "Tracked, not used for embeddings.",
-    "pca": "Standardize + PCA of flattened, downsampled sites (actin, borders, nuclei): the `pca` baseline site "
-           "embedding; an RBF SVM on it scores SSc vs healthy control (Table B.2.1 baseline).",
-}
-
-
-def _about(model_name: str) -> str:
-    family = model_name.removeprefix(f"{MODEL_PREFIX}-")
-    if family.startswith("autoencoder-"):
-        return MODEL_ABOUT["autoencoder"].format(channel=family.split("-", 1)[1])
-    return MODEL_ABOUT.get(family, f"Model {model_name}.")
 
 
 def _table(corrected_images: dict, raw_sites: dict, masks: dict | None, split_by: str, seed: int) -> pd.DataFrame:
@@ -197,7 +192,7 @@ def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutpu
         else:
             acc = fit.metrics.get("cv_grouped", {}).get("accuracy", 0.0)
             val_loss, score = -acc, f"donor-grouped SVM accuracy {acc:.4g} (ranked as val_loss = -accuracy)"
-        card = ModelCard(about=_about(model_name), preset=tags.get("ssc.preset"), preset_detail=tags.get("ssc.preset_detail"),
+        card = ModelCard(about=about(model_name), preset=tags.get("ssc.preset"), preset_detail=tags.get("ssc.preset_detail"),
                          partitions=_partitions(table), dagster_run_id=tags.get("dagster.run_id"), score=score,
                          lines=[*lines] + (["Headline: " + ", ".join(f"`{k}` {v:.4g}" for k, v in headline.items())] if headline else []))
         reg = mlflow_res.register(run.info.run_id, model_name, float(val_loss), model_uri=info.model_uri, card=card)
@@ -260,34 +255,29 @@ def _partitions(table: pd.DataFrame) -> list[str]:
     return sorted(table["Metadata_Plate"].unique().tolist())
 
 
-def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, kind: str) -> dict:
+def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, family: ModelFamily) -> dict:
     from ssc_assets.core.learn.fit import fit_classifier
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
-    if kind == "custom":
-        kw = {"embedding_size": config.embedding_size, "n_blocks": config.n_blocks, "first_width": config.first_width,
-              "dropout": config.dropout}
-        name, experiment = f"{MODEL_PREFIX}-classifier", "ssc-classifier"
-    else:
-        kw = {"embedding_size": config.embedding_size, "weights": config.weights}
-        name, experiment = f"{MODEL_PREFIX}-densenet", "ssc-densenet"
+    fit_kw = family.fit_kwargs(config)
+    kind = fit_kw["kind"]
     preset = settings_preset(context.asset_key.to_user_string(), config)
-    with mlflow_res.start_run(context, experiment, f"{kind} x{config.augmentation_factor}", _partitions(table),
+    with mlflow_res.start_run(context, family.experiment, f"{kind} x{config.augmentation_factor}", _partitions(table),
                               preset=preset[0], preset_detail=preset[1]) as run:
-        fit = fit_classifier(table, kind, config.train_params(), config.crop_size, config.augmentation_factor, kw,
-                             _epoch_logger(context))
+        fit = fit_classifier(table, params=config.to_core(), factor=config.augmentation_factor,
+                             on_epoch=_epoch_logger(context), **fit_kw)
         extra = {}
-        if kind == "densenet":
+        if family.family == "densenet":
             import mlflow
 
             extra["weights_source"] = fit.extra["weights_source"]
             mlflow.set_tag("ssc.weights_source", fit.extra["weights_source"])
             if fit.extra["weights_source"].startswith("random-init"):
                 context.log.warning(f"DenseNet-121 is NOT ImageNet-initialized: {fit.extra['weights_source']}")
-        run, reg = _log_fit(context, mlflow_res, name, fit, config, table,
-                            register=config.register_model, extra_params=extra)
+        run, reg = _log_fit(context, mlflow_res, family.registered_model(), fit, config, table,
+                            flavor=family.flavor, register=config.register_model, extra_params=extra)
     md = _metadata(mlflow_res, run, reg, fit, table, preset)
-    if kind == "densenet":
+    if family.family == "densenet":
         md["weights_source"] = fit.extra["weights_source"]
     if fit.extra.get("confusion_matrix") is not None:
         md["test_confusion_matrix"] = dg.MetadataValue.json(fit.extra["confusion_matrix"])
@@ -303,7 +293,7 @@ def classifier_model(context: dg.AssetExecutionContext, config: ClassifierConfig
 
     Registered as ``ssc-classifier``; test metrics, confusion matrix and learning curves in MLflow.
     """
-    return _train_classifier(context, config, corrected_images, raw_sites, mlflow_tracking, "custom")
+    return _train_classifier(context, config, corrected_images, raw_sites, mlflow_tracking, FAMILIES["classifier"])
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
@@ -316,7 +306,7 @@ def densenet_model(context: dg.AssetExecutionContext, config: DenseNetConfig, co
     ``SSC_DENSENET_WEIGHTS``); otherwise random init, logged as a warning and recorded as the
     MLflow tag/param ``weights_source``. Registered as ``ssc-densenet``.
     """
-    return _train_classifier(context, config, corrected_images, raw_sites, mlflow_tracking, "densenet")
+    return _train_classifier(context, config, corrected_images, raw_sites, mlflow_tracking, FAMILIES["densenet"])
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
@@ -331,16 +321,17 @@ def autoencoder_models(context: dg.AssetExecutionContext, config: AutoencoderCon
     from ssc_assets.core.learn.fit import fit_autoencoder
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
-    preset = settings_preset("autoencoder_models", config)
+    preset = settings_preset(FAMILIES["autoencoder"].asset, config)
     out, rows = {"channels": list(MODEL_CHANNELS), "models": {}, "preset": preset[0]}, []
     md = {}
+    family = FAMILIES["autoencoder"]
     for ch in MODEL_CHANNELS:
-        kw = {"embedding_size": config.embedding_size, "dropout": config.dropout, "widths": tuple(config.widths)}
-        with mlflow_tracking.start_run(context, "ssc-autoencoder", f"autoencoder {ch}", _partitions(table), {"ssc.channel": ch},
+        with mlflow_tracking.start_run(context, family.experiment, f"autoencoder {ch}", _partitions(table), {"ssc.channel": ch},
                                        preset=preset[0], preset_detail=preset[1]) as run:
-            fit = fit_autoencoder(table, ch, config.train_params(), config.patch_size, config.augmentation_factor, kw,
-                                  _epoch_logger(context, f"{ch} "))
-            run, reg = _log_fit(context, mlflow_tracking, f"{MODEL_PREFIX}-autoencoder-{ch}", fit, config, table, register=config.register_model)
+            fit = fit_autoencoder(table, ch, params=config.to_core(), factor=config.augmentation_factor,
+                                  on_epoch=_epoch_logger(context, f"{ch} "), **family.fit_kwargs(config))
+            run, reg = _log_fit(context, mlflow_tracking, family.registered_model(ch), fit, config, table,
+                                flavor=family.flavor, register=config.register_model)
         out["models"][ch] = _manifest(run, reg, fit, preset[0])
         rows.append({"channel": ch, **{f"{s}_loss": round(fit.metrics[s]["loss"], 4) for s in ("train", "val", "test")},
                      "best_epoch": fit.best_epoch, "version": reg["version"] if reg else None, "run_id": run.info.run_id})
@@ -366,12 +357,13 @@ def segmentation_model(context: dg.AssetExecutionContext, config: UNetConfig, co
     from ssc_assets.core.learn.fit import fit_unet
 
     table = _table(corrected_images, raw_sites, masks, config.split_by, config.seed)
-    kw = {"base_channels": config.base_channels, "depth": config.depth}
-    preset = settings_preset("segmentation_model", config)
-    with mlflow_tracking.start_run(context, "ssc-unet", "unet", _partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
-        fit = fit_unet(table, config.train_params(), config.tile_size, config.augmentation_factor, kw, _epoch_logger(context))
-        run, reg = _log_fit(context, mlflow_tracking, f"{MODEL_PREFIX}-unet", fit, config, table,
-                            register=config.register_model)
+    family = FAMILIES["unet"]
+    preset = settings_preset(family.asset, config)
+    with mlflow_tracking.start_run(context, family.experiment, "unet", _partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
+        fit = fit_unet(table, params=config.to_core(), factor=config.augmentation_factor, on_epoch=_epoch_logger(context),
+                       **family.fit_kwargs(config))
+        run, reg = _log_fit(context, mlflow_tracking, family.registered_model(), fit, config, table,
+                            flavor=family.flavor, register=config.register_model)
     md = _metadata(mlflow_tracking, run, reg, fit, table, preset)
     md["bottleneck_shape"] = "x".join(map(str, fit.extra["bottleneck"]))
     context.add_output_metadata(md)
@@ -392,13 +384,14 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
     from ssc_assets.core.learn.fit import fit_pca_svm
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
-    preset = settings_preset("pca_model", config)
-    with mlflow_tracking.start_run(context, "ssc-pca", "pca+svm", _partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
-        fit = fit_pca_svm(table, config.n_components, config.size, config.n_folds, config.seed, config.split_by)
+    family = FAMILIES["pca"]
+    preset = settings_preset(family.asset, config)
+    with mlflow_tracking.start_run(context, family.experiment, "pca+svm", _partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
+        fit = fit_pca_svm(table, **family.fit_kwargs(config))
         for i, v in enumerate(fit.extra["explained_variance_ratio"]):
             mlflow.log_metric("explained_variance_ratio", v, step=i + 1)
-        run, reg = _log_fit(context, mlflow_tracking, f"{MODEL_PREFIX}-pca", fit, config, table,
-                            flavor="sklearn", register=config.register_model)
+        run, reg = _log_fit(context, mlflow_tracking, family.registered_model(), fit, config, table,
+                            flavor=family.flavor, register=config.register_model)
     cv = pd.DataFrame([{"folds": k, **{m: round(v, 4) for m, v in fit.metrics[k].items()}} for k in ("cv_grouped", "cv_ungrouped")])
     context.add_output_metadata({
         **_preset_metadata(mlflow_tracking, run, preset),
@@ -418,8 +411,8 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
 class SweepConfig(ClassifierConfig):
     model: str = Field("classifier", description="'classifier' (Figure C.1.1) or 'densenet' (Figure C.1.2).")
     factors: list[int] = Field([1, 5, 10, 20, 30, 50], description="Augmentation factors, one MLflow run each.")
-    weights: str = Field(default_factory=settings.densenet_weights,
-                         description="DenseNet weights (see densenet_model).")
+    weights: str = core_factory_field(f"{_MODELS}:DenseNetClassifier.weights", settings.densenet_weights,
+                                      "DenseNet weights (see densenet_model).")
     register_model: bool = Field(False, description="Sweep runs are for comparison: not registered by default.")
 
 
@@ -435,18 +428,16 @@ def augmentation_sweep(context: dg.AssetExecutionContext, config: SweepConfig, c
     from ssc_assets.core.learn.fit import fit_classifier
 
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
-    kind = "custom" if config.model == "classifier" else "densenet"
-    experiment = "ssc-classifier" if kind == "custom" else "ssc-densenet"
-    if kind == "custom":
-        kw = {"embedding_size": config.embedding_size, "n_blocks": config.n_blocks, "first_width": config.first_width, "dropout": config.dropout}
-    else:
-        kw = {"embedding_size": config.embedding_size, "weights": config.weights}
+    family = FAMILIES["classifier" if config.model == "classifier" else "densenet"]
+    experiment, fit_kw = family.experiment, family.fit_kwargs(config)
+    kind = fit_kw["kind"]
     rows, curves = [], {}
     preset = settings_preset("augmentation_sweep", config)
     for factor in config.factors:
         with mlflow_tracking.start_run(context, experiment, f"{kind} sweep x{factor}", _partitions(table),
                                        {"ssc.sweep": context.run.run_id}, preset=preset[0], preset_detail=preset[1]) as run:
-            fit = fit_classifier(table, kind, config.train_params(), config.crop_size, factor, kw, _epoch_logger(context, f"x{factor} "))
+            fit = fit_classifier(table, params=config.to_core(), factor=factor, on_epoch=_epoch_logger(context, f"x{factor} "),
+                                 **fit_kw)
             run, _ = _log_fit(context, mlflow_tracking, "", fit, config, table, register=False)
         curves[factor] = fit.history
         rows.append({"factor": factor, "best_epoch": fit.best_epoch, "best_val_loss": round(fit.best_val_loss, 4),
