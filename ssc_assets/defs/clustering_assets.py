@@ -9,14 +9,14 @@ import io
 import dagster as dg
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
 from ssc_assets.core.plots import figures
-from ssc_assets.core.learn.embeddings import METHODS
 from ssc_assets.core.schema import METHOD, feature_columns, metadata_columns
 from ssc_assets.core.io.storage import write_text
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
+from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.model_families import CLUSTERING_EXPERIMENT
 from ssc_assets.defs.metadata import log_png
 from ssc_assets.defs.model_assets import ALL_PLATES
 from ssc_assets.defs.resources import Storage
@@ -37,9 +37,11 @@ READING_GUIDE = [
 
 
 class ClusteringConfig(dg.Config):
-    seed: int = Field(0, description="Seed for PCA/KMeans, CV folds and the mAP null.")
-    methods: list[str] = Field(list(METHODS), description="Methods to cluster (those with well embeddings).")
-    null_size: int = Field(10000, description="Permutations for the mAP p-values (copairs null_size).")
+    seed: int = core_field("ssc_assets.core.analysis.clustering:cluster_method.seed",
+                           "Seed for PCA/KMeans, CV folds and the mAP null.")
+    methods: list[str] = core_field("ssc_assets.core.learn.embeddings:METHODS", "Methods to cluster (those with well embeddings).")
+    null_size: int = core_field("ssc_assets.core.analysis.clustering:cluster_method.null_size",
+                                "Permutations for the mAP p-values (copairs null_size).")
 
 
 def _normalize_profiles(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -170,7 +172,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
         res = cluster_method(df, seed=config.seed, null_size=config.null_size,
                              cache_dir=os.path.join(tempfile.gettempdir(), "ssc-copairs-cache"))
         res.update(extra)
-        with mlflow_tracking.start_run(context, "ssc-clustering", method, plates_used, {"ssc.method": method}) as run:
+        with mlflow_tracking.start_run(context, CLUSTERING_EXPERIMENT, method, plates_used, {"ssc.method": method}) as run:
             mlflow.log_params({"method": method, "seed": config.seed, "null_size": config.null_size,
                                "n_wells": len(df), "n_plates": len(plates_used), **extra})
             mlflow.log_metrics(_flat_numeric(res))
@@ -194,7 +196,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     qc_by_plate = _site_qc_tables(storage, plates_used, context)
     examples, examples_note = _example_images(storage, wells, context)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    with mlflow_tracking.start_run(context, "ssc-clustering", "comparison", plates_used,
+    with mlflow_tracking.start_run(context, CLUSTERING_EXPERIMENT, "comparison", plates_used,
                                    {"ssc.method": "comparison", "ssc.preset_detected": "demo" if preset else "none"}) as run:
         report_html = clustering_report_html(
             results, wells, qc_by_plate=qc_by_plate, examples=examples, examples_note=examples_note, preset=preset,

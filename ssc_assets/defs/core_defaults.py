@@ -27,10 +27,13 @@ def core_default(ref: str) -> Any:
     if not rest:
         return obj
     if isinstance(obj, type) and dataclasses.is_dataclass(obj):
-        names = {f.name for f in dataclasses.fields(obj)}
-        if rest[0] in names:
-            value = obj()
-            for part in rest:
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if rest[0] in fields:
+            f = fields[rest[0]]
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if value is dataclasses.MISSING:
+                raise KeyError(f"{ref}: no default")
+            for part in rest[1:]:
                 value = getattr(value, part)
             return value
     if callable(obj) and len(rest) == 1:

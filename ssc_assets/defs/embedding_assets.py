@@ -24,7 +24,9 @@ from ssc_assets.core.learn.fit import training_sites
 from ssc_assets.core.schema import METHOD, N_SITES, SITE_META, WELL, feature_columns
 from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
 from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
+from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.model_families import FAMILIES
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import SiteCompute
 
@@ -61,7 +63,8 @@ def site_embeddings_pca(context: dg.AssetExecutionContext, corrected_images: dic
                         mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """PCA components (64) of each QC-passed site (model ``ssc-pca@champion``)."""
     table = _plate_table(context, corrected_images, raw_sites)
-    model, info = mlflow_tracking.load_champion("ssc-pca", flavor="sklearn")
+    family = FAMILIES["pca"]
+    model, info = mlflow_tracking.load_champion(family.registered_model(), flavor=family.flavor)
     emb = pca_embeddings(model, table, int(info["params"].get("size", 64)))
     return _emit(context, embedding_frame(table, "pca", emb), _model_metadata(mlflow_tracking, [info]))
 
@@ -74,15 +77,17 @@ def site_embeddings_autoencoder(context: dg.AssetExecutionContext, corrected_ima
     table = _plate_table(context, corrected_images, raw_sites)
     models, infos = {}, []
     for ch in MODEL_CHANNELS:
-        models[ch], info = mlflow_tracking.load_champion(f"ssc-autoencoder-{ch}")
+        family = FAMILIES["autoencoder"]
+        models[ch], info = mlflow_tracking.load_champion(family.registered_model(ch), flavor=family.flavor)
         infos.append(info)
     emb = autoencoder_embeddings(models, table, int(infos[0]["params"]["input_size"]))
     return _emit(context, embedding_frame(table, "autoencoder", emb), _model_metadata(mlflow_tracking, infos))
 
 
-def _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, name: str, method: str) -> pd.DataFrame:
+def _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, method: str) -> pd.DataFrame:
     table = _plate_table(context, corrected_images, raw_sites)
-    model, info = mlflow_tracking.load_champion(name)
+    family = FAMILIES[method]
+    model, info = mlflow_tracking.load_champion(family.registered_model(), flavor=family.flavor)
     emb = embed_sites(model, table, MODEL_CHANNELS, int(info["params"]["input_size"]))
     md = _model_metadata(mlflow_tracking, [info])
     if "weights_source" in info["params"]:
@@ -95,7 +100,7 @@ def _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking
 def site_embeddings_classifier(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
                                mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """Custom classifier embedding (E = 8) of each site's centre crop (``ssc-classifier@champion``)."""
-    return _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, "ssc-classifier", "classifier")
+    return _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, "classifier")
 
 
 @dg.asset(deps=["densenet_model"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
@@ -103,12 +108,14 @@ def site_embeddings_classifier(context: dg.AssetExecutionContext, corrected_imag
 def site_embeddings_densenet(context: dg.AssetExecutionContext, corrected_images: dict, raw_sites: pd.DataFrame,
                              mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """DenseNet-121 classifier embedding (E = 8) of each site's centre crop (``ssc-densenet@champion``)."""
-    return _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, "ssc-densenet", "densenet")
+    return _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, "densenet")
 
 
 class ProfilesConfig(dg.Config):
-    level: int = Field(0, description="OME-Zarr pyramid level measured (0 = full resolution; 1 = 2x down, ~4x faster).")
-    fast: bool = Field(False, description="Skip texture, granularity and Costes colocalization (~4x faster).")
+    level: int = core_field("ssc_assets.core.image.site_tasks:ProfileSiteTask.level",
+                            "OME-Zarr pyramid level measured (0 = full resolution; 1 = 2x down, ~4x faster).")
+    fast: bool = core_field("ssc_assets.core.image.site_tasks:ProfileSiteTask.fast",
+                            "Skip texture, granularity and Costes colocalization (~4x faster).")
     max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
 
 
