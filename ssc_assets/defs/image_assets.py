@@ -9,18 +9,25 @@ from pydantic import Field
 
 from ssc_assets.core.plots import figures
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
-from ssc_assets.core.image.filters import TV_WEIGHT, ChannelPreprocess, PreprocessParams
+from ssc_assets.core.image.filters import ChannelPreprocess, PreprocessParams
 from ssc_assets.core.image.illumination import profile_from_backgrounds
 from ssc_assets.core.ingest.site_tables import SITE_KEY
 from ssc_assets.core.io.ome_zarr_store import FIELD_STATUSES, HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
 from ssc_assets.core.ingest.acquisition import DEFAULT_PIXEL_SIZE_UM, group_slug
-from ssc_assets.core.image.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, DEFAULT_NUCLEUS_DIAMETER_UM, MaskParams, NucleiParams
+from ssc_assets.core.image.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, MaskParams, NucleiParams
 from ssc_assets.core.image.site_tasks import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
 from ssc_assets.core.io.storage import atomic_write_bytes
 from ssc_assets.defs.automation import IO_RETRY, fail_fast
+from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import SiteCompute, Storage
+
+
+_ILL = "ssc_assets.core.image.illumination"
+_PRE = "ssc_assets.core.image.filters:PreprocessParams"
+_CHAN = "ssc_assets.core.image.filters:ChannelPreprocess"
+_SEG = "ssc_assets.core.image.segmentation"
 
 
 def passed_images(raw_sites: pd.DataFrame, site_qc: pd.DataFrame) -> pd.DataFrame:
@@ -54,9 +61,11 @@ class IlluminationConfig(dg.Config):
     camera_offset: float | None = Field(
         None, description="Known camera offset (darkfield, raw counts). Unset: estimated from the plate (see docs)."
     )
-    sigma_fraction: float = Field(1 / 32, description="Gaussian smoothing sigma as a fraction of the image side.")
-    k_sd: float = Field(3.0, description="Bright-area suppression: replace pixels above local median + k_sd x SD.")
-    n_iter: int = Field(5, description="Bright-area suppression iterations.")
+    sigma_fraction: float = core_field(f"{_ILL}:profile_from_backgrounds.sigma_fraction",
+                                       "Gaussian smoothing sigma as a fraction of the image side.")
+    k_sd: float = core_field(f"{_ILL}:image_background.k_sd",
+                             "Bright-area suppression: replace pixels above local median + k_sd x SD.")
+    n_iter: int = core_field(f"{_ILL}:image_background.n_iter", "Bright-area suppression iterations.")
     min_sites_per_group: int = Field(40, description="Warn when an acquisition group has fewer QC-passed sites (profile accuracy, see docs).")
 
 
@@ -150,24 +159,27 @@ def illumination_profiles(
 
 
 class PreprocessConfig(dg.Config):
-    """Thesis section 5.1 preprocessing, per channel (radii in px, thresholds in raw counts)."""
+    """Thesis section 5.1 preprocessing, per channel (radii in px, thresholds in raw counts);
+    defaults from :class:`~ssc_assets.core.image.filters.PreprocessParams`. 0 disables a step."""
 
-    nuclei_outlier_radius: float = Field(10.0, description="Remove Outliers radius on nuclei (px).")
-    nuclei_outlier_threshold: float = Field(50.0, description="Remove Outliers threshold on nuclei (counts).")
-    borders_outlier_radius: float = Field(50.0, description="Remove Outliers radius on borders (px).")
-    borders_outlier_threshold: float = Field(2000.0, description="Remove Outliers threshold on borders (counts).")
-    rolling_ball_radius: float = Field(50.0, description="Rolling-ball radius (px), ImageJ semantics; 0 disables.")
-    rolling_ball_presmooth: bool = Field(True, description="ImageJ's 3x3 mean pre-smoothing of the background.")
-    median_radius: float = Field(2.0, description="Median filter radius (px, ImageJ circular kernel); 0 disables.")
-    tv_weight: float = Field(TV_WEIGHT, description="TV-denoise weight on the robust [0,1] scale; 0 disables. See docs.")
-    crop_fraction: float = Field(0.75, description="Centre crop as a fraction of the side (1536 on 2048).")
-    crop_size: int | None = Field(None, description="Absolute centre-crop side (px); overrides crop_fraction.")
-    reference_pixel_size_um: float = Field(
-        DEFAULT_PIXEL_SIZE_UM, description="Radii above are px at this pixel size (um); each site's radii scale with its own pixel size.")
+    nuclei_outlier_radius: float = core_field(f"{_PRE}.nuclei.outlier_radius", "Remove Outliers radius on nuclei (px).")
+    nuclei_outlier_threshold: float = core_field(f"{_PRE}.nuclei.outlier_threshold", "Remove Outliers threshold on nuclei (counts).")
+    borders_outlier_radius: float = core_field(f"{_PRE}.borders.outlier_radius", "Remove Outliers radius on borders (px).")
+    borders_outlier_threshold: float = core_field(f"{_PRE}.borders.outlier_threshold", "Remove Outliers threshold on borders (counts).")
+    rolling_ball_radius: float = core_field(f"{_CHAN}.rolling_ball_radius", "Rolling-ball radius (px), ImageJ semantics; 0 disables.")
+    rolling_ball_presmooth: bool = core_field(f"{_CHAN}.presmooth", "ImageJ's 3x3 mean pre-smoothing of the background.")
+    median_radius: float = core_field(f"{_CHAN}.median_radius", "Median filter radius (px, ImageJ circular kernel); 0 disables.")
+    tv_weight: float = core_field(f"{_CHAN}.tv_weight", "TV-denoise weight on the robust [0,1] scale; 0 disables. See docs.")
+    crop_fraction: float = core_field(f"{_CHAN}.crop_fraction", "Centre crop as a fraction of the side (1536 on 2048).")
+    crop_size: int | None = core_field(f"{_CHAN}.crop_size", "Absolute centre-crop side (px); overrides crop_fraction.")
+    reference_pixel_size_um: float = core_field(
+        "ssc_assets.core.ingest.acquisition:DEFAULT_PIXEL_SIZE_UM",
+        "Radii above are px at this pixel size (um); each site's radii scale with its own pixel size.")
     max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
     n_preview: int = Field(4, description="Sites in the before/after montage.")
 
-    def params(self) -> PreprocessParams:
+    def to_core(self) -> PreprocessParams:
+        """The core chain parameters, by keyword (0 here is ``None``, i.e. disabled, in the core)."""
         common = dict(
             rolling_ball_radius=self.rolling_ball_radius or None, presmooth=self.rolling_ball_presmooth,
             median_radius=self.median_radius or None, tv_weight=self.tv_weight or None,
@@ -178,6 +190,8 @@ class PreprocessConfig(dg.Config):
             borders=ChannelPreprocess(outlier_radius=self.borders_outlier_radius, outlier_threshold=self.borders_outlier_threshold, **common),
             actin=ChannelPreprocess(**common),
         )
+
+    params = to_core
 
 
 def qc_failed_plan(raw_sites: pd.DataFrame, site_qc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -261,7 +275,7 @@ def corrected_images(
     shape = tuple(illumination_profiles["shape"])
     profiles = {g: tuple((ch, v["flatfield"], float(v["darkfield"])) for ch, v in e["channels"].items())
                 for g, e in illumination_profiles["groups"].items()}
-    params = config.params()
+    params = config.to_core()
     tasks, site_px, info = [], [], []
     no_profile = []  # QC-failed sites of an acquisition group without a profile (no QC-passed site in it)
     for passed, site_rows in ((True, rows), (False, failed_rows)):
@@ -360,24 +374,27 @@ def corrected_images(
 
 
 class MasksConfig(dg.Config):
-    """Mask settings; sizes in px of the corrected images."""
+    """Mask settings; sizes in px of the corrected images. Defaults from
+    :class:`~ssc_assets.core.image.segmentation.MaskParams`."""
 
-    nucleus_diameter_um: float = Field(DEFAULT_NUCLEUS_DIAMETER_UM, description="Expected nucleus equivalent diameter (um); in px it follows each site's pixel size, and the watershed parameters derive from it.")
-    regularization: float = Field(0.05, description="Propagation regularization (CellProfiler default 0.05).")
-    propagate_scale: int = Field(2, description="Propagate on a grid downsampled by this factor (1 = full resolution).")
-    border_width_px: int = Field(3, description="Width of the borders mask.")
-    w0: float = Field(10.0, description="U-Net weight map border weight.")
-    sigma: float = Field(5.0, description="U-Net weight map border decay (px).")
+    nucleus_diameter_um: float = core_field(f"{_SEG}:DEFAULT_NUCLEUS_DIAMETER_UM", "Expected nucleus equivalent diameter (um); in px it follows each site's pixel size, and the watershed parameters derive from it.")
+    regularization: float = core_field(f"{_SEG}:MaskParams.regularization", "Propagation regularization (CellProfiler default 0.05).")
+    propagate_scale: int = core_field(f"{_SEG}:MaskParams.propagate_scale", "Propagate on a grid downsampled by this factor (1 = full resolution).")
+    border_width_px: int = core_field(f"{_SEG}:MaskParams.border_width_px", "Width of the borders mask.")
+    w0: float = core_field(f"{_SEG}:MaskParams.w0", "U-Net weight map border weight.")
+    sigma: float = core_field(f"{_SEG}:MaskParams.sigma", "U-Net weight map border decay (px).")
     max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
     n_overlays: int = Field(4, description="Sites shown as overlays in the metadata.")
 
-    def params(self, pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM) -> MaskParams:
-        """Mask parameters for a site of ``pixel_size_um``: the nucleus diameter in px, and
-        propagation at full resolution once objects are small (binned images)."""
+    def to_core(self, pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM) -> MaskParams:
+        """Mask parameters for a site of ``pixel_size_um``, by keyword: the nucleus diameter in
+        px, and propagation at full resolution once objects are small (binned images)."""
         diameter_px = self.nucleus_diameter_um / pixel_size_um
         scale = self.propagate_scale if diameter_px >= 2 * DEFAULT_NUCLEUS_DIAMETER_PX / 3 else 1
-        return MaskParams(NucleiParams(expected_diameter_px=diameter_px), self.regularization,
-                          scale, self.border_width_px, self.w0, self.sigma)
+        return MaskParams(nuclei=NucleiParams(expected_diameter_px=diameter_px), regularization=self.regularization,
+                          propagate_scale=scale, border_width_px=self.border_width_px, w0=self.w0, sigma=self.sigma)
+
+    params = to_core
 
 
 def _overlay_png(store: str, sites: list, masks_store: str) -> bytes:
@@ -451,7 +468,7 @@ def masks(
     plate = context.partition_key
     store = corrected_images["store"]
     px = {(w, int(s_)): float(p) for w, s_, p in corrected_images.get("pixel_size_um", [])}
-    tasks = [MaskSiteTask(store, w, int(s), tuple(corrected_images["channels"]), config.params(px.get((w, int(s)), DEFAULT_PIXEL_SIZE_UM)))
+    tasks = [MaskSiteTask(store, w, int(s), tuple(corrected_images["channels"]), config.to_core(px.get((w, int(s)), DEFAULT_PIXEL_SIZE_UM)))
              for w, s in corrected_images["sites"]]
     ok_sites = {(w, int(s)) for w, s in corrected_images["sites"]}
     others = [f for f in corrected_images.get("fields", []) if (f["well"], int(f["site"])) not in ok_sites]

@@ -22,6 +22,7 @@ from ssc_assets.core.ingest.site_tables import (
 from ssc_assets.core.ingest.qc import CHANNEL_SEP, QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
 from ssc_assets.core.io.storage import write_text
 from ssc_assets.core.io.tiff import ImageReadError, read_image
+from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.metadata import md_table
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
@@ -107,26 +108,28 @@ def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource, stor
     )
 
 
-_QC = QcConfig()
+_QC = "ssc_assets.core.ingest.qc:QcConfig"
 
 
 class SiteQcConfig(dg.Config):
     """QC settings (editable in the launchpad; defaults from :class:`~ssc_assets.core.ingest.qc.QcConfig`)."""
 
-    max_saturated_fraction: float = Field(_QC.max_saturated_fraction, description="Fail an image with more than this fraction of pixels at the camera maximum.")
-    min_nuclei_snr: float = Field(_QC.min_nuclei_snr, description="Fail a nuclei image whose q99 - median is below this many noise SDs (empty field, no stain).")
-    min_nuclei_contrast_ratio: float = Field(_QC.min_nuclei_contrast_ratio, description="Fail a nuclei image with less than this fraction of its well's nuclei contrast (cell-free field).")
-    max_edge_width_um: float = Field(_QC.max_edge_width_um, description="Fail nuclei whose edge blur sigma exceeds this many um (out of focus).")
-    max_edge_width_px: float = Field(_QC.max_edge_width_px, description="... or this many pixels, whichever is larger.")
-    z_focus: float = Field(_QC.z_focus, description="Fail a site this many robust SDs less sharp than its well / acquisition group.")
-    debris_ratio: float = Field(_QC.debris_ratio, description="Fail a site whose q99 - q01 is this many times its well's, in nuclei and another channel (debris).")
-    z_review: float = Field(_QC.z_review, description="Intensity robust z (within the acquisition group) beyond which a site is flagged for review, never failed.")
+    max_saturated_fraction: float = core_field(f"{_QC}.max_saturated_fraction", "Fail an image with more than this fraction of pixels at the camera maximum.")
+    min_nuclei_snr: float = core_field(f"{_QC}.min_nuclei_snr", "Fail a nuclei image whose q99 - median is below this many noise SDs (empty field, no stain).")
+    min_nuclei_contrast_ratio: float = core_field(f"{_QC}.min_nuclei_contrast_ratio", "Fail a nuclei image with less than this fraction of its well's nuclei contrast (cell-free field).")
+    max_edge_width_um: float = core_field(f"{_QC}.max_edge_width_um", "Fail nuclei whose edge blur sigma exceeds this many um (out of focus).")
+    max_edge_width_px: float = core_field(f"{_QC}.max_edge_width_px", "... or this many pixels, whichever is larger.")
+    z_focus: float = core_field(f"{_QC}.z_focus", "Fail a site this many robust SDs less sharp than its well / acquisition group.")
+    debris_ratio: float = core_field(f"{_QC}.debris_ratio", "Fail a site whose q99 - q01 is this many times its well's, in nuclei and another channel (debris).")
+    z_review: float = core_field(f"{_QC}.z_review", "Intensity robust z (within the acquisition group) beyond which a site is flagged for review, never failed.")
     max_failed_fraction: float = Field(0.1, description="The check warns when more sites than this fraction fail QC.")
     n_gallery: int = Field(24, description="Failed and review-flagged sites shown in the review gallery.")
 
-    def qc_config(self) -> QcConfig:
-        return dataclasses.replace(
-            _QC, **{f.name: getattr(self, f.name) for f in dataclasses.fields(QcConfig) if f.name in type(self).model_fields})
+    def to_core(self) -> QcConfig:
+        """The core QC rules, by keyword (fields QcConfig has and this Config sets; the others keep their default)."""
+        return QcConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QcConfig) if f.name in type(self).model_fields})
+
+    qc_config = to_core
 
 
 def _overridden(qc: pd.DataFrame) -> pd.DataFrame:
@@ -220,7 +223,7 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
     measures = [
         r.value if r.error is None else {"read_error": f"{items[i][0]}: {r.error}"} for i, r in enumerate(results)
     ]
-    qc_config = config.qc_config()
+    qc_config = config.to_core()
     qc = assemble_site_qc(rows, measures, qc_config)
     sites = site_table(qc)
     failed = sites[~sites["passed_qc"]]
