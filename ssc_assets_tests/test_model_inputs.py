@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from ssc_assets.core.learn.inputs import PlateImages, PlateMasks
 from ssc_assets.core.learn.fit import assign_splits, pick_level, split_summary, training_sites
 
 
@@ -23,8 +24,8 @@ def _raw(plate, wells):
 
 def test_site_table_labels_masks_and_splits():
     wells = [f"B{c:02d}" for c in range(2, 14)]
-    corrected = {"P1": {"store": "/s/P1.ome.zarr", "sites": [[w, s] for w in wells for s in (1, 2)], "side": 384}}
-    masks = {"P1": {"store": "/m/P1.ome.zarr", "sites": [[w, s] for w in wells for s in (1,)]}}
+    corrected = [PlateImages("P1", "/s/P1.ome.zarr", tuple((w, s) for w in wells for s in (1, 2)), side=384)]
+    masks = [PlateMasks("P1", "/m/P1.ome.zarr", tuple((w, s) for w in wells for s in (1,)))]
     t = training_sites(corrected, {"P1": _raw("P1", wells)}, masks)
     assert len(t) == 24
     assert (t["label"] == (t["Metadata_Condition"] == "SSc").astype(int)).all()

@@ -171,6 +171,7 @@ def test_failed_fields_are_flagged_and_kept_out_of_downstream(run):
 
     # downstream sees QC-passed sites only: manifests, list_sites, and what embeddings/models read
     from ssc_assets.core.learn.fit import training_sites
+    from ssc_assets.defs.manifests import plate_images, plate_masks
 
     assert {tuple(s) for s in cor["sites"]} == run["qc_passed"]
     assert sorted(S.list_sites(cor["store"])) == sorted(run["qc_passed"])
@@ -178,7 +179,7 @@ def test_failed_fields_are_flagged_and_kept_out_of_downstream(run):
     assert sorted(S.list_sites(masks["store"])) == sorted(run["qc_passed"] - {MASKS_RAISE})
     assert sorted(map(tuple, cor["skipped_qc"])) == sorted(run["qc_failed"])
     assert {(f["well"], f["site"]) for f in cor["fields"]} == set(flags)
-    table = training_sites({PLATE: cor}, {PLATE: run["raw_sites"]}, {PLATE: masks})
+    table = training_sites([plate_images(PLATE, cor)], {PLATE: run["raw_sites"]}, [plate_masks(PLATE, masks)])
     assert set(zip(table["Metadata_Well"], table["Metadata_Site"])) == run["qc_passed"]
     no_masks = {(w, s) for w, s, m in zip(table["Metadata_Well"], table["Metadata_Site"], table["masks_store"]) if not isinstance(m, str)}
     assert no_masks == {MASKS_RAISE}

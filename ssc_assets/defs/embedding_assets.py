@@ -23,6 +23,7 @@ from ssc_assets.core.ingest.channels import MODEL_CHANNELS
 from ssc_assets.core.learn.fit import training_sites
 from ssc_assets.core.schema import METHOD, N_SITES, SITE_META, WELL, feature_columns
 from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
+from ssc_assets.defs.manifests import plate_images, plate_masks
 from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
 from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
@@ -33,7 +34,8 @@ from ssc_assets.defs.resources import SiteCompute
 
 def _plate_table(context, corrected_images: dict, raw_sites: pd.DataFrame, masks: dict | None = None) -> pd.DataFrame:
     plate = context.partition_key
-    table = training_sites({plate: corrected_images}, {plate: raw_sites}, {plate: masks} if masks else None)
+    table = training_sites([plate_images(plate, corrected_images)], {plate: raw_sites},
+                           [plate_masks(plate, masks)] if masks else ())
     if table.empty:
         raise dg.Failure(f"plate {plate}: no corrected sites to embed", allow_retries=False)
     return table

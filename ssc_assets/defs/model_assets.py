@@ -25,6 +25,7 @@ from ssc_assets.core.ingest.channels import MODEL_CHANNELS
 from ssc_assets.core.learn.fit import FitOutput, assign_splits, split_summary, training_sites
 from ssc_assets.core.learn.loop import TrainParams
 from ssc_assets.defs.core_defaults import core_factory_field, core_field
+from ssc_assets.defs.manifests import all_plate_images, all_plate_masks
 from ssc_assets.defs.metadata import log_png, md_table
 from ssc_assets.defs.model_families import FAMILIES, ModelFamily, about
 from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
@@ -131,7 +132,7 @@ def settings_preset(asset: str, config: dg.Config) -> tuple[str, str]:
 
 
 def _table(corrected_images: dict, raw_sites: dict, masks: dict | None, split_by: str, seed: int) -> pd.DataFrame:
-    table = training_sites(corrected_images, raw_sites, masks)
+    table = training_sites(all_plate_images(corrected_images), raw_sites, all_plate_masks(masks))
     if table.empty:
         raise dg.Failure("no corrected sites: materialize corrected_images for at least one plate first", allow_retries=False)
     return assign_splits(table, group_by=split_by, seed=seed)

@@ -13,7 +13,7 @@ input) and test centre crops show cells at about the same scale (zoom 1.0-1.5).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,35 +24,39 @@ from torch.utils.data import DataLoader
 from ssc_assets.core.plots import training as training_plots
 from ssc_assets.core.learn.augment import AugmentParams, SiteDataset, SiteRef
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+from ssc_assets.core.learn.inputs import PlateImages, PlateMasks
 from ssc_assets.core.learn.splits import grouped_split
 from ssc_assets.core.learn.loop import TrainParams, confusion, evaluate, set_seed, train
 from ssc_assets.core.schema import SITE_META
 
 
-def training_sites(corrected: dict[str, dict], raw_sites: dict[str, pd.DataFrame], masks: dict[str, dict] | None = None) -> pd.DataFrame:
+def training_sites(images: Iterable[PlateImages], raw_sites: Mapping[str, pd.DataFrame],
+                   masks: Iterable[PlateMasks] = ()) -> pd.DataFrame:
     """One row per corrected (QC-passed, written) site of every plate.
 
-    ``corrected`` / ``masks``: plate -> asset manifest (``store``, ``sites`` [[well, site]]).
+    ``images`` / ``masks``: per plate, the corrected store and its sites / the masks store and
+    the sites that have masks (:mod:`ssc_assets.core.learn.inputs`).
     ``raw_sites``: plate -> raw_sites table (gives the plate-map ``Metadata_*`` columns).
     Columns: ``schema.SITE_META`` + ``label`` (1 = SSc, 0 = HC) + ``store`` + ``masks_store`` (None
     when the site has no masks) + ``side`` (px, full-resolution side of the stored image).
     """
+    masks_of = {m.plate: m for m in masks}
     rows = []
-    for plate, man in sorted(corrected.items()):
+    for img in sorted(images, key=lambda p: p.plate):
+        plate = img.plate
         meta = raw_sites[plate].drop_duplicates("Metadata_Well").set_index("Metadata_Well")
-        mask_sites = set()
-        if masks and plate in masks:
-            mask_sites = {(w, int(s)) for w, s in masks[plate]["sites"]}
-        for well, site in man["sites"]:
+        mask = masks_of.get(plate)
+        mask_sites = {(w, int(s)) for w, s in mask.sites} if mask else set()
+        for well, site in img.sites:
             m = meta.loc[well]
             rows.append({
                 "Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": int(site),
                 "Metadata_Donor": str(m["Metadata_Donor"]), "Metadata_Condition": str(m["Metadata_Condition"]),
                 "Metadata_Group": str(m["Metadata_Group"]),
                 "label": int(str(m["Metadata_Condition"]).lower() == "ssc"),
-                "store": man["store"],
-                "masks_store": masks[plate]["store"] if (well, int(site)) in mask_sites else None,
-                "side": int(man.get("side") or 0),
+                "store": img.store,
+                "masks_store": mask.store if (well, int(site)) in mask_sites else None,
+                "side": int(img.side or 0),
             })
     return pd.DataFrame(rows, columns=SITE_META + ["label", "store", "masks_store", "side"])
 
