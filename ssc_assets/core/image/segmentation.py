@@ -233,6 +233,14 @@ def unet_weight_map(target: np.ndarray, instances: np.ndarray, w0: float = 10.0,
 
 @dataclass(frozen=True)
 class MaskParams:
+    """Mask settings of one site (the home of the launchpad defaults); sizes in px.
+
+    ``regularization``: propagation regularization of the cells (CellProfiler default 0.05);
+    ``propagate_scale``: propagate on a grid downsampled by this factor (1 = full resolution);
+    ``border_width_px``: width of the borders mask; ``w0`` / ``sigma`` (px): border weight and
+    decay of the U-Net weight map.
+    """
+
     nuclei: NucleiParams = NucleiParams()
     regularization: float = 0.05
     propagate_scale: int = 2

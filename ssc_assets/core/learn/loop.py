@@ -31,6 +31,15 @@ TASKS = ("classify", "reconstruct", "segment")
 
 @dataclass(frozen=True)
 class TrainParams:
+    """Training settings (thesis section 6.3.1; the home of the launchpad defaults).
+
+    ``epochs``: passes over the training set (the weights with the lowest validation loss are
+    kept); ``batch_size``: sites per step; Adam ``lr``, ``weight_decay``, ``beta1``, ``beta2``,
+    ``eps``; cosine annealing over ``t_max`` epochs down to ``eta_min``; ``seed`` for splits,
+    augmentation and initialization; ``num_workers``: DataLoader processes; ``device``:
+    ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+
     epochs: int = 30
     batch_size: int = 8
     lr: float = 5e-5
