@@ -29,6 +29,7 @@ import yaml
 from fsspec.implementations.local import LocalFileSystem
 
 from ssc_assets.core.io import ome_zarr_store as S
+from ssc_assets.core.io.ome_zarr_store import commit as oz_commit, reader as oz_reader
 from ssc_assets.core.io import storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def _values(store) -> list[float]:
 def _zarr_opens(store) -> bool:
     import zarr
 
-    root = zarr.open_group(S._readable_store(store), mode="r")
+    root = zarr.open_group(oz_reader._readable_store(store), mode="r")
     return bool(root.attrs["ome"]["plate"]["wells"])
 
 
@@ -140,16 +141,17 @@ def _register_disk_as_remote() -> None:
 def _write_and_crash(store: str, crash_at: str, use_exchange: bool, value: float) -> None:
     """Child process: write a store and die (no clean-up, like SIGKILL) at step ``crash_at``."""
     from ssc_assets.core.io import ome_zarr_store as oz
+    from ssc_assets.core.io.ome_zarr_store import commit
 
     _register_disk_as_remote()
     if not use_exchange:
-        oz._exchange = lambda a, b: False  # a filesystem without RENAME_EXCHANGE (NFS, macOS)
+        commit._exchange = lambda a, b: False  # a filesystem without RENAME_EXCHANGE (NFS, macOS)
 
     def step(name: str) -> None:
         if name == crash_at:
             os._exit(CRASH_EXIT)
 
-    oz._step = step
+    commit._step = step
     with oz.HcsPlateWriter(store, "P1", ["nuclei"]) as w:
         for well, site in SITES:
             w.write_site(well, site, np.full((1, 32, 32), value, np.float32))
@@ -331,10 +333,10 @@ def test_failed_fsspec_upload_is_restored_by_the_next_writer(tmp_path, monkeypat
         if name == "upload:partial":
             raise OSError("network gone")
 
-    monkeypatch.setattr(S, "_step", fail)
+    monkeypatch.setattr(oz_commit, "_step", fail)
     with pytest.raises(OSError):
         _write(url, NEW)
-    monkeypatch.setattr(S, "_step", lambda name: None)
+    monkeypatch.setattr(oz_commit, "_step", lambda name: None)
     with pytest.raises(RuntimeError):
         with S.HcsPlateWriter(url, "P1", ["nuclei"]):
             assert _values(url) == [OLD, OLD]  # restored on entry
