@@ -32,13 +32,9 @@ def _bumped(cfg_cls, name):
 
 
 def _core(cfg):
-    if isinstance(cfg, SiteQcConfig):
-        return cfg.qc_config()
     if isinstance(cfg, MasksConfig):
-        return cfg.params(0.5)
-    if isinstance(cfg, TrainConfig):
-        return cfg.train_params()
-    return cfg.params()
+        return cfg.to_core(0.5)
+    return cfg.to_core()
 
 
 CASES = [(cls, name) for cls in (SiteQcConfig, PreprocessConfig, MasksConfig, TrainConfig)
@@ -53,7 +49,7 @@ def test_setting_reaches_core(cls, name):
 
 
 def test_site_qc_defaults_are_the_core_defaults():
-    cfg = SiteQcConfig().qc_config()
+    cfg = SiteQcConfig().to_core()
     assert cfg == QcConfig()
     shared = {f.name for f in dataclasses.fields(QcConfig)} & set(SiteQcConfig.model_fields)
     assert len(shared) >= 8

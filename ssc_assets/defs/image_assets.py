@@ -191,8 +191,6 @@ class PreprocessConfig(dg.Config):
             actin=ChannelPreprocess(**common),
         )
 
-    params = to_core
-
 
 def qc_failed_plan(raw_sites: pd.DataFrame, site_qc: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """QC-failed sites, split into those whose image channels can all be read (they are
@@ -393,8 +391,6 @@ class MasksConfig(dg.Config):
         scale = self.propagate_scale if diameter_px >= 2 * DEFAULT_NUCLEUS_DIAMETER_PX / 3 else 1
         return MaskParams(nuclei=NucleiParams(expected_diameter_px=diameter_px), regularization=self.regularization,
                           propagate_scale=scale, border_width_px=self.border_width_px, w0=self.w0, sigma=self.sigma)
-
-    params = to_core
 
 
 def _overlay_png(store: str, sites: list, masks_store: str) -> bytes:

@@ -129,8 +129,6 @@ class SiteQcConfig(dg.Config):
         """The core QC rules, by keyword (fields QcConfig has and this Config sets; the others keep their default)."""
         return QcConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QcConfig) if f.name in type(self).model_fields})
 
-    qc_config = to_core
-
 
 def _overridden(qc: pd.DataFrame) -> pd.DataFrame:
     """Sites with a user decision: well, site, decision, note and the automatic reason."""

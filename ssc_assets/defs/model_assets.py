@@ -63,8 +63,6 @@ class TrainConfig(dg.Config):
         return TrainParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainParams)
                               if f.name in type(self).model_fields})
 
-    train_params = to_core
-
 
 class ClassifierConfig(TrainConfig):
     crop_size: int = core_field(f"{_FIT}:fit_classifier.input_size", "Input crop side (px).")
