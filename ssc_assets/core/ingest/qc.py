@@ -24,19 +24,6 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 
-MEASURES = (
-    "focus_score",
-    "percent_maximal",
-    "median",
-    "std",
-    "q01",
-    "q25",
-    "q75",
-    "q99",
-    "total_intensity",
-)
-
-
 def _cp_ring_labels(h: int, w: int) -> np.ndarray:
     """CellProfiler's ring label floor(r) + 1 of every bin of an (h, w) FFT, int32.
 

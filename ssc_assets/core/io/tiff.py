@@ -14,15 +14,6 @@ class ImageReadError(ValueError):
     """An image file is unreadable or does not meet the input contract. Names the file."""
 
 
-def read_header(path: str | os.PathLike) -> tuple[tuple[int, ...], str]:
-    """Shape and dtype of the first page of a TIFF, without reading pixels.
-
-    Raises :class:`ImageReadError` if the file is not a readable TIFF.
-    """
-    shape, dtype, _ = read_header_description(path)
-    return shape, dtype
-
-
 def read_header_description(path: str | os.PathLike) -> tuple[tuple[int, ...], str, str | None]:
     """Shape, dtype and ImageDescription (MetaSeries XML on ImageXpress files, or None) of
     the first page of a TIFF, without reading pixels. Raises :class:`ImageReadError`."""
