@@ -10,7 +10,7 @@
 2. Runs the product's own core steps without Dagster: ``build_raw_sites`` (ingest),
    per-image ``image_background`` + ``profile_from_backgrounds`` (illumination profiles),
    ``correct_site`` and ``mask_site`` (image/site_tasks), written to OME-Zarr stores with
-   ``HcsPlateWriter``; the site table of ``learn.fit.site_table``.
+   ``HcsPlateWriter``; the site table of ``learn.fit.training_sites``.
 3. Methods, all scored on the same wells with donors never seen by the model that scores them:
    * ``PCA (site 64 px)``: the seed's baseline features (``fit.site_vectors``, PCA with 16
      components, unsupervised on all sites), well medians, per-plate HC normalisation;
@@ -131,7 +131,7 @@ def main() -> None:
 
     from ssc_assets.core.learn.cell_crops import CropParams, build_crop_dataset
     from ssc_assets.core.learn.cell_training import CellTrainParams, aggregate_cells, cross_validate_cells
-    from ssc_assets.core.learn.fit import site_table
+    from ssc_assets.core.learn.fit import training_sites
     from ssc_assets.core.simulate import DEMO_OBJECTIVES, PlateSpec, default_wells, load_site_truth, simulate_plate, strong_donors
 
     torch.set_num_threads(args.threads)
@@ -151,7 +151,7 @@ def main() -> None:
             truth.append(load_site_truth(tmp / "truth", name))
         t_prep = time.perf_counter() - t
         severity = pd.concat(truth).drop_duplicates("donor_id").set_index("donor_id")["severity"].to_dict()
-        sites = site_table(corrected, raws, masks)
+        sites = training_sites(corrected, raws, masks)
         print(f"# cell_training_eval: 2 plates x {args.wells} wells x {args.sites} sites at {args.size} px "
               f"(corrected {corrected[plate]['side']} px), seed {args.seed}, gain {args.gain}, {os.cpu_count()} CPUs, "
               f"{args.threads} torch threads; simulate + correct + mask: {t_prep:.0f} s", flush=True)
