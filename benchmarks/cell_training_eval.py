@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 
-def process_plate(plate_dir: Path, work: Path) -> tuple[dict, dict, pd.DataFrame]:
+def process_plate(plate_dir: Path, work: Path):
     """Ingest -> illumination -> correction -> masks, as the assets do (no QC: no failed sites)."""
     from ssc_assets.core.image.illumination import profile_from_backgrounds
     from ssc_assets.core.image.site_tasks import (
@@ -71,7 +71,10 @@ def process_plate(plate_dir: Path, work: Path) -> tuple[dict, dict, pd.DataFrame
         for well, site in sites:
             m = mask_site(MaskSiteTask(store, well, site, tuple(IMAGE_CHANNELS)))["masks"]
             w.write_site(well, site, m["weight_map"][None], labels={k: v for k, v in m.items() if k != "weight_map"})
-    return ({"store": store, "sites": sites, "side": side}, {"store": masks_store, "sites": sites}, raw)
+    from ssc_assets.core.learn.inputs import PlateImages, PlateMasks
+
+    done = tuple((w, int(s)) for w, s in sites)
+    return PlateImages(plate, store, done, side), PlateMasks(plate, masks_store, done), raw
 
 
 def pca_wells(table: pd.DataFrame, n_components: int = 16, size: int = 64) -> pd.DataFrame:
@@ -151,9 +154,9 @@ def main() -> None:
             truth.append(load_site_truth(tmp / "truth", name))
         t_prep = time.perf_counter() - t
         severity = pd.concat(truth).drop_duplicates("donor_id").set_index("donor_id")["severity"].to_dict()
-        sites = training_sites(corrected, raws, masks)
+        sites = training_sites(corrected.values(), raws, masks.values())
         print(f"# cell_training_eval: 2 plates x {args.wells} wells x {args.sites} sites at {args.size} px "
-              f"(corrected {corrected[plate]['side']} px), seed {args.seed}, gain {args.gain}, {os.cpu_count()} CPUs, "
+              f"(corrected {corrected[plate].side} px), seed {args.seed}, gain {args.gain}, {os.cpu_count()} CPUs, "
               f"{args.threads} torch threads; simulate + correct + mask: {t_prep:.0f} s", flush=True)
 
         rows = []

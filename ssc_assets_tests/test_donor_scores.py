@@ -24,7 +24,7 @@ def planted_wells(n_hc=4, n_ssc=4, n_sschl=3, wells_per_donor=4, plates=2, shift
             x = rng.normal(0, noise, n_feat) + plate_offset * p
             x[0] += s
             rows.append({"Metadata_Plate": f"P{p}", "Metadata_Well": f"{d}-{k}", "Metadata_Donor": d,
-                         "Metadata_Condition": cond, "Metadata_Group": grp, "method": "m", "n_sites": 4,
+                         "Metadata_Condition": cond, "Metadata_Group": grp, "Metadata_Method": "m", "Metadata_n_sites": 4, "n_sites": 4,
                          **{f"f{j:04d}": x[j] for j in range(n_feat)}})
     df = pd.DataFrame(rows)
     if shuffle:  # conditions shuffled between donors: no signal
@@ -116,8 +116,8 @@ def test_donor_report_tidy():
     tables = {"good": planted_wells(noise=0.25), "noise": planted_wells(shuffle=True, seed=5)}
     donors, summary = DS.donor_report(tables, n_permutations=30, n_boot=100)
     assert list(summary.columns) == DS.SUMMARY_COLUMNS
-    assert len(donors) == 22 and set(donors["method"]) == {"good", "noise"}
-    s = summary.set_index("method")
+    assert len(donors) == 22 and set(donors["Metadata_Method"]) == {"good", "noise"}
+    s = summary.set_index("Metadata_Method")
     assert s.loc["good", "lodo_accuracy"] > 0.9 and s.loc["good", "grouped_accuracy"] > 0.9
     assert s.loc["good", "rho_group"] > 0.7
     assert s.loc["good", "permutation_p"] < s.loc["noise", "permutation_p"]

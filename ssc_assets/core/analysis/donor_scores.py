@@ -322,7 +322,7 @@ def severity_spearman(donors: pd.DataFrame, order: dict[str, float] | None = Non
 
 
 #: Columns of the per-method table of :func:`donor_report`.
-SUMMARY_COLUMNS = ["method", "n_wells", "n_donors", "grouped_accuracy", "lodo_accuracy", "lodo_balanced_accuracy",
+SUMMARY_COLUMNS = [schema.METHOD, "n_wells", "n_donors", "grouped_accuracy", "lodo_accuracy", "lodo_balanced_accuracy",
                    "lodo_donor_accuracy", "chance", "permutation_p", "n_permutations", "rho_group", "rho_group_p",
                    "vmeasure_plate", "vmeasure_acquisition", "vmeasure_condition"]
 
@@ -337,7 +337,7 @@ def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, sco
     method -> column of an out-of-fold per-well score to use instead of the LODO SVM decision
     (e.g. ``{"cell_cnn": "Metadata_Score"}``). Returns ``(donors, summary)``:
 
-    * ``donors``: :data:`DONOR_COLUMNS` + ``method``, one row per donor x method;
+    * ``donors``: ``Metadata_Method`` + :data:`DONOR_COLUMNS`, one row per donor x method;
     * ``summary``: :data:`SUMMARY_COLUMNS`, one row per method: ``grouped_accuracy``
       (donor-grouped k-fold RBF SVM, :func:`clustering.svm_cv_accuracy`), the LODO linear SVM
       accuracies and permutation p-value (conditions permuted between donors), chance,
@@ -357,13 +357,13 @@ def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, sco
         perm = permutation_pvalue(w, feats, n_permutations=n_permutations, seed=seed, C=C,
                                   observed=lodo["balanced_accuracy"]) if n_permutations else {"p_value": float("nan"), "n_permutations": 0}
         d = donor_scores(w, feats, score_col=score_cols.get(method), n_boot=n_boot, seed=seed, C=C)
-        d.insert(0, "method", method)
+        d.insert(0, schema.METHOD, method)
         all_donors.append(d)
         rho = severity_spearman(d)
         vm = batch_vmeasure(w, feats, seed=seed).set_index("factor")["v_measure"]
         acq = batch_column(w)
         summary.append({
-            "method": method, "n_wells": lodo["n_wells"], "n_donors": lodo["n_donors"],
+            schema.METHOD: method, "n_wells": lodo["n_wells"], "n_donors": lodo["n_donors"],
             "grouped_accuracy": grouped["accuracy"], "lodo_accuracy": lodo["accuracy"],
             "lodo_balanced_accuracy": lodo["balanced_accuracy"], "lodo_donor_accuracy": lodo["donor_accuracy"],
             "chance": lodo["chance"], "permutation_p": perm["p_value"], "n_permutations": perm["n_permutations"],
@@ -372,5 +372,5 @@ def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, sco
             "vmeasure_acquisition": float(vm.get(acq, np.nan)) if acq else float("nan"),
             "vmeasure_condition": float(vm.get(schema.CONDITION, np.nan)),
         })
-    donors_df = pd.concat(all_donors, ignore_index=True) if all_donors else pd.DataFrame(columns=["method"] + DONOR_COLUMNS)
+    donors_df = pd.concat(all_donors, ignore_index=True) if all_donors else pd.DataFrame(columns=[schema.METHOD] + DONOR_COLUMNS)
     return donors_df, pd.DataFrame(summary, columns=SUMMARY_COLUMNS)

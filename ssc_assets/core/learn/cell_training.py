@@ -331,41 +331,38 @@ def aggregate_cells(table: pd.DataFrame, emb: np.ndarray, method: str = "cell_cn
                     logits: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cell -> site (median over the site's cells) -> well (median over the well's sites).
 
-    ``table``: crop table (``Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_Donor,
-    Metadata_Condition, Metadata_Group``), ``emb`` (N, E) aligned with it. Returns ``(sites,
-    wells)``: ``sites`` in the :func:`ssc_assets.core.learn.embeddings.embedding_frame` layout
-    (``schema.SITE_META`` + ``Metadata_Method`` + ``f0000``..) plus ``Metadata_n_cells``; ``wells`` from
+    ``table``: crop table (``schema.SITE_META`` columns), ``emb`` (N, E) aligned with it.
+    Returns ``(sites, wells)``: ``sites`` in the
+    :func:`ssc_assets.core.learn.embeddings.embedding_frame` layout (``SITE_META`` +
+    ``Metadata_Method`` + ``f0000``..) plus ``Metadata_n_cells``; ``wells`` from
     :func:`~ssc_assets.core.learn.embeddings.well_embeddings` plus ``Metadata_n_cells`` (summed
     over sites). With ``logits`` (N,), both also get ``Metadata_Score``: the median cell logit
     of the site, then the median over the well's sites (> 0 = SSc-like); it is metadata, not
     a feature, so feature-based analyses do not see it twice.
     """
+    from ssc_assets.core import schema
     from ssc_assets.core.learn.embeddings import feature_names, well_embeddings
-    from ssc_assets.core.schema import METHOD, SITE_KEY, SITE_META, WELL_KEY
 
-    site_key, well_key = SITE_KEY, WELL_KEY
-    embedding_meta = SITE_META + [METHOD]
-    meta_keep = [c for c in SITE_META if c in table.columns and c not in site_key]
     names = feature_names(emb.shape[1])
-    df = pd.concat([table[site_key + meta_keep].reset_index(drop=True),
+    df = pd.concat([table[schema.SITE_META].reset_index(drop=True),
                     pd.DataFrame(np.asarray(emb, np.float64), columns=names)], axis=1)
     if logits is not None:
         df["Metadata_Score"] = np.asarray(logits, np.float64)
-    g = df.groupby(site_key, sort=True)
+    g = df.groupby(schema.SITE_KEY, sort=True)
     sites = g[names].median()
     sites["Metadata_n_cells"] = g.size()
     if logits is not None:
         sites["Metadata_Score"] = g["Metadata_Score"].median()
-    sites = pd.concat([g[meta_keep].first(), sites], axis=1).reset_index()
-    sites[METHOD] = method
-    cols = [c for c in embedding_meta if c in sites.columns]
-    sites = sites[cols + [c for c in sites.columns if c not in cols]]
+    sites = pd.concat([g[schema.PLATEMAP_COLUMNS].first(), sites], axis=1).reset_index()
+    sites[schema.METHOD] = method
+    front = [*schema.SITE_META, schema.METHOD]
+    sites = sites[front + [c for c in sites.columns if c not in front]]
     wells = well_embeddings(sites)
-    gw = sites.groupby(well_key)
+    gw = sites.groupby(schema.WELL_KEY)
     extra = gw["Metadata_n_cells"].sum().to_frame()
     if logits is not None:
         extra["Metadata_Score"] = gw["Metadata_Score"].median()
-    wells = wells.merge(extra.reset_index(), on=well_key, how="left")
+    wells = wells.merge(extra.reset_index(), on=schema.WELL_KEY, how="left")
     return sites, wells
 
 
