@@ -83,8 +83,10 @@ class CellTrainParams:
 
     @classmethod
     def cpu(cls, **overrides) -> "CellTrainParams":
-        """CPU budget: <= ~9 min per model on 2 cores (15 epochs x 8,000 crops of 3 x 64 x 64
-        at ~300-600 crops/s, stopped by ``max_seconds`` = 540 s), Adam lr 2e-3, batch 64."""
+        """CPU budget: <= ~9 min per model on 2 cores: at most 15 epochs x 8,000 crops of
+        3 x 64 x 64 (training throughput measured 50-600 crops/s on 2 cores, depending on how
+        loaded they are), always stopped by ``max_seconds`` = 540 s of wall time; Adam lr
+        2e-3, batch 64, early stop after 4 epochs without a better validation loss."""
         return replace(cls(), **overrides)
 
     @classmethod
