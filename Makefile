@@ -7,8 +7,10 @@ DEPS_HASH := $(shell sed -n '/^dependencies/,/^\[project.scripts\]/p' pyproject.
 STAMP := $(VENV)/.deps-$(DEPS_HASH)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
+# ruff is a dev tool, not a project dependency (the dependency spec keys the cached venv).
+RUFF_VERSION := 0.17.6
 
-.PHONY: venv demo test dev bench clean
+.PHONY: venv ruff lint demo test dev bench clean
 
 venv: $(STAMP)
 	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -28,8 +30,18 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: venv $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/ssc-assets demo
 
-## make test: the test suite (what CI runs)
-test: venv
+## make lint: ruff (pyflakes, pycodestyle, isort, bugbear, complexity; config in pyproject.toml)
+lint: venv ruff
+	$(BIN)/ruff check .
+
+# Installs the pinned ruff into the venv when it is missing or a different version.
+ruff: venv
+	@[ "$$($(BIN)/ruff --version 2>/dev/null)" = "ruff $(RUFF_VERSION)" ] \
+	  || $(BIN)/pip install -q "ruff==$(RUFF_VERSION)"
+
+## make test: ruff, then the test suite (what CI runs)
+test: venv ruff
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make dev: the Dagster UI (and daemon) on the demo instance, http://127.0.0.1:3000, and MLflow, http://127.0.0.1:5000
