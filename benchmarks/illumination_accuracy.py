@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from ssc_assets.core.image import illumination as IL
-from ssc_assets.core.simulate import FAILURES, PlateSpec, default_wells, load_site_truth, simulate_plate, strong_donors
 from ssc_assets.core.image.site_tasks import illumination_background
+from ssc_assets.core.simulate import FAILURES, PlateSpec, default_wells, load_site_truth, simulate_plate, strong_donors
 
 CHANNELS = ("nuclei", "borders", "actin")  # w1, w2, w3
 SIGMA_FRACTION = 1.0 / 32.0  # the asset's default

@@ -31,8 +31,8 @@ import scipy.ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssc_assets.core.image import filters as F  # noqa: E402
-from ssc_assets.core.image.filters.threads import _n_threads  # noqa: E402
 from ssc_assets.core.image import illumination as IL  # noqa: E402
+from ssc_assets.core.image.filters.threads import _n_threads  # noqa: E402
 
 # --------------------------------------------------------------------------------------
 # phantom

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from ssc_assets.core.ingest.site_tables import build_raw_sites
 from ssc_assets.core.ingest.qc import image_qc, power_log_log_slope_reference
+from ssc_assets.core.ingest.site_tables import build_raw_sites
 
 ROWS = "ABCDEFGH"
 

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from ssc_assets.core.image.filters import preprocess_channel
 from ssc_assets.core.analysis.profiles import cell_features
+from ssc_assets.core.image.filters import preprocess_channel
 from ssc_assets.core.image.segmentation import compute_masks
 from ssc_assets.core.simulate import render_site
 

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssc_assets.core.ingest.site_tables import assemble_site_qc, build_raw_sites, qc_items, qc_one_image, qc_work_items, site_table
+from ssc_assets.core.ingest.site_tables import (
+    assemble_site_qc,
+    build_raw_sites,
+    qc_items,
+    qc_one_image,
+    qc_work_items,
+    site_table,
+)
 from ssc_assets.core.simulate import load_site_truth, simulate_adversarial
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssc_assets.core.learn import augment as A
 from ssc_assets.core.io.ome_zarr_store import HcsPlateWriter
+from ssc_assets.core.learn import augment as A
 
 STORE_CHANNELS = ("nuclei", "borders", "actin")
 

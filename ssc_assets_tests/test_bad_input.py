@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from ssc_assets.core.ingest.platemap import PlateMapError
 from ssc_assets.core.ingest.site_tables import (
     PlateError,
     assemble_site_qc,
@@ -16,7 +17,6 @@ from ssc_assets.core.ingest.site_tables import (
     qc_work_items,
     site_table,
 )
-from ssc_assets.core.ingest.platemap import PlateMapError
 from ssc_assets_tests.conftest import tree_digest
 
 

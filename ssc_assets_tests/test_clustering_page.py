@@ -171,8 +171,9 @@ def test_report_headline_first_with_p_values_and_no_note_rows(run):
 
 
 def test_report_figures_are_wide(run):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     res = run["results"]["pca"]
     for name, png in {**res["report_figures"], "headline": rp.headline_png(run["results"])}.items():

@@ -6,8 +6,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ssc_assets.core.simulate import simulate_demo
 from ssc_assets.core.io import ome_zarr_store
+from ssc_assets.core.simulate import simulate_demo
 from ssc_assets.defs.partitions import plates
 from ssc_assets_tests.conftest import make_definitions, tree_digest
 

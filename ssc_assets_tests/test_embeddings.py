@@ -25,9 +25,9 @@ def test_autoencoder_embedding_reads_once_and_matches_per_channel(tmp_path):
     import torch
 
     from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+    from ssc_assets.core.io.ome_zarr_store import HcsPlateWriter
     from ssc_assets.core.learn.embeddings import autoencoder_embeddings, embed_sites
     from ssc_assets.core.learn.models import ChannelAutoencoder
-    from ssc_assets.core.io.ome_zarr_store import HcsPlateWriter
 
     store = str(tmp_path / "P.ome.zarr")
     rng = np.random.default_rng(0)

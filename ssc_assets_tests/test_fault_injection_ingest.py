@@ -11,7 +11,6 @@ import pytest
 
 from ssc_assets import settings
 from ssc_assets.core.ingest.channels import DEFAULT_CHANNEL_MAP, ChannelMap
-from ssc_assets.core.ingest.site_tables import PlateError, build_raw_sites, plate_readiness
 from ssc_assets.core.ingest.metaxpress import (
     HtdError,
     discover_plate_folders,
@@ -22,6 +21,7 @@ from ssc_assets.core.ingest.metaxpress import (
     walk_plate_files,
 )
 from ssc_assets.core.ingest.platemap import PlateMapError, read_platemap
+from ssc_assets.core.ingest.site_tables import PlateError, build_raw_sites, plate_readiness
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import PlateSource
 from ssc_assets.defs.sensors import evaluate_plates, plate_sensor

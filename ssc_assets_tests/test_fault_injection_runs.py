@@ -29,8 +29,9 @@ import yaml
 from fsspec.implementations.local import LocalFileSystem
 
 from ssc_assets.core.io import ome_zarr_store as S
-from ssc_assets.core.io.ome_zarr_store import commit as oz_commit, reader as oz_reader
 from ssc_assets.core.io import storage
+from ssc_assets.core.io.ome_zarr_store import commit as oz_commit
+from ssc_assets.core.io.ome_zarr_store import reader as oz_reader
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = [("B02", 1), ("B03", 2)]

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from ssc_assets.core.image import illumination as IL
-from ssc_assets.core.simulate import FAILURES, PlateSpec, default_wells, load_site_truth, simulate_plate, strong_donors
 from ssc_assets.core.io.tiff import read_image
+from ssc_assets.core.simulate import FAILURES, PlateSpec, default_wells, load_site_truth, simulate_plate, strong_donors
 
 SIZE, BINNING, SEED, OFFSET = 384, 4, 5, 150.0
 CHANNELS = ("nuclei", "borders", "actin")

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from ssc_assets.core.learn.inputs import PlateImages, PlateMasks
 from ssc_assets.core.learn.fit import assign_splits, pick_level, split_summary, training_sites
+from ssc_assets.core.learn.inputs import PlateImages, PlateMasks
 
 
 def test_pick_level_keeps_train_and_test_scale_close():

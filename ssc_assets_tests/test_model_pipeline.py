@@ -1,12 +1,12 @@
 """Models through Dagster and a real MLflow store (SQLite + local artifacts, no mocks)."""
 
+import dagster as dg
 import mlflow
 import pandas as pd
 import pytest
 import torch
 import torchvision
 
-import dagster as dg
 from ssc_assets.core.simulate import simulate_demo
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.partitions import plates

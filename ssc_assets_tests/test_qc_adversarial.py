@@ -4,7 +4,14 @@ whole-plate failures. Ground truth comes from the simulator's truth folder."""
 import pandas as pd
 import pytest
 
-from ssc_assets.core.ingest.site_tables import assemble_site_qc, build_raw_sites, qc_items, qc_one_image, qc_work_items, site_table
+from ssc_assets.core.ingest.site_tables import (
+    assemble_site_qc,
+    build_raw_sites,
+    qc_items,
+    qc_one_image,
+    qc_work_items,
+    site_table,
+)
 from ssc_assets.core.simulate import load_site_truth, simulate_adversarial
 
 HELD_OUT_SEED = 11  # development used seeds 1-3

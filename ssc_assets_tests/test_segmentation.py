@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 from skimage.draw import ellipse
+from skimage.segmentation import relabel_sequential
 
 from ssc_assets.core.image import segmentation as S
 from ssc_assets.core.simulate import render_site
-from skimage.segmentation import relabel_sequential
 
 
 def nuclei_phantom(seed=0, size=256, touching=True):
@@ -143,8 +143,9 @@ def test_parameters_scale_with_expected_diameter():
 
 def test_nuclei_on_simulated_site_through_preprocessing():
     """Simulator ground truth (independent of the segmenter) after the real preprocessing chain."""
-    from ssc_assets.core.image.filters import preprocess_channel
     from skimage.segmentation import clear_border
+
+    from ssc_assets.core.image.filters import preprocess_channel
 
     scores = []
     for seed in (3, 4, 5):

@@ -18,7 +18,6 @@ import inspect
 import dagster as dg
 
 from ssc_assets import settings
-
 from ssc_assets.defs.jobs import train_models
 
 #: Transient I/O (network file systems, object stores) gets two retries with backoff. Failures

@@ -1,24 +1,24 @@
 """``clusterings``: patients clustered per method across all plates, metrics, report, MLflow."""
 
 import datetime as dt
+import io
 import os
 import tempfile
 import warnings
-import io
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from ssc_assets.core.io.storage import write_text
 from ssc_assets.core.plots import figures
 from ssc_assets.core.schema import METHOD, feature_columns, metadata_columns
-from ssc_assets.core.io.storage import write_text
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.core_defaults import core_field
-from ssc_assets.defs.mlflow_tracking import MlflowTracking
-from ssc_assets.defs.model_families import CLUSTERING_EXPERIMENT
 from ssc_assets.defs.metadata import log_png
+from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.model_assets import ALL_PLATES
+from ssc_assets.defs.model_families import CLUSTERING_EXPERIMENT
 from ssc_assets.defs.resources import Storage
 
 READING_GUIDE = [
@@ -106,8 +106,8 @@ def _site_qc_tables(storage: Storage, plates: list[str], context) -> dict[str, p
 def _example_images(storage: Storage, wells: pd.DataFrame, context, per_condition: int = 4) -> tuple[bytes | None, str]:
     """Montage of a few corrected sites per condition from the ``corrected_images`` stores
     (read where that asset writes them); (None, why) when none could be read."""
-    from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
     from ssc_assets.core.analysis.report import examples_png, pick_examples, read_thumbnail
+    from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
 
     tiles, errors = [], []
     for ex in pick_examples(wells, per_condition):
@@ -154,7 +154,13 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
 
     from ssc_assets.core.analysis.clustering import cluster_method
     from ssc_assets.core.analysis.comparison import (
-        DEMO_NOTE, THESIS_SOURCE, comparison_table, headline_markdown, headline_metadata, preset_reasons, trust_notes,
+        DEMO_NOTE,
+        THESIS_SOURCE,
+        comparison_table,
+        headline_markdown,
+        headline_metadata,
+        preset_reasons,
+        trust_notes,
     )
     from ssc_assets.core.analysis.report import clustering_report_html
 

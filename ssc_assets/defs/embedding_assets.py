@@ -11,21 +11,22 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
 from ssc_assets.core.learn.embeddings import (
     autoencoder_embeddings,
     embed_sites,
     embedding_frame,
     pca_embeddings,
+)
+from ssc_assets.core.learn.embeddings import (
     well_embeddings as aggregate_wells,
 )
-from ssc_assets.core.ingest.channels import MODEL_CHANNELS
 from ssc_assets.core.learn.fit import training_sites
 from ssc_assets.core.schema import METHOD, N_SITES, SITE_META, WELL, feature_columns
 from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
+from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.manifests import plate_images, plate_masks
 from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
-from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.model_families import FAMILIES
 from ssc_assets.defs.partitions import plates

@@ -7,22 +7,21 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core.plots import figures
-from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
 from ssc_assets.core.image.filters import ChannelPreprocess, PreprocessParams
 from ssc_assets.core.image.illumination import profile_from_backgrounds
-from ssc_assets.core.ingest.site_tables import SITE_KEY
-from ssc_assets.core.io.ome_zarr_store import FIELD_STATUSES, HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
-from ssc_assets.core.ingest.acquisition import DEFAULT_PIXEL_SIZE_UM, group_slug
 from ssc_assets.core.image.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, MaskParams, NucleiParams
 from ssc_assets.core.image.site_tasks import CorrectSiteTask, MaskSiteTask, correct_site, illumination_background, mask_site
+from ssc_assets.core.ingest.acquisition import DEFAULT_PIXEL_SIZE_UM, group_slug
+from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+from ssc_assets.core.ingest.site_tables import SITE_KEY
+from ssc_assets.core.io.ome_zarr_store import FIELD_STATUSES, HcsPlateWriter, cleanup_stale_tmp, read_site_image, read_site_labels
 from ssc_assets.core.io.storage import atomic_write_bytes
+from ssc_assets.core.plots import figures
 from ssc_assets.defs.automation import IO_RETRY, fail_fast
 from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import SiteCompute, Storage
-
 
 _ILL = "ssc_assets.core.image.illumination"
 _PRE = "ssc_assets.core.image.filters:PreprocessParams"

@@ -7,9 +7,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from ssc_assets.core.plots import figures
 from ssc_assets.core.ingest.acquisition import acquisition_summary, channel_exposures
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+from ssc_assets.core.ingest.qc import CHANNEL_SEP, QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
 from ssc_assets.core.ingest.site_tables import (
     SITE_KEY,
     assemble_site_qc,
@@ -19,13 +19,14 @@ from ssc_assets.core.ingest.site_tables import (
     qc_work_items,
     site_table,
 )
-from ssc_assets.core.ingest.qc import CHANNEL_SEP, QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
 from ssc_assets.core.io.storage import write_text
 from ssc_assets.core.io.tiff import ImageReadError, read_image
+from ssc_assets.core.plots import figures
 from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.metadata import md_table
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
+
 
 @dg.asset(
     partitions_def=plates,

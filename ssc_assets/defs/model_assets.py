@@ -20,15 +20,15 @@ import pandas as pd
 from pydantic import Field
 
 from ssc_assets import settings
-from ssc_assets.core.plots import figures
 from ssc_assets.core.ingest.channels import MODEL_CHANNELS
 from ssc_assets.core.learn.fit import FitOutput, assign_splits, split_summary, training_sites
 from ssc_assets.core.learn.loop import TrainParams
+from ssc_assets.core.plots import figures
 from ssc_assets.defs.core_defaults import core_factory_field, core_field
 from ssc_assets.defs.manifests import all_plate_images, all_plate_masks
 from ssc_assets.defs.metadata import log_png, md_table
-from ssc_assets.defs.model_families import FAMILIES, ModelFamily, about
 from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
+from ssc_assets.defs.model_families import FAMILIES, ModelFamily, about
 
 ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
 
@@ -172,7 +172,6 @@ def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutpu
         info = mlflow.pytorch.log_model(fit.model, name="model", input_example=fit.input_example, serialization_format="pickle")
     else:
         import mlflow.sklearn
-
         from mlflow.models import infer_signature
 
         # a transformer (no predict, so no pyfunc flavor): a signature, not an input example to validate

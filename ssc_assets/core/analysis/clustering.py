@@ -25,7 +25,6 @@ from scipy.spatial.distance import pdist
 from ssc_assets.core.plots.clustering import dendrogram_png, pca_clusters_png, pca_scatter_png
 from ssc_assets.core.schema import CONDITION, DONOR, GROUP, METHOD, PLATE, WELL_META, feature_columns, metadata_columns
 
-
 # ---------------------------------------------------------------- features
 
 

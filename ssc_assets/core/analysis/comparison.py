@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
-
 THESIS_SOURCE = "Table 6.1 and section 6 of the seed thesis (103 wells, ungrouped 5-fold CV)"
 
 # Cluster sizes as printed (small/large); SVM: 5-fold accuracy from the section 6 text, except

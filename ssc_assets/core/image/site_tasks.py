@@ -11,12 +11,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from ssc_assets.core.plots.figures import downsample
 from ssc_assets.core.image.filters import PreprocessParams, preprocess_channel
 from ssc_assets.core.image.illumination import IlluminationProfile, apply_illumination, image_background
-from ssc_assets.core.io.ome_zarr_store import read_site_image, read_site_labels
 from ssc_assets.core.image.segmentation import MaskParams, compute_masks, mask_summary
+from ssc_assets.core.io.ome_zarr_store import read_site_image, read_site_labels
 from ssc_assets.core.io.tiff import read_image
+from ssc_assets.core.plots.figures import downsample
 
 PREVIEW_SIDE = 128
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 
+
 def _cp_ring_labels(h: int, w: int) -> np.ndarray:
     """CellProfiler's ring label floor(r) + 1 of every bin of an (h, w) FFT, int32.
 

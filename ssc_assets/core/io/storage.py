@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import pandas as pd
+from fsspec.implementations.local import LocalFileSystem
 
 # A temp/backup entry whose owner runs on another host (or another boot / PID namespace),
 # where its PID cannot be checked, counts as abandoned after this long without a write.

@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ssc_assets.core.learn.augment import AugmentParams, SiteDataset
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+from ssc_assets.core.learn.augment import AugmentParams, SiteDataset
 from ssc_assets.core.learn.fit import pick_level, refs, site_vectors
 from ssc_assets.core.schema import METHOD, N_SITES, PLATEMAP_COLUMNS, SITE_META, WELL_KEY, feature_columns
 

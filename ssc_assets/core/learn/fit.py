@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from ssc_assets.core.plots import training as training_plots
-from ssc_assets.core.learn.augment import AugmentParams, SiteDataset, SiteRef
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
+from ssc_assets.core.learn.augment import AugmentParams, SiteDataset, SiteRef
 from ssc_assets.core.learn.inputs import PlateImages, PlateMasks
-from ssc_assets.core.learn.splits import grouped_split
 from ssc_assets.core.learn.loop import TrainParams, confusion, evaluate, set_seed, train
+from ssc_assets.core.learn.splits import grouped_split
+from ssc_assets.core.plots import training as training_plots
 from ssc_assets.core.schema import SITE_META
 
 
@@ -222,8 +222,8 @@ def site_vectors(table: pd.DataFrame, size: int = 64) -> np.ndarray:
     """
     from skimage.transform import resize
 
-    from ssc_assets.core.learn.augment import normalize
     from ssc_assets.core.io.ome_zarr_store import read_site_image
+    from ssc_assets.core.learn.augment import normalize
 
     idx = [IMAGE_CHANNELS.index(c) for c in MODEL_CHANNELS]
     out = np.empty((len(table), len(idx) * size * size), np.float32)

@@ -22,31 +22,6 @@ Presets: :func:`simulate_demo`, :func:`simulate_adversarial`, :func:`simulate_re
 
 from __future__ import annotations
 
-from ssc_assets.core.simulate.specs import (  # noqa: F401
-    BACKGROUND,
-    BLANK_BACKGROUND,
-    CELL_SPACING_PX,
-    CHANNELS,
-    DEMO_OBJECTIVES,
-    DonorSpec,
-    EXPOSURES_MS,
-    FAILURES,
-    OBJECTIVES,
-    ObjectiveSpec,
-    PEAK,
-    PIXEL_SIZE_UM,
-    PLATE_FAILURES,
-    PlateSpec,
-    WAVELENGTHS_NM,
-    WAVE_NAMES,
-    default_donors,
-    default_wells,
-    strong_donors,
-)
-from ssc_assets.core.simulate.render import (  # noqa: F401
-    make_flatfield,
-    render_site,
-)
 from ssc_assets.core.simulate.metaseries import (  # noqa: F401
     HTD_HEADER,
 )
@@ -58,4 +33,29 @@ from ssc_assets.core.simulate.presets import (  # noqa: F401
     simulate_adversarial,
     simulate_demo,
     simulate_real_export,
+)
+from ssc_assets.core.simulate.render import (  # noqa: F401
+    make_flatfield,
+    render_site,
+)
+from ssc_assets.core.simulate.specs import (  # noqa: F401
+    BACKGROUND,
+    BLANK_BACKGROUND,
+    CELL_SPACING_PX,
+    CHANNELS,
+    DEMO_OBJECTIVES,
+    EXPOSURES_MS,
+    FAILURES,
+    OBJECTIVES,
+    PEAK,
+    PIXEL_SIZE_UM,
+    PLATE_FAILURES,
+    WAVE_NAMES,
+    WAVELENGTHS_NM,
+    DonorSpec,
+    ObjectiveSpec,
+    PlateSpec,
+    default_donors,
+    default_wells,
+    strong_donors,
 )

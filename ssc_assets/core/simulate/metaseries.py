@@ -8,9 +8,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-
-from ssc_assets.core.simulate.specs import OBJECTIVES, PIXEL_SIZE_UM, PlateSpec, WAVE_NAMES
-
+from ssc_assets.core.simulate.specs import OBJECTIVES, PIXEL_SIZE_UM, WAVE_NAMES, PlateSpec
 
 # --------------------------------------------------------------------------- plate writer
 

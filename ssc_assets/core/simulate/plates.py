@@ -11,20 +11,19 @@ import cv2
 import numpy as np
 import tifffile
 
-
+from ssc_assets.core.simulate.metaseries import _guid, _htd_text, _metaseries_description, _stage_xy
+from ssc_assets.core.simulate.render import make_flatfield, render_site
 from ssc_assets.core.simulate.specs import (
+    _PLATE_FAILURE_RENDER,
     CELL_SPACING_PX,
     CHANNELS,
     EXPOSURES_MS,
     PIXEL_SIZE_UM,
-    PlateSpec,
-    WAVELENGTHS_NM,
     WAVE_NAMES,
-    _PLATE_FAILURE_RENDER,
+    WAVELENGTHS_NM,
+    PlateSpec,
     _check_spec,
 )
-from ssc_assets.core.simulate.render import make_flatfield, render_site
-from ssc_assets.core.simulate.metaseries import _guid, _htd_text, _metaseries_description, _stage_xy
 
 
 def _well_objectives(spec: PlateSpec) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-
+from ssc_assets.core.simulate.plates import simulate_plate
 from ssc_assets.core.simulate.specs import (
     DEMO_OBJECTIVES,
     FAILURES,
@@ -15,8 +15,6 @@ from ssc_assets.core.simulate.specs import (
     default_wells,
     strong_donors,
 )
-from ssc_assets.core.simulate.plates import simulate_plate
-
 
 # --------------------------------------------------------------------------- presets
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
-
 
 from ssc_assets.core.simulate.specs import (
     BACKGROUND,
@@ -18,7 +16,6 @@ from ssc_assets.core.simulate.specs import (
     PEAK,
     PIXEL_SIZE_UM,
 )
-
 
 # --------------------------------------------------------------------------- images
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-
-
 CHANNELS = ("nuclei", "borders", "actin", "mitochondria")
 WAVE_NAMES = ("DAPI", "FITC", "TRITC", "Cy5")
 WAVELENGTHS_NM = (452.0, 536.0, 624.0, 692.0)  # emission wavelength MetaXpress records per wave

@@ -7,7 +7,6 @@ import numpy as np
 from ssc_assets.core.image.filters.kernels import _as_f32
 from ssc_assets.core.image.filters.threads import _n_threads, _run_parallel
 
-
 #: Default Chambolle TV weight, on the robust [0, 1] scale of :func:`robust_range`.
 #: Tuned on synthetic sites (two noise levels, three channels) by maximising PSNR/SSIM
 #: against the noise-free image: see ``benchmarks/image_steps.py --tune-tv`` and

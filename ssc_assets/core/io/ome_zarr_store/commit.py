@@ -13,7 +13,6 @@ import shutil
 import sys
 from pathlib import Path
 
-
 from ssc_assets.core.io import storage
 from ssc_assets.core.io.ome_zarr_store.common import _is_complete_remote
 

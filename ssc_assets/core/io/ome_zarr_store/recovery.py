@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-
 from ssc_assets.core.io import storage
 from ssc_assets.core.io.ome_zarr_store.commit import _copy_tree
 from ssc_assets.core.io.ome_zarr_store.common import (
