@@ -214,7 +214,7 @@ def bench(size, repeats, quick):
         tn *= (size / n) ** 2
     note = "" if n == size else f"naive timed on {n}² crop, x{(size / n) ** 2:.0f}"
     for pre in (True, False):
-        to, _ = timeit(lambda: F.subtract_background(x, 50, presmooth=pre), repeats)
+        to, _ = timeit(lambda pre=pre: F.subtract_background(x, 50, presmooth=pre), repeats)
         oc = F.subtract_background(xc, 50, presmooth=pre)
         row(f"rolling ball r=50 (ImageJ, presmooth={pre}) vs skimage", tn, to, rel_dev(oc, ref, xc),
             note + ("; different algorithms, see docs" if pre else ""))
@@ -241,8 +241,8 @@ def bench(size, repeats, quick):
     # 4. TV denoise (default skimage call vs ours)
     for ch in ("nuclei", "actin"):
         x = F.median_filter(pre[ch], 2)
-        tn, ref = timeit(lambda: F.tv_denoise_reference(x), 1)
-        to, ours = timeit(lambda: F.tv_denoise(x), repeats)
+        tn, ref = timeit(lambda x=x: F.tv_denoise_reference(x), 1)
+        to, ours = timeit(lambda x=x: F.tv_denoise(x), repeats)
         row(f"TV Chambolle w={F.TV_WEIGHT} ({ch})", tn, to, rel_dev(ours, ref, x), "deviation relative to the step input mean")
 
     # 5. crop
@@ -274,7 +274,7 @@ def bench(size, repeats, quick):
     t_chain, _ = timeit(chain, repeats)
     per = {}
     for ch in ("nuclei", "borders", "actin"):
-        per[ch], _ = timeit(lambda: F.preprocess_channel(site[ch], ch), repeats)
+        per[ch], _ = timeit(lambda ch=ch: F.preprocess_channel(site[ch], ch), repeats)
     t_corr, _ = timeit(lambda: IL.apply_illumination(site["actin"], prof_full), repeats)
     print()
     print(f"whole site (3 channels: correction + preprocessing{' + masks' if masks else ''}): "

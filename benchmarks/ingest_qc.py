@@ -57,7 +57,7 @@ def make_plate(root: Path, size: int) -> Path:
 def naive_index(plate: Path) -> int:
     n = 0
     for p in plate.rglob("*.tif"):
-        tifffile.imread(p).shape
+        _ = tifffile.imread(p).shape
         n += 1
     return n
 

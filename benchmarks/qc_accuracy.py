@@ -38,7 +38,7 @@ def evaluate(seed: int, size: int, wells: int) -> list[dict]:
             m = site_table(qc).merge(load_site_truth(Path(d) / "truth", plate.name), on=["Metadata_Well", "Metadata_Site"])
             art, failed = m.artifact != "", ~m.passed_qc
             good = m[~art]
-            fail_rate = lambda col: max(good.groupby(col).passed_qc.apply(lambda s: 1 - s.mean()), default=0.0)  # noqa: E731
+            fail_rate = lambda col, good=good: max(good.groupby(col).passed_qc.apply(lambda s: 1 - s.mean()), default=0.0)  # noqa: E731
             rows.append({
                 "seed": seed, "plate": plate.name.rsplit("-", 1)[-1], "sites": len(m), "artifacts": int(art.sum()),
                 "recall": (art & failed).sum() / max(art.sum(), 1),

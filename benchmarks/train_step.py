@@ -73,18 +73,18 @@ def main() -> None:
             opt = torch.optim.Adam(model.parameters(), lr=5e-5)
             x = torch.randn(args.batch, ch, side, side, device=dev)
 
-            def step():
+            def step(model=model, opt=opt, x=x, task=task):
                 model.train()
                 opt.zero_grad()
                 loss_of(model, x, task).backward()
                 opt.step()
 
-            def infer():
+            def infer(model=model, x=x):
                 model.eval()
                 with torch.inference_mode():
                     model(x)
 
-            def naive():
+            def naive(model=model, x=x):
                 model.train()
                 model(x).sum()
 

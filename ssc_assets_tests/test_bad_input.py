@@ -127,7 +127,7 @@ def test_platemap_unknown_wells_and_wells_without_images(plate):
 
 def test_images_of_wells_not_in_platemap_are_excluded(plate):
     pm = plate / "platemap.csv"
-    pm.write_text("\n".join(l for l in pm.read_text().splitlines() if not l.startswith("C03")) + "\n")
+    pm.write_text("\n".join(line for line in pm.read_text().splitlines() if not line.startswith("C03")) + "\n")
     raw = build_raw_sites(plate)
     assert "C03" not in set(raw.table.Metadata_Well)
     assert (raw.excluded.reason == "well C03 is not in platemap.csv").sum() == 8

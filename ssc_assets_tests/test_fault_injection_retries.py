@@ -17,7 +17,7 @@ def _run(error: Exception, generator: bool):
         def flaky(context: dg.AssetExecutionContext):
             calls["n"] += 1
             raise error
-            yield dg.Output(1)  # noqa: unreachable - makes this a generator
+            yield dg.Output(1)  # unreachable: makes this a generator
     else:
         @dg.asset(retry_policy=FAST_RETRY)
         @fail_fast

@@ -124,7 +124,7 @@ def test_champion_moves_only_on_better_validation_loss(trained):
 
 
 def test_augmentation_sweep_logs_one_run_per_factor(trained):
-    defs, instance, tracking = trained["defs"], trained["instance"], trained["tracking"]
+    defs, instance = trained["defs"], trained["instance"]
     cfg = {**TINY_CONFIG["classifier_model"], "epochs": 1, "factors": [1, 2]}
     result = defs.resolve_job_def("run_augmentation_sweep").execute_in_process(
         instance=instance, run_config={"ops": {"augmentation_sweep": {"config": cfg}}})

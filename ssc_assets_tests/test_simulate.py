@@ -148,7 +148,7 @@ def test_objective_split_last_wells_use_the_dim_objective(tmp_path):
         assert np.abs(main - second).max() > 0.05
     # 4x less light: median signal above the camera offset is ~0.25x in every channel
     for w in (1, 2, 3):
-        def above(ws):
+        def above(ws, w=w):
             return np.mean([np.median(tifffile.imread(p).astype(float)) - 100.0 for well in ws for p in _pick(plate, well, w)])
         ratio = above(("B04", "B05")) / above(("B02", "B03"))
         assert 0.18 < ratio < 0.33, (w, ratio)

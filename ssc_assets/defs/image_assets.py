@@ -374,7 +374,10 @@ class MasksConfig(dg.Config):
     """Mask settings; sizes in px of the corrected images. Defaults from
     :class:`~ssc_assets.core.image.segmentation.MaskParams`."""
 
-    nucleus_diameter_um: float = core_field(f"{_SEG}:DEFAULT_NUCLEUS_DIAMETER_UM", "Expected nucleus equivalent diameter (um); in px it follows each site's pixel size, and the watershed parameters derive from it.")
+    nucleus_diameter_um: float = core_field(
+        f"{_SEG}:DEFAULT_NUCLEUS_DIAMETER_UM",
+        "Expected nucleus equivalent diameter (um); in px it follows each site's pixel size, "
+        "and the watershed parameters derive from it.")
     regularization: float = core_field(f"{_SEG}:MaskParams.regularization", "Propagation regularization (CellProfiler default 0.05).")
     propagate_scale: int = core_field(f"{_SEG}:MaskParams.propagate_scale", "Propagate on a grid downsampled by this factor (1 = full resolution).")
     border_width_px: int = core_field(f"{_SEG}:MaskParams.border_width_px", "Width of the borders mask.")

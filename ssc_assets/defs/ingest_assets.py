@@ -116,13 +116,19 @@ class SiteQcConfig(dg.Config):
     """QC settings (editable in the launchpad; defaults from :class:`~ssc_assets.core.ingest.qc.QcConfig`)."""
 
     max_saturated_fraction: float = core_field(f"{_QC}.max_saturated_fraction", "Fail an image with more than this fraction of pixels at the camera maximum.")
-    min_nuclei_snr: float = core_field(f"{_QC}.min_nuclei_snr", "Fail a nuclei image whose q99 - median is below this many noise SDs (empty field, no stain).")
-    min_nuclei_contrast_ratio: float = core_field(f"{_QC}.min_nuclei_contrast_ratio", "Fail a nuclei image with less than this fraction of its well's nuclei contrast (cell-free field).")
+    min_nuclei_snr: float = core_field(
+        f"{_QC}.min_nuclei_snr", "Fail a nuclei image whose q99 - median is below this many noise SDs (empty field, no stain).")
+    min_nuclei_contrast_ratio: float = core_field(
+        f"{_QC}.min_nuclei_contrast_ratio",
+        "Fail a nuclei image with less than this fraction of its well's nuclei contrast (cell-free field).")
     max_edge_width_um: float = core_field(f"{_QC}.max_edge_width_um", "Fail nuclei whose edge blur sigma exceeds this many um (out of focus).")
     max_edge_width_px: float = core_field(f"{_QC}.max_edge_width_px", "... or this many pixels, whichever is larger.")
     z_focus: float = core_field(f"{_QC}.z_focus", "Fail a site this many robust SDs less sharp than its well / acquisition group.")
-    debris_ratio: float = core_field(f"{_QC}.debris_ratio", "Fail a site whose q99 - q01 is this many times its well's, in nuclei and another channel (debris).")
-    z_review: float = core_field(f"{_QC}.z_review", "Intensity robust z (within the acquisition group) beyond which a site is flagged for review, never failed.")
+    debris_ratio: float = core_field(
+        f"{_QC}.debris_ratio", "Fail a site whose q99 - q01 is this many times its well's, in nuclei and another channel (debris).")
+    z_review: float = core_field(
+        f"{_QC}.z_review",
+        "Intensity robust z (within the acquisition group) beyond which a site is flagged for review, never failed.")
     max_failed_fraction: float = Field(0.1, description="The check warns when more sites than this fraction fail QC.")
     n_gallery: int = Field(24, description="Failed and review-flagged sites shown in the review gallery.")
 

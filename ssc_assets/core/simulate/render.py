@@ -230,7 +230,7 @@ def render_site(
             r = rng.uniform(2.0 * k, 5.0 * k)
             debris_img += np.exp(-((Y - py) ** 2 + (X - px) ** 2) / (2 * r * r)) * rng.uniform(2.0, 4.0)
     out = {}
-    for ci, ch in enumerate(CHANNELS[:n_channels]):
+    for ch in CHANNELS[:n_channels]:
         ff = flatfields[ch] if flatfields and ch in flatfields else np.ones((n, n), np.float32)
         expected = (background[ch] + gain * PEAK[ch] * (signals[ch] + debris_img * (ch != "mitochondria"))) * ff
         img = rng.poisson(np.clip(expected, 0, None)).astype(np.float32)
