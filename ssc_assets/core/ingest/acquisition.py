@@ -111,8 +111,19 @@ def parse_acquisition(description: str | None) -> dict[str, object]:
     if not props:
         return {}
     lower = {k.lower(): v for k, v in props.items()}
-    text = html.unescape(lower.get("description", ""))
     out: dict[str, object] = {}
+    _optics(lower, out)
+    _camera(lower, html.unescape(lower.get("description", "")), out)
+    _stage(lower, out)
+    if (bits := _float(lower.get("bits-per-pixel"))) is not None:
+        out["Metadata_BitDepth"] = int(bits)
+    if "Metadata_PixelSizeUm" in out or "Metadata_Objective" in out:
+        out["Metadata_AcquisitionSource"] = "metaseries"
+    return out
+
+
+def _optics(lower: dict[str, str], out: dict[str, object]) -> None:
+    """Objective, NA and pixel size (in um) into ``out``."""
     if lower.get("_magsetting_"):
         out["Metadata_Objective"] = lower["_magsetting_"].strip()
     if (na := _float(lower.get("_magna_"))) is not None:
@@ -122,6 +133,11 @@ def parse_acquisition(description: str | None) -> dict[str, object]:
     if px is not None and px > 0 and state not in ("off", "false", "0"):
         unit = lower.get("spatial-calibration-units", "um").strip().lower()
         out["Metadata_PixelSizeUm"] = px * {"nm": 1e-3, "mm": 1e3, "m": 1e6}.get(unit, 1.0)
+
+
+def _camera(lower: dict[str, str], text: str, out: dict[str, object]) -> None:
+    """Binning, exposure (ms), illumination setting and wavelength into ``out``; ``text`` is
+    the unescaped free-text description, where older exports keep binning and exposure."""
     binning = _float(lower.get("camera-binning-x"))
     if binning is None and (m := _BINNING_RE.search(text)):
         binning = float(m.group(1))
@@ -138,6 +154,10 @@ def parse_acquisition(description: str | None) -> dict[str, object]:
         out["Metadata_Illumination"] = lower["_illumsetting_"].strip()
     if (wl := _float(lower.get("wavelength"))) is not None:
         out["Metadata_WavelengthNm"] = wl
+
+
+def _stage(lower: dict[str, str], out: dict[str, object]) -> None:
+    """Acquisition time, stage label and stage position (um) into ``out``."""
     if t := _time(lower.get("acquisition-time-local")):
         out["Metadata_AcquisitionTime"] = t
     if lower.get("stage-label"):
@@ -146,11 +166,6 @@ def parse_acquisition(description: str | None) -> dict[str, object]:
                      ("z-position", "Metadata_StageZUm")):
         if (v := _float(lower.get(key))) is not None:
             out[col] = v
-    if (bits := _float(lower.get("bits-per-pixel"))) is not None:
-        out["Metadata_BitDepth"] = int(bits)
-    if "Metadata_PixelSizeUm" in out or "Metadata_Objective" in out:
-        out["Metadata_AcquisitionSource"] = "metaseries"
-    return out
 
 
 def acquisition_frame(descriptions: list[str | None]) -> pd.DataFrame:

@@ -185,9 +185,12 @@ def _htd_values(line: str) -> tuple[str, list[str]]:
     return parts[0], parts[1:]
 
 
-def parse_htd(path: str | os.PathLike) -> HtdInfo:
-    """Parse a MetaXpress HTD file. Raises :class:`HtdError` naming the file when it is unusable."""
-    path = Path(path)
+def _truthy(v: str) -> bool:
+    return v.strip().upper() == "TRUE"
+
+
+def _read_htd_values(path: Path) -> dict[str, list[str]]:
+    """``{lower-case key: values}`` of an HTD file; raises :class:`HtdError` if it is not one."""
     try:
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
@@ -199,48 +202,54 @@ def parse_htd(path: str | os.PathLike) -> HtdInfo:
             values[key.lower()] = vals
     if "htsinfofile" not in values:
         raise HtdError(f"{path}: not an HTSInfoFile (first line should be '\"HTSInfoFile\", Version 1.0')")
+    return values
 
-    def integer(key: str, default: int | None = None) -> int:
-        vals = values.get(key.lower())
-        if not vals:
-            if default is None:
-                raise HtdError(f"{path}: missing '{key}'")
-            return default
-        try:
-            return int(vals[0])
-        except ValueError as exc:
-            raise HtdError(f"{path}: '{key}' is not an integer: {vals[0]!r}") from exc
 
-    def truthy(v: str) -> bool:
-        return v.strip().upper() == "TRUE"
+def _htd_int(values: dict[str, list[str]], path: Path, key: str, default: int | None = None) -> int:
+    vals = values.get(key.lower())
+    if not vals:
+        if default is None:
+            raise HtdError(f"{path}: missing '{key}'")
+        return default
+    try:
+        return int(vals[0])
+    except ValueError as exc:
+        raise HtdError(f"{path}: '{key}' is not an integer: {vals[0]!r}") from exc
 
-    x_wells, y_wells = integer("XWells"), integer("YWells")
+
+def _grid_selection(values: dict[str, list[str]], prefix: str, nx: int, ny: int) -> list[tuple[int, int]]:
+    """Selected ``(row, column)`` cells of an ``nx`` x ``ny`` grid, row-major, from the
+    ``<prefix><row>`` lines (all cells of a row without such a line)."""
+    cells = []
+    for r in range(ny):
+        row = values.get(f"{prefix}{r + 1}")
+        for c in range(nx):
+            if row is None or (c < len(row) and _truthy(row[c])):
+                cells.append((r, c))
+    return cells
+
+
+def parse_htd(path: str | os.PathLike) -> HtdInfo:
+    """Parse a MetaXpress HTD file. Raises :class:`HtdError` naming the file when it is unusable."""
+    path = Path(path)
+    values = _read_htd_values(path)
+    x_wells, y_wells = _htd_int(values, path, "XWells"), _htd_int(values, path, "YWells")
     if not 1 <= y_wells <= len(ROWS):
         raise HtdError(f"{path}: 'YWells' is {y_wells}; rows must be 1..{len(ROWS)} (A-{ROWS[-1]}), "
                        "larger plates are not supported")
     if not 1 <= x_wells <= MAX_COLUMNS:
         raise HtdError(f"{path}: 'XWells' is {x_wells}; columns must be 1..{MAX_COLUMNS}, larger plates are not supported")
-    wells = []
-    for r in range(y_wells):
-        row = values.get(f"wellsselection{r + 1}")
-        for c in range(x_wells):
-            if row is None or (c < len(row) and truthy(row[c])):
-                wells.append(f"{ROWS[r]}{c + 1:02d}")
-    x_sites, y_sites = integer("XSites", 1), integer("YSites", 1)
+    wells = [f"{ROWS[r]}{c + 1:02d}" for r, c in _grid_selection(values, "wellsselection", x_wells, y_wells)]
+    x_sites, y_sites = _htd_int(values, path, "XSites", 1), _htd_int(values, path, "YSites", 1)
     if x_sites < 1 or y_sites < 1 or x_sites * y_sites > MAX_SITES:
         raise HtdError(f"{path}: site grid 'XSites' {x_sites} x 'YSites' {y_sites} must be at least 1 x 1 "
                        f"and at most {MAX_SITES} sites")
-    sites, n = [], 0
-    site_sel = truthy(values.get("siteselection", ["FALSE"])[0]) if "siteselection" in values else False
-    for r in range(y_sites):
-        row = values.get(f"siteselection{r + 1}")
-        for c in range(x_sites):
-            n += 1
-            if row is None or (c < len(row) and truthy(row[c])):
-                sites.append(n)
+    # site numbers are 1-based, row-major over the site grid
+    sites = [r * x_sites + c + 1 for r, c in _grid_selection(values, "siteselection", x_sites, y_sites)]
+    site_sel = _truthy(values.get("siteselection", ["FALSE"])[0]) if "siteselection" in values else False
     if not site_sel and x_sites * y_sites == 1:
         sites = [1]
-    n_wave = integer("NWavelengths", 1)
+    n_wave = _htd_int(values, path, "NWavelengths", 1)
     if not 1 <= n_wave <= 9:
         raise HtdError(f"{path}: 'NWavelengths' is {n_wave}; must be 1..9 (file names carry one digit, _w1.._w9)")
     wave_names = {
@@ -256,8 +265,8 @@ def parse_htd(path: str | os.PathLike) -> HtdInfo:
         wave_names=wave_names,
         wells=tuple(wells),
         sites=tuple(sites),
-        timepoints=integer("TimePoints", 1),
-        z_series=truthy(values.get("zseries", ["FALSE"])[0]),
+        timepoints=_htd_int(values, path, "TimePoints", 1),
+        z_series=_truthy(values.get("zseries", ["FALSE"])[0]),
     )
 
 
@@ -394,10 +403,33 @@ def scan_plate(
         files, walk_problems = walk_plate_files(plate_dir)
     plate_key = sanitize_plate_name(plate_dir.name)
     excluded: list[tuple[str, str]] = []
-    candidates = []
-    timepoints: set[int] = set()
     htd_path = find_htd(files)
     platemap = plate_dir / "platemap.csv"
+    candidates, timepoints = _image_candidates(files, excluded)
+    chosen = _select_images(candidates, channel_map, time_point, excluded)
+    problems = list(walk_problems)
+    htd, htd_error, mismatches = _read_plate_htd(htd_path, channel_map, problems)
+    return PlateScan(
+        plate_dir=str(plate_dir),
+        plate_key=plate_key,
+        images=_image_table(chosen, channel_map, plate_key),
+        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+        htd=htd,
+        platemap_path=str(platemap) if platemap.is_file() else None,
+        timepoints=sorted(timepoints),
+        fingerprint=fingerprint(files),
+        newest_mtime_ns=max((f.mtime_ns for f in files), default=0),
+        problems=problems,
+        htd_error=htd_error,
+        channel_mismatches=mismatches,
+    )
+
+
+def _image_candidates(files: list[FileEntry], excluded: list[tuple[str, str]]) -> tuple[list[tuple], set[int]]:
+    """``(file, parsed name, time point, z-step or None, acquisition folder)`` of every TIFF
+    whose name parses, and the time points seen; unusable names go to ``excluded``."""
+    candidates = []
+    timepoints: set[int] = set()
     for f in files:
         name = os.path.basename(f.rel)
         lower = name.lower()
@@ -422,7 +454,15 @@ def scan_plate(
                 z = int(m[1])
         timepoints.add(tp)
         candidates.append((f, parsed, tp, z, acquisition))
+    return candidates, timepoints
 
+
+def _select_images(
+    candidates: list[tuple], channel_map: ChannelMap, time_point: int, excluded: list[tuple[str, str]]
+) -> dict[tuple, tuple]:
+    """``{(well, site, wavelength, time point): (file, parsed name, acquisition)}``: the
+    selected time point, projections over z-planes, known wavelengths, the later of duplicates.
+    Everything else goes to ``excluded`` with the reason (expected z-planes silently)."""
     projections = {(c[1].well, c[1].site, c[1].wavelength, c[2]) for c in candidates if c[3] is None}
     by_key: dict[tuple, tuple] = {}
     for f, parsed, tp, z, acq in candidates:
@@ -445,9 +485,13 @@ def scan_plate(
             excluded.append((drop[0].path, f"duplicate of {keep[0].path} (same well/site/channel); kept the later acquisition"))
             continue
         by_key[key] = (f, parsed, acq)
+    return by_key
 
+
+def _image_table(chosen: dict[tuple, tuple], channel_map: ChannelMap, plate_key: str) -> pd.DataFrame:
+    """One row per selected image, sorted by well, site, wavelength and time point."""
     rows = []
-    for (well, site, w, tp), (f, parsed, acq) in sorted(by_key.items()):
+    for (well, site, w, tp), (f, parsed, acq) in sorted(chosen.items()):
         spec = channel_map.by_wavelength()[w]
         row, col = well_row_col(well)
         rows.append(
@@ -467,8 +511,14 @@ def scan_plate(
                 "file_plate_name": parsed.plate,
             }
         )
-    images = pd.DataFrame(rows)
-    problems = list(walk_problems)
+    return pd.DataFrame(rows)
+
+
+def _read_plate_htd(
+    htd_path: str | None, channel_map: ChannelMap, problems: list[str]
+) -> tuple[HtdInfo | None, str | None, list[str]]:
+    """``(HTD, HTD error, channel-name mismatches)`` of the plate's HTD file, if any; its
+    problems are appended to ``problems``."""
     htd = None
     htd_error = None
     mismatches: list[str] = []
@@ -480,20 +530,7 @@ def scan_plate(
         except HtdError as exc:
             htd_error = str(exc)
             problems.append(htd_error)
-    return PlateScan(
-        plate_dir=str(plate_dir),
-        plate_key=plate_key,
-        images=images,
-        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
-        htd=htd,
-        platemap_path=str(platemap) if platemap.is_file() else None,
-        timepoints=sorted(timepoints),
-        fingerprint=fingerprint(files),
-        newest_mtime_ns=max((f.mtime_ns for f in files), default=0),
-        problems=problems,
-        htd_error=htd_error,
-        channel_mismatches=mismatches,
-    )
+    return htd, htd_error, mismatches
 
 
 def plate_wavelengths(scan: "PlateScan", channel_map: ChannelMap) -> list[int]:

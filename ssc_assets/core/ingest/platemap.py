@@ -71,6 +71,30 @@ def read_platemap(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = str(path)
     df = _read_table(path)
+    lower = _check_columns(path, df)
+    if len(df) == 0:
+        raise PlateMapError(f"{path}: no wells: the plate map has a header but no rows (one row per well is required)")
+    df = df.rename(columns={lower[c]: c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in lower})
+    errors = _normalize_rows(df)
+    if errors:
+        raise PlateMapError(f"{path}: " + "; ".join(errors))
+    out = pd.DataFrame(
+        {
+            "Metadata_Well": df["well"],
+            "Metadata_Donor": df["donor_id"].str.strip(),
+            "Metadata_Condition": df["condition"],
+            "Metadata_Group": df["group"],
+        }
+    )
+    for c in df.columns:
+        if c not in REQUIRED_COLUMNS:
+            out[f"Metadata_{c}"] = df[c].values
+    return out.sort_values("Metadata_Well").reset_index(drop=True)
+
+
+def _check_columns(path: str, df: pd.DataFrame) -> dict[str, str]:
+    """``{normalized name: column}``; raises :class:`PlateMapError` on repeated, missing or
+    reserved column names."""
     by_norm: dict[str, list[str]] = {}
     for c in df.columns:
         by_norm.setdefault(_norm(c), []).append(c)
@@ -97,9 +121,11 @@ def read_platemap(path: str | os.PathLike) -> pd.DataFrame:
             f"(reserved, any case: {', '.join(RESERVED_COLUMNS)}); rename them, e.g. "
             f"{', '.join(repr('platemap_' + c) for c in clashes)}"
         )
-    if len(df) == 0:
-        raise PlateMapError(f"{path}: no wells: the plate map has a header but no rows (one row per well is required)")
-    df = df.rename(columns={lower[c]: c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in lower})
+    return lower
+
+
+def _normalize_rows(df: pd.DataFrame) -> list[str]:
+    """Normalize ``well``, ``condition`` and ``group`` in place; the problems found, per row or value."""
     errors = []
     wells = []
     for i, w in enumerate(df["well"], start=2):
@@ -127,17 +153,4 @@ def read_platemap(path: str | os.PathLike) -> pd.DataFrame:
     dup = df["well"][df["well"].duplicated() & df["well"].notna()]
     if len(dup):
         errors.append(f"duplicate wells {sorted(set(dup))}")
-    if errors:
-        raise PlateMapError(f"{path}: " + "; ".join(errors))
-    out = pd.DataFrame(
-        {
-            "Metadata_Well": df["well"],
-            "Metadata_Donor": df["donor_id"].str.strip(),
-            "Metadata_Condition": df["condition"],
-            "Metadata_Group": df["group"],
-        }
-    )
-    for c in df.columns:
-        if c not in REQUIRED_COLUMNS:
-            out[f"Metadata_{c}"] = df[c].values
-    return out.sort_values("Metadata_Well").reset_index(drop=True)
+    return errors
