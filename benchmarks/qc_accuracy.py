@@ -17,14 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssc_assets.core.ingest.site_tables import (
-    assemble_site_qc,
-    build_raw_sites,
-    qc_items,
-    qc_one_image,
-    qc_work_items,
-    site_table,
-)
+from ssc_assets.core.ingest.site_tables import build_raw_sites, site_qc_in_process, site_table
 from ssc_assets.core.simulate import load_site_truth, simulate_adversarial
 
 
@@ -32,9 +25,7 @@ def evaluate(seed: int, size: int, wells: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for plate in simulate_adversarial(Path(d) / "plates", Path(d) / "truth", seed=seed, image_size=size, n_wells=wells):
-            raw = build_raw_sites(plate)
-            items = qc_items(raw.table)
-            qc = assemble_site_qc(items, [qc_one_image(i) for i in qc_work_items(items)])
+            qc = site_qc_in_process(build_raw_sites(plate).table)
             m = site_table(qc).merge(load_site_truth(Path(d) / "truth", plate.name), on=["Metadata_Well", "Metadata_Site"])
             art, failed = m.artifact != "", ~m.passed_qc
             good = m[~art]

@@ -9,12 +9,9 @@ import tifffile
 from ssc_assets.core.ingest.platemap import PlateMapError
 from ssc_assets.core.ingest.site_tables import (
     PlateError,
-    assemble_site_qc,
     build_raw_sites,
     plate_readiness,
-    qc_items,
-    qc_one_image,
-    qc_work_items,
+    site_qc_in_process,
     site_table,
 )
 from ssc_assets_tests.conftest import tree_digest
@@ -22,9 +19,7 @@ from ssc_assets_tests.conftest import tree_digest
 
 def run_qc(plate):
     raw = build_raw_sites(plate)
-    rows = qc_items(raw.table)
-    items = qc_work_items(rows)
-    qc = assemble_site_qc(rows, [qc_one_image(i) for i in items])
+    qc = site_qc_in_process(raw.table)
     return raw, qc, site_table(qc)
 
 

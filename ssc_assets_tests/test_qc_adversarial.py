@@ -4,23 +4,14 @@ whole-plate failures. Ground truth comes from the simulator's truth folder."""
 import pandas as pd
 import pytest
 
-from ssc_assets.core.ingest.site_tables import (
-    assemble_site_qc,
-    build_raw_sites,
-    qc_items,
-    qc_one_image,
-    qc_work_items,
-    site_table,
-)
+from ssc_assets.core.ingest.site_tables import build_raw_sites, site_qc_in_process, site_table
 from ssc_assets.core.simulate import load_site_truth, simulate_adversarial
 
 HELD_OUT_SEED = 11  # development used seeds 1-3
 
 
 def qc_sites(plate) -> pd.DataFrame:
-    rows = qc_items(build_raw_sites(plate).table)
-    qc = assemble_site_qc(rows, [qc_one_image(i) for i in qc_work_items(rows)])
-    return site_table(qc)
+    return site_table(site_qc_in_process(build_raw_sites(plate).table))
 
 
 @pytest.fixture(scope="module")

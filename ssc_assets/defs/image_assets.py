@@ -27,6 +27,7 @@ _ILL = "ssc_assets.core.image.illumination"
 _PRE = "ssc_assets.core.image.filters:PreprocessParams"
 _CHAN = "ssc_assets.core.image.filters:ChannelPreprocess"
 _SEG = "ssc_assets.core.image.segmentation"
+IMAGE_KW = dict(partitions_def=plates, io_manager_key="manifest_io_manager", group_name="images", retry_policy=IO_RETRY)
 
 
 def passed_images(raw_sites: pd.DataFrame, site_qc: pd.DataFrame) -> pd.DataFrame:
@@ -80,14 +81,7 @@ def _profile_png(flatfields: dict[str, np.ndarray]) -> bytes:
     return figures.fig_to_png(fig)
 
 
-@dg.asset(
-    partitions_def=plates,
-    io_manager_key="manifest_io_manager",
-    group_name="images",
-    kinds={"python", "numpy"},
-    code_version="1",
-    retry_policy=IO_RETRY,
-)
+@dg.asset(kinds={"python", "numpy"}, code_version="1", **IMAGE_KW)
 @fail_fast
 def illumination_profiles(
     context: dg.AssetExecutionContext,
@@ -235,14 +229,7 @@ def _field_records(flags: dict) -> list[dict]:
     return [{"well": w, "site": int(s), **{k: f[k] for k in keep if k in f}} for (w, s), f in sorted(flags.items())]
 
 
-@dg.asset(
-    partitions_def=plates,
-    io_manager_key="manifest_io_manager",
-    group_name="images",
-    kinds={"python", "zarr"},
-    code_version="2",
-    retry_policy=IO_RETRY,
-)
+@dg.asset(kinds={"python", "zarr"}, code_version="2", **IMAGE_KW)
 @fail_fast
 def corrected_images(
     context: dg.AssetExecutionContext,
@@ -442,14 +429,7 @@ def per_site_counts(summaries: list[dict], pixel_size_um: dict, rounded: bool = 
     return out
 
 
-@dg.asset(
-    partitions_def=plates,
-    io_manager_key="manifest_io_manager",
-    group_name="images",
-    kinds={"python", "zarr"},
-    code_version="2",
-    retry_policy=IO_RETRY,
-)
+@dg.asset(kinds={"python", "zarr"}, code_version="2", **IMAGE_KW)
 @fail_fast
 def masks(
     context: dg.AssetExecutionContext, config: MasksConfig, corrected_images: dict, compute: SiteCompute, storage: Storage

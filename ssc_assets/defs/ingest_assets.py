@@ -27,21 +27,12 @@ from ssc_assets.defs.metadata import md_table
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import PlateSource, SiteCompute, Storage
 
+INGEST_KW = dict(partitions_def=plates, io_manager_key="parquet_io_manager", group_name="ingest",
+                 kinds={"python", "parquet"}, code_version="2")
 
-@dg.asset(
-    partitions_def=plates,
-    io_manager_key="parquet_io_manager",
-    group_name="ingest",
-    kinds={"python", "parquet"},
-    code_version="2",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "plate_complete",
-            asset="raw_sites",
-            description="Every plate-map well has all its sites and channels, and the plate map agrees with the files.",
-        )
-    ],
-)
+
+@dg.asset(check_specs=[dg.AssetCheckSpec("plate_complete", asset="raw_sites", description=(
+    "Every plate-map well has all its sites and channels, and the plate map agrees with the files."))], **INGEST_KW)
 def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource, storage: Storage):
     """Index of one plate: one row per site x channel image (never modifies the plate folder).
 
@@ -112,23 +103,23 @@ def raw_sites(context: dg.AssetExecutionContext, plate_source: PlateSource, stor
 _QC = "ssc_assets.core.ingest.qc:QcConfig"
 
 
+def _qc(field: str, description: str):
+    """A launchpad field with the default of ``QcConfig.<field>``."""
+    return core_field(f"{_QC}.{field}", description)
+
+
 class SiteQcConfig(dg.Config):
     """QC settings (editable in the launchpad; defaults from :class:`~ssc_assets.core.ingest.qc.QcConfig`)."""
 
-    max_saturated_fraction: float = core_field(f"{_QC}.max_saturated_fraction", "Fail an image with more than this fraction of pixels at the camera maximum.")
-    min_nuclei_snr: float = core_field(
-        f"{_QC}.min_nuclei_snr", "Fail a nuclei image whose q99 - median is below this many noise SDs (empty field, no stain).")
-    min_nuclei_contrast_ratio: float = core_field(
-        f"{_QC}.min_nuclei_contrast_ratio",
-        "Fail a nuclei image with less than this fraction of its well's nuclei contrast (cell-free field).")
-    max_edge_width_um: float = core_field(f"{_QC}.max_edge_width_um", "Fail nuclei whose edge blur sigma exceeds this many um (out of focus).")
-    max_edge_width_px: float = core_field(f"{_QC}.max_edge_width_px", "... or this many pixels, whichever is larger.")
-    z_focus: float = core_field(f"{_QC}.z_focus", "Fail a site this many robust SDs less sharp than its well / acquisition group.")
-    debris_ratio: float = core_field(
-        f"{_QC}.debris_ratio", "Fail a site whose q99 - q01 is this many times its well's, in nuclei and another channel (debris).")
-    z_review: float = core_field(
-        f"{_QC}.z_review",
-        "Intensity robust z (within the acquisition group) beyond which a site is flagged for review, never failed.")
+    max_saturated_fraction: float = _qc("max_saturated_fraction", "Fail an image with more than this fraction of pixels at the camera maximum.")
+    min_nuclei_snr: float = _qc("min_nuclei_snr", "Fail a nuclei image whose q99 - median is below this many noise SDs (empty field, no stain).")
+    min_nuclei_contrast_ratio: float = _qc(
+        "min_nuclei_contrast_ratio", "Fail a nuclei image with less than this fraction of its well's nuclei contrast (cell-free field).")
+    max_edge_width_um: float = _qc("max_edge_width_um", "Fail nuclei whose edge blur sigma exceeds this many um (out of focus).")
+    max_edge_width_px: float = _qc("max_edge_width_px", "... or this many pixels, whichever is larger.")
+    z_focus: float = _qc("z_focus", "Fail a site this many robust SDs less sharp than its well / acquisition group.")
+    debris_ratio: float = _qc("debris_ratio", "Fail a site whose q99 - q01 is this many times its well's, in nuclei and another channel (debris).")
+    z_review: float = _qc("z_review", "Intensity robust z (within the acquisition group) beyond which a site is flagged for review, never failed.")
     max_failed_fraction: float = Field(0.1, description="The check warns when more sites than this fraction fail QC.")
     n_gallery: int = Field(24, description="Failed and review-flagged sites shown in the review gallery.")
 
@@ -189,20 +180,8 @@ def _gallery(qc: pd.DataFrame, sites: pd.DataFrame, n: int) -> str:
     return figures.png_markdown(figures.review_gallery(tiles, display_range=ranges, footer=footer), "QC review gallery")
 
 
-@dg.asset(
-    partitions_def=plates,
-    io_manager_key="parquet_io_manager",
-    group_name="ingest",
-    kinds={"python", "parquet"},
-    code_version="2",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "qc_failure_fraction",
-            asset="site_qc",
-            description="The fraction of sites failing QC stays below max_failed_fraction (warning).",
-        )
-    ],
-)
+@dg.asset(check_specs=[dg.AssetCheckSpec("qc_failure_fraction", asset="site_qc", description=(
+    "The fraction of sites failing QC stays below max_failed_fraction (warning)."))], **INGEST_KW)
 def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: pd.DataFrame, compute: SiteCompute):
     """QC per site x channel: artifacts fail a site, intensity outliers only flag it for review.
 

@@ -13,7 +13,17 @@ from ssc_assets import settings
 from ssc_assets.core.io.storage import read_parquet, write_parquet, write_text
 
 
-class _ParquetUPathIOManager(dg.UPathIOManager):
+class _PlateUPathIOManager(dg.UPathIOManager):
+    def load_partitions(self, context: dg.InputContext):
+        # A per-plate asset gets its own plate's object; an all-plates asset ALWAYS gets
+        # {plate: object}, even when only one plate exists.
+        if context.has_partition_key:
+            return super().load_partitions(context)
+        paths = self._get_paths_for_partitions(context)
+        return {k: self.load_from_path(context, paths[k]) for k in context.asset_partition_keys}
+
+
+class _ParquetUPathIOManager(_PlateUPathIOManager):
     extension = ".parquet"
 
     def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath):
@@ -25,31 +35,8 @@ class _ParquetUPathIOManager(dg.UPathIOManager):
     def get_metadata(self, context, obj):
         return {"dagster/row_count": len(obj)} if isinstance(obj, pd.DataFrame) else {}
 
-    def load_partitions(self, context: dg.InputContext):
-        # A per-plate asset gets its own plate's frame; an all-plates asset ALWAYS gets
-        # {plate: frame}, even when only one plate exists.
-        if context.has_partition_key:
-            return super().load_partitions(context)
-        paths = self._get_paths_for_partitions(context)
-        return {k: self.load_from_path(context, paths[k]) for k in context.asset_partition_keys}
 
-
-class ParquetIOManager(dg.ConfigurableIOManager):
-    """Stores DataFrames as ``<base_dir>/<asset>/<plate>.parquet``."""
-
-    base_dir: str = Field(default_factory=settings.storage_dir)
-
-    def _inner(self) -> _ParquetUPathIOManager:
-        return _ParquetUPathIOManager(base_path=UPath(self.base_dir))
-
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
-        self._inner().handle_output(context, obj)
-
-    def load_input(self, context: dg.InputContext) -> pd.DataFrame | dict[str, pd.DataFrame]:
-        return self._inner().load_input(context)
-
-
-class _JsonUPathIOManager(dg.UPathIOManager):
+class _JsonUPathIOManager(_PlateUPathIOManager):
     extension = ".json"
 
     def dump_to_path(self, context: dg.OutputContext, obj: dict, path: UPath):
@@ -59,25 +46,34 @@ class _JsonUPathIOManager(dg.UPathIOManager):
         with path.open("r") as fh:
             return json.load(fh)
 
-    def load_partitions(self, context: dg.InputContext):
-        if context.has_partition_key:
-            return super().load_partitions(context)
-        paths = self._get_paths_for_partitions(context)
-        return {k: self.load_from_path(context, paths[k]) for k in context.asset_partition_keys}
+
+class _StorageIOManager(dg.ConfigurableIOManager):
+    """Configurable front of a :class:`_PlateUPathIOManager` rooted at ``base_dir``."""
+
+    base_dir: str = Field(default_factory=settings.storage_dir)
+
+    def _inner(self) -> _PlateUPathIOManager:
+        raise NotImplementedError
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        self._inner().handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext):
+        return self._inner().load_input(context)
 
 
-class ManifestIOManager(dg.ConfigurableIOManager):
+class ParquetIOManager(_StorageIOManager):
+    """Stores DataFrames as ``<base_dir>/<asset>/<plate>.parquet``; an all-plates input is
+    ``{plate: DataFrame}``."""
+
+    def _inner(self) -> _ParquetUPathIOManager:
+        return _ParquetUPathIOManager(base_path=UPath(self.base_dir))
+
+
+class ManifestIOManager(_StorageIOManager):
     """For assets whose data are files they write themselves (OME-Zarr stores, arrays):
     the asset returns a JSON-able manifest (paths + summary) stored as
     ``<base_dir>/<asset>/<plate>.json``; downstream assets receive the manifest."""
 
-    base_dir: str = Field(default_factory=settings.storage_dir)
-
     def _inner(self) -> _JsonUPathIOManager:
         return _JsonUPathIOManager(base_path=UPath(self.base_dir))
-
-    def handle_output(self, context: dg.OutputContext, obj: dict) -> None:
-        self._inner().handle_output(context, obj)
-
-    def load_input(self, context: dg.InputContext) -> dict:
-        return self._inner().load_input(context)

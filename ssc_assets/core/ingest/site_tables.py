@@ -240,6 +240,14 @@ def assemble_site_qc(
     return apply_overrides(apply_qc_rules(out, config))
 
 
+def site_qc_in_process(raw_sites: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFrame:
+    """:func:`assemble_site_qc` of every image channel of ``raw_sites``, measured one image
+    after the other in this process (tests, benchmarks; the asset maps :func:`qc_one_image`
+    over its compute resource)."""
+    rows = qc_items(raw_sites)
+    return assemble_site_qc(rows, [qc_one_image(i) for i in qc_work_items(rows)], config)
+
+
 def _add_missing_channels(qc: pd.DataFrame, channels: tuple[str, ...]) -> pd.DataFrame:
     """Add a failing row for every (site, channel) with no image, so the site fails QC."""
     sites = qc.drop_duplicates(SITE_KEY)
