@@ -105,9 +105,9 @@ def test_shuffled_donor_labels_stay_near_chance():
 
 def test_fit_embed_and_wall_time_stop():
     data = planted_crops(n_hc=2, n_ssc=2, cells=16)
-    params = CellTrainParams.cpu(epochs=50, crops_per_epoch=64, batch_size=16, patience=None, max_seconds=1.0, threads=1)
+    params = CellTrainParams.cpu(epochs=100000, crops_per_epoch=64, batch_size=16, patience=None, max_seconds=1.0, threads=1)
     res = fit_cell_classifier(data, params)
-    assert res.stopped == "time" and len(res.history) < 50 and res.seconds < 10
+    assert res.stopped == "time" and len(res.history) < 100000 and res.seconds < 10
     assert set(res.val_donors).isdisjoint(res.train_donors) and len(res.val_donors) == 2
     emb = embed_cells(res.model, data.crops[:10], batch_size=4)
     z = cell_logits(res.model, data.crops[:10])

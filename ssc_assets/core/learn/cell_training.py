@@ -50,8 +50,8 @@ BALANCE_MODES = ("donor", "condition", "loss", "none")
 class CellTrainParams:
     """Training settings. Presets: :meth:`cpu` (the default values) and :meth:`thesis`.
 
-    ``epochs``: upper bound; ``crops_per_epoch``: training crops drawn per epoch (None = the
-    number of training crops); ``patience``: epochs without a lower validation loss before
+    ``epochs``: upper bound; ``crops_per_epoch``: training crops drawn per epoch, at most the
+    number of training crops (None = that number); ``patience``: epochs without a lower validation loss before
     stopping (None = never); ``max_seconds``: wall-time budget of one training (None = none);
     ``threads``: torch intra-op threads during training (None = min(4, CPUs)); ``lr`` with
     cosine annealing to ``lr * eta_min_ratio`` over ``epochs``; ``val_fraction``: fraction of
@@ -243,7 +243,7 @@ def train_cell_classifier(train: CropDataset, val: CropDataset, params: CellTrai
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, p.epochs), eta_min=p.lr * p.eta_min_ratio)
         weights = sample_weights(train.table, p.balance)
         y_all = train.table["label"].to_numpy().astype(np.float32)
-        n_epoch = int(p.crops_per_epoch or len(train))
+        n_epoch = int(min(p.crops_per_epoch or len(train), len(train)))  # an epoch never repeats the data
         aug = AugmentParams()
         best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
         history: list[dict] = []
