@@ -40,7 +40,12 @@ def process_plate(plate_dir: Path, work: Path):
     """Ingest -> illumination -> correction -> masks, as the assets do (no QC: no failed sites)."""
     from ssc_assets.core.image.illumination import profile_from_backgrounds
     from ssc_assets.core.image.site_tasks import (
-        CorrectSiteTask, MaskSiteTask, PreprocessParams, correct_site, illumination_background, mask_site,
+        CorrectSiteTask,
+        MaskSiteTask,
+        PreprocessParams,
+        correct_site,
+        illumination_background,
+        mask_site,
     )
     from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
     from ssc_assets.core.ingest.site_tables import build_raw_sites

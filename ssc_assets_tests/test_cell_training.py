@@ -11,8 +11,14 @@ import torch
 
 from ssc_assets.core.learn.cell_crops import CropDataset, CropParams
 from ssc_assets.core.learn.cell_training import (
-    CellTrainParams, aggregate_cells, cell_logits, cross_validate_cells, embed_cells, fit_cell_classifier,
-    sample_weights, split_validation_donors,
+    CellTrainParams,
+    aggregate_cells,
+    cell_logits,
+    cross_validate_cells,
+    embed_cells,
+    fit_cell_classifier,
+    sample_weights,
+    split_validation_donors,
 )
 
 S = 32
