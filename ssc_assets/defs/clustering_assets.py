@@ -150,19 +150,8 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     also reads each plate's ``site_qc`` table and a few ``corrected_images`` sites from the
     storage (optional: missing ones are noted, never fatal).
     """
-    import mlflow
 
-    from ssc_assets.core.analysis.clustering import cluster_method
-    from ssc_assets.core.analysis.comparison import (
-        DEMO_NOTE,
-        THESIS_SOURCE,
-        comparison_table,
-        headline_markdown,
-        headline_metadata,
-        preset_reasons,
-        trust_notes,
-    )
-    from ssc_assets.core.analysis.report import clustering_report_html
+    from ssc_assets.core.analysis.comparison import comparison_table, headline_metadata, preset_reasons, trust_notes
 
     wells = pd.concat([df for df in well_embeddings.values() if len(df)], ignore_index=True)
     plates_used = sorted(wells["Metadata_Plate"].unique().tolist())
@@ -172,22 +161,8 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
         if df.empty:
             context.log.warning(f"no well embeddings for method {method!r}: skipped")
             continue
-        extra = {}
-        if method == "profiles":
-            df, extra = _normalize_profiles(df)
-        res = cluster_method(df, seed=config.seed, null_size=config.null_size,
-                             cache_dir=os.path.join(tempfile.gettempdir(), "ssc-copairs-cache"))
-        res.update(extra)
-        with mlflow_tracking.start_run(context, CLUSTERING_EXPERIMENT, method, plates_used, {"ssc.method": method}) as run:
-            mlflow.log_params({"method": method, "seed": config.seed, "null_size": config.null_size,
-                               "n_wells": len(df), "n_plates": len(plates_used), **extra})
-            mlflow.log_metrics(_flat_numeric(res))
-            for name, png in {**res["figures"], **res.get("report_figures", {})}.items():
-                log_png(png, f"figures/{name}")
-            mlflow.log_text(res["assignments"].to_csv(index=False), "assignments.csv")
-            runs[method] = {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run)}
-        results[method] = res
-        figs = res.get("report_figures") or res["figures"]
+        results[method], runs[method] = _cluster_and_log(context, config, method, df, plates_used, mlflow_tracking)
+        figs = results[method].get("report_figures") or results[method]["figures"]
         md[f"{method}_figures"] = dg.MetadataValue.md(
             "\n\n".join(figures.png_markdown(png, f"{method} {name}") for name, png in figs.items()))
         md[f"{method}_mlflow_run"] = dg.MetadataValue.url(runs[method]["link"])
@@ -199,6 +174,60 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     if preset:
         context.log.warning("demo preset / few epochs: " + "; ".join(preset))
     notes = trust_notes(results, preset)
+    report_path, runs["comparison"] = _report_run(context, mlflow_tracking, storage, results, wells, comp, preset, runs)
+
+    headline, text = _comparison_markdown(results, notes)
+    context.add_output_metadata({
+        "comparison": dg.MetadataValue.md(text),
+        **({"demo_preset": dg.MetadataValue.text(f"demo preset: not meaningful ({len(preset)} model"
+                                                  f"{'s' if len(preset) > 1 else ''}: demo tag or < 10 epochs)")}
+           if preset else {}),
+        "report_mlflow": dg.MetadataValue.url(runs["comparison"]["report"]),
+        "report": dg.MetadataValue.path(report_path),
+        "mlflow_comparison_run": dg.MetadataValue.url(runs["comparison"]["link"]),
+        **headline_metadata(results),
+        "plates": dg.MetadataValue.json(plates_used),
+        **md,
+    })
+    buf = io.StringIO()
+    comp.to_csv(buf, index=False)
+    return {"plates": plates_used, "report": report_path, "report_mlflow": runs["comparison"]["report"], "runs": runs,
+            "comparison_csv": buf.getvalue(), "headline_md": headline, "demo_preset": preset,
+            "metrics": {m: _flat_numeric(r) for m, r in results.items()}}
+
+
+def _cluster_and_log(context: dg.AssetExecutionContext, config: ClusteringConfig, method: str, df: pd.DataFrame,
+                     plates_used: list[str], mlflow_tracking: MlflowTracking) -> tuple[dict, dict]:
+    """Cluster one method's well embeddings and log them as one MLflow run: ``(results, run)``."""
+    import mlflow
+
+    from ssc_assets.core.analysis.clustering import cluster_method
+
+    extra = {}
+    if method == "profiles":
+        df, extra = _normalize_profiles(df)
+    res = cluster_method(df, seed=config.seed, null_size=config.null_size,
+                         cache_dir=os.path.join(tempfile.gettempdir(), "ssc-copairs-cache"))
+    res.update(extra)
+    with mlflow_tracking.start_run(context, CLUSTERING_EXPERIMENT, method, plates_used, {"ssc.method": method}) as run:
+        mlflow.log_params({"method": method, "seed": config.seed, "null_size": config.null_size,
+                           "n_wells": len(df), "n_plates": len(plates_used), **extra})
+        mlflow.log_metrics(_flat_numeric(res))
+        for name, png in {**res["figures"], **res.get("report_figures", {})}.items():
+            log_png(png, f"figures/{name}")
+        mlflow.log_text(res["assignments"].to_csv(index=False), "assignments.csv")
+        return res, {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run)}
+
+
+def _report_run(context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, storage: Storage, results: dict,
+                wells: pd.DataFrame, comp: pd.DataFrame, preset: list[str], runs: dict) -> tuple[str, dict]:
+    """Write the HTML report (timestamped and ``-latest``) and log it with the comparison table
+    as the ``comparison`` MLflow run: ``(report path, run)``."""
+    import mlflow
+
+    from ssc_assets.core.analysis.report import clustering_report_html
+
+    plates_used = sorted(wells["Metadata_Plate"].unique().tolist())
     qc_by_plate = _site_qc_tables(storage, plates_used, context)
     examples, examples_note = _example_images(storage, wells, context)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -215,32 +244,20 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
         write_text(storage.path("reports", "clusterings-latest.html"), report_html)
         mlflow.log_text(comp.to_csv(index=False), "comparison.csv")
         mlflow.log_text(report_html, "report.html")
-        runs["comparison"] = {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run),
-                              "report": _artifact_link(mlflow_tracking, run, "report.html")}
+        return report_path, {"run_id": run.info.run_id, "link": mlflow_tracking.run_link(run),
+                             "report": _artifact_link(mlflow_tracking, run, "report.html")}
+
+
+def _comparison_markdown(results: dict, notes: list[str]) -> tuple[str, str]:
+    """``(headline, metadata text)``: the demo banner first, then the headline and the trust notes."""
+    from ssc_assets.core.analysis.comparison import DEMO_NOTE, THESIS_SOURCE, headline_markdown
 
     headline = headline_markdown(results)
-    numbers = headline_metadata(results)
     banner = [n for n in notes if n.startswith(DEMO_NOTE)]
     text = "".join(f"**{DEMO_NOTE}**{n.removeprefix(DEMO_NOTE)}\n\n" for n in banner)
     text += headline + "\n\n" + "\n".join(f"- {n}" for n in notes if not n.startswith(DEMO_NOTE))
     text += f"\n\nRows 'thesis ...' (`thesis_*` in comparison.csv): {THESIS_SOURCE}. Every metric, QC and example images: the report."
-    context.add_output_metadata({
-        "comparison": dg.MetadataValue.md(text),
-        **({"demo_preset": dg.MetadataValue.text(f"demo preset: not meaningful ({len(preset)} model"
-                                                  f"{'s' if len(preset) > 1 else ''}: demo tag or < 10 epochs)")}
-           if preset else {}),
-        "report_mlflow": dg.MetadataValue.url(runs["comparison"]["report"]),
-        "report": dg.MetadataValue.path(report_path),
-        "mlflow_comparison_run": dg.MetadataValue.url(runs["comparison"]["link"]),
-        **numbers,
-        "plates": dg.MetadataValue.json(plates_used),
-        **md,
-    })
-    buf = io.StringIO()
-    comp.to_csv(buf, index=False)
-    return {"plates": plates_used, "report": report_path, "report_mlflow": runs["comparison"]["report"], "runs": runs,
-            "comparison_csv": buf.getvalue(), "headline_md": headline, "demo_preset": preset,
-            "metrics": {m: _flat_numeric(r) for m, r in results.items()}}
+    return headline, text
 
 
 def _by_metric(comp: pd.DataFrame) -> pd.DataFrame:

@@ -260,71 +260,28 @@ def corrected_images(
     profiles = {g: tuple((ch, v["flatfield"], float(v["darkfield"])) for ch, v in e["channels"].items())
                 for g, e in illumination_profiles["groups"].items()}
     params = config.to_core()
-    tasks, site_px, info = [], [], []
-    no_profile = []  # QC-failed sites of an acquisition group without a profile (no QC-passed site in it)
-    for passed, site_rows in ((True, rows), (False, failed_rows)):
-        group_col = _group_column(site_rows)
-        for (well, site), grp in site_rows.groupby(["Metadata_Well", "Metadata_Site"], sort=True):
-            paths = dict(zip(grp["channel"], grp["path"]))
-            px = _pixel_size(grp)
-            group = str(grp[group_col].iloc[0])
-            qc_reason = None if passed else _reason(grp["qc_reason"].iloc[0])
-            if not passed and group not in profiles:
-                no_profile.append((well, int(site), px, qc_reason, group))
-                continue
-            site_px.append([well, int(site), px])
-            info.append({"passed": passed, "qc_reason": qc_reason, "pixel_size_um": px})
-            tasks.append(CorrectSiteTask(well, int(site), tuple((ch, paths[ch]) for ch in IMAGE_CHANNELS if ch in paths),
-                                         profiles[group], shape, params.scaled(config.reference_pixel_size_um / px),
-                                         preview=passed and len(tasks) < config.n_preview))
+    tasks, site_px, info, no_profile = _correction_plan(rows, failed_rows, profiles, shape, params, config)
     store = storage.path("corrected_images", f"{plate}.ome.zarr")
     cleanup_stale_tmp(storage.path("corrected_images"))
-    previews, out_shape = [], None
-    n_passed = sum(i["passed"] for i in info)
     with HcsPlateWriter(store, plate, list(IMAGE_CHANNELS), uniform_fields=True,
                         placeholder_shape=_crop_shape(shape, params)) as writer:
-        done = {"n": 0}
-
-        def write(r) -> None:
-            nonlocal out_shape
-            done["n"] += 1
-            t, i = tasks[r.key], info[r.key]
-            md = {"plate": plate, "passed_qc": i["passed"], "pixel_size_um": i["pixel_size_um"],
-                  **({} if i["passed"] else {"qc_reason": i["qc_reason"]})}
-            if r.ok:
-                writer.write_site(t.well, t.site, r.value["image"], metadata=md,
-                                  status="ok" if i["passed"] else "qc_failed", reason=i["qc_reason"])
-                if i["passed"]:
-                    out_shape = r.value["image"].shape
-                if "raw_preview" in r.value:
-                    previews.append((t, r.value["raw_preview"], r.value["corrected_preview"]))
-            else:
-                if not i["passed"]:  # e.g. a blank or saturated image the chain cannot handle
-                    context.log.warning(f"correction failed for QC-failed site {t.well} s{t.site}: {r.error}")
-                writer.write_placeholder(t.well, t.site, "error", f"correction raised: {r.error}", {**md, "error": r.error})
-            if done["n"] % max(1, len(tasks) // 10) == 0 or done["n"] == len(tasks):
-                context.log.info(f"corrected {done['n']}/{len(tasks)} sites ({n_passed} QC-passed)")
-
+        sink = _CorrectedSink(context, writer, plate, tasks, info)
         for w, s_, px, qc_reason, group in no_profile:
             writer.write_placeholder(w, s_, "error", f"no illumination profile for acquisition group {group!r}",
                                      {"plate": plate, "passed_qc": False, "qc_reason": qc_reason, "pixel_size_um": px})
         for r in unreadable.itertuples(index=False):
             writer.write_placeholder(r.Metadata_Well, int(r.Metadata_Site), "unreadable", _reason(r.qc_reason),
                                      {"plate": plate, "passed_qc": False, "qc_reason": _reason(r.qc_reason)})
-        results = compute.map(correct_site, tasks, on_result=write)
+        results = compute.map(correct_site, tasks, on_result=sink)
         passed_idx = [k for k, i in enumerate(info) if i["passed"]]
         failures = site_failures([results[k] for k in passed_idx], [tasks[k] for k in passed_idx], context, "correction")
         check_failure_fraction(failures, len(passed_idx), config.max_failed_fraction, "corrected_images")
     skipped = failed_sites(site_qc)
+    out_shape, previews = sink.out_shape, sink.previews
     written = [(t.well, t.site) for t, r, i in zip(tasks, results, info) if r.ok and i["passed"]]
     flags = writer.flags
     field_status = pd.Series([f["status"] for f in flags.values()]).value_counts().to_dict() if flags else {}
-    qc_table = skipped[["Metadata_Well", "Metadata_Site", "qc_reason"]].copy()
-    qc_table["in store"] = [
-        "corrected (flagged qc_failed)" if not flags.get((w, int(s_)), {}).get("placeholder", True)
-        else f"placeholder: {flags.get((w, int(s_)), {}).get('reason', '?')}"
-        for w, s_ in zip(qc_table["Metadata_Well"], qc_table["Metadata_Site"])
-    ]
+    qc_table = _qc_failed_table(skipped, flags)
     seconds = [r.seconds for r, i in zip(results, info) if r.ok and i["passed"]]
     metadata = {
         "store": dg.MetadataValue.path(store),
@@ -342,12 +299,7 @@ def corrected_images(
         "params": dg.MetadataValue.json(config.model_dump()),
     }
     if previews:
-        tiles, labels = [], []
-        for t, raw, cor in sorted(previews, key=lambda p: (p[0].well, p[0].site)):
-            for i, ch in enumerate(IMAGE_CHANNELS):
-                tiles += [raw[i], cor[i]]
-                labels += [f"{t.well} s{t.site} {ch} raw", f"{t.well} s{t.site} {ch} corrected"]
-        metadata["before_after"] = dg.MetadataValue.md(figures.png_markdown(figures.montage(tiles, labels, ncols=6), "before/after"))
+        metadata["before_after"] = dg.MetadataValue.md(_before_after_markdown(previews))
     context.add_output_metadata(metadata)
     px_of = {(w, s_): p for w, s_, p in site_px}
     return {"plate": plate, "store": store, "channels": list(IMAGE_CHANNELS), "sites": written,
@@ -355,6 +307,80 @@ def corrected_images(
             "side": int(min(out_shape[-2:])) if out_shape else 0,
             "failed": failures.to_dict("records"), "skipped_qc": skipped[["Metadata_Well", "Metadata_Site"]].values.tolist(),
             "fields": _field_records(flags)}
+
+
+class _CorrectedSink:
+    """``on_result`` of the correction map: writes each corrected site to the store (a failed
+    one as an ``error`` placeholder), keeps the previews and the output shape, logs progress."""
+
+    def __init__(self, context: dg.AssetExecutionContext, writer: HcsPlateWriter, plate: str, tasks: list, info: list[dict]):
+        self.context, self.writer, self.plate, self.tasks, self.info = context, writer, plate, tasks, info
+        self.n_passed = sum(i["passed"] for i in info)
+        self.done, self.out_shape, self.previews = 0, None, []
+
+    def __call__(self, r) -> None:
+        self.done += 1
+        t, i = self.tasks[r.key], self.info[r.key]
+        md = {"plate": self.plate, "passed_qc": i["passed"], "pixel_size_um": i["pixel_size_um"],
+              **({} if i["passed"] else {"qc_reason": i["qc_reason"]})}
+        if r.ok:
+            self.writer.write_site(t.well, t.site, r.value["image"], metadata=md,
+                                   status="ok" if i["passed"] else "qc_failed", reason=i["qc_reason"])
+            if i["passed"]:
+                self.out_shape = r.value["image"].shape
+            if "raw_preview" in r.value:
+                self.previews.append((t, r.value["raw_preview"], r.value["corrected_preview"]))
+        else:
+            if not i["passed"]:  # e.g. a blank or saturated image the chain cannot handle
+                self.context.log.warning(f"correction failed for QC-failed site {t.well} s{t.site}: {r.error}")
+            self.writer.write_placeholder(t.well, t.site, "error", f"correction raised: {r.error}", {**md, "error": r.error})
+        n = len(self.tasks)
+        if self.done % max(1, n // 10) == 0 or self.done == n:
+            self.context.log.info(f"corrected {self.done}/{n} sites ({self.n_passed} QC-passed)")
+
+
+def _correction_plan(rows: pd.DataFrame, failed_rows: pd.DataFrame, profiles: dict, shape: tuple, params, config):
+    """``(tasks, [[well, site, pixel size]], per-task info, no_profile)``: one correction task per
+    QC-passed site, then per QC-failed site whose acquisition group has a profile; ``no_profile``
+    holds the QC-failed sites of a group without one (no QC-passed site in it)."""
+    tasks, site_px, info, no_profile = [], [], [], []
+    for passed, site_rows in ((True, rows), (False, failed_rows)):
+        group_col = _group_column(site_rows)
+        for (well, site), grp in site_rows.groupby(["Metadata_Well", "Metadata_Site"], sort=True):
+            paths = dict(zip(grp["channel"], grp["path"]))
+            px = _pixel_size(grp)
+            group = str(grp[group_col].iloc[0])
+            qc_reason = None if passed else _reason(grp["qc_reason"].iloc[0])
+            if not passed and group not in profiles:
+                no_profile.append((well, int(site), px, qc_reason, group))
+                continue
+            site_px.append([well, int(site), px])
+            info.append({"passed": passed, "qc_reason": qc_reason, "pixel_size_um": px})
+            tasks.append(CorrectSiteTask(well, int(site), tuple((ch, paths[ch]) for ch in IMAGE_CHANNELS if ch in paths),
+                                         profiles[group], shape, params.scaled(config.reference_pixel_size_um / px),
+                                         preview=passed and len(tasks) < config.n_preview))
+    return tasks, site_px, info, no_profile
+
+
+def _qc_failed_table(skipped: pd.DataFrame, flags: dict) -> pd.DataFrame:
+    """The QC-failed sites and what the store holds for each (corrected and flagged, or a placeholder)."""
+    qc_table = skipped[["Metadata_Well", "Metadata_Site", "qc_reason"]].copy()
+    qc_table["in store"] = [
+        "corrected (flagged qc_failed)" if not flags.get((w, int(s_)), {}).get("placeholder", True)
+        else f"placeholder: {flags.get((w, int(s_)), {}).get('reason', '?')}"
+        for w, s_ in zip(qc_table["Metadata_Well"], qc_table["Metadata_Site"])
+    ]
+    return qc_table
+
+
+def _before_after_markdown(previews: list[tuple]) -> str:
+    """Montage of raw / corrected previews, per site and channel."""
+    tiles, labels = [], []
+    for t, raw, cor in sorted(previews, key=lambda p: (p[0].well, p[0].site)):
+        for i, ch in enumerate(IMAGE_CHANNELS):
+            tiles += [raw[i], cor[i]]
+            labels += [f"{t.well} s{t.site} {ch} raw", f"{t.well} s{t.site} {ch} corrected"]
+    return figures.png_markdown(figures.montage(tiles, labels, ncols=6), "before/after")
 
 
 class MasksConfig(dg.Config):
