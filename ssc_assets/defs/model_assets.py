@@ -142,7 +142,7 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame({"metric": names, **{s: [round(metrics[s].get(n, np.nan), 4) for n in names] for s in splits}})
 
 
-def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutput,
+def log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutput,
              config: dg.Config, table: pd.DataFrame, flavor: str = "pytorch", register: bool = True,
              extra_params: dict | None = None):
     """Log a finished fit as one MLflow run (metrics per epoch were streamed by ``on_epoch``),
@@ -191,7 +191,7 @@ def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutpu
             acc = fit.metrics.get("cv_grouped", {}).get("accuracy", 0.0)
             val_loss, score = -acc, f"donor-grouped SVM accuracy {acc:.4g} (ranked as val_loss = -accuracy)"
         card = ModelCard(about=about(model_name), preset=tags.get("ssc.preset"), preset_detail=tags.get("ssc.preset_detail"),
-                         partitions=_partitions(table), dagster_run_id=tags.get("dagster.run_id"), score=score,
+                         partitions=plate_partitions(table), dagster_run_id=tags.get("dagster.run_id"), score=score,
                          lines=[*lines] + (["Headline: " + ", ".join(f"`{k}` {v:.4g}" for k, v in headline.items())] if headline else []))
         reg = mlflow_res.register(run.info.run_id, model_name, float(val_loss), model_uri=info.model_uri, card=card)
         context.log.info(f"registered {model_name} v{reg['version']}" + (" as champion" if reg["champion"] else
@@ -204,7 +204,7 @@ def _log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutpu
     return run, reg
 
 
-def _epoch_logger(context, prefix: str = ""):
+def epoch_logger(context, prefix: str = ""):
     import mlflow
 
     def on_epoch(epoch: int, metrics: dict) -> None:
@@ -223,7 +223,7 @@ def _preset_metadata(mlflow_res: MlflowTracking, run, preset: tuple[str, str]) -
     return md
 
 
-def _metadata(mlflow_res: MlflowTracking, run, reg: dict | None, fit: FitOutput, table: pd.DataFrame,
+def fit_metadata(mlflow_res: MlflowTracking, run, reg: dict | None, fit: FitOutput, table: pd.DataFrame,
               preset: tuple[str, str]) -> dict:
     md = {
         **_preset_metadata(mlflow_res, run, preset),
@@ -243,13 +243,13 @@ def _metadata(mlflow_res: MlflowTracking, run, reg: dict | None, fit: FitOutput,
     return md
 
 
-def _manifest(run, reg: dict | None, fit: FitOutput, preset: str) -> dict:
+def fit_manifest(run, reg: dict | None, fit: FitOutput, preset: str) -> dict:
     return {"run_id": run.info.run_id, "model": reg["model"] if reg else None, "version": reg["version"] if reg else None,
             "champion": bool(reg and reg["champion"]), "best_val_loss": fit.best_val_loss, "preset": preset,
             "test": fit.metrics.get("test", {}), **{k: v for k, v in fit.extra.items() if k != "explained_variance_ratio"}}
 
 
-def _partitions(table: pd.DataFrame) -> list[str]:
+def plate_partitions(table: pd.DataFrame) -> list[str]:
     return sorted(table["Metadata_Plate"].unique().tolist())
 
 
@@ -260,10 +260,10 @@ def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, 
     fit_kw = family.fit_kwargs(config)
     kind = fit_kw["kind"]
     preset = settings_preset(context.asset_key.to_user_string(), config)
-    with mlflow_res.start_run(context, family.experiment, f"{kind} x{config.augmentation_factor}", _partitions(table),
+    with mlflow_res.start_run(context, family.experiment, f"{kind} x{config.augmentation_factor}", plate_partitions(table),
                               preset=preset[0], preset_detail=preset[1]) as run:
         fit = fit_classifier(table, params=config.to_core(), factor=config.augmentation_factor,
-                             on_epoch=_epoch_logger(context), **fit_kw)
+                             on_epoch=epoch_logger(context), **fit_kw)
         extra = {}
         if family.family == "densenet":
             import mlflow
@@ -272,15 +272,15 @@ def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, 
             mlflow.set_tag("ssc.weights_source", fit.extra["weights_source"])
             if fit.extra["weights_source"].startswith("random-init"):
                 context.log.warning(f"DenseNet-121 is NOT ImageNet-initialized: {fit.extra['weights_source']}")
-        run, reg = _log_fit(context, mlflow_res, family.registered_model(), fit, config, table,
+        run, reg = log_fit(context, mlflow_res, family.registered_model(), fit, config, table,
                             flavor=family.flavor, register=config.register_model, extra_params=extra)
-    md = _metadata(mlflow_res, run, reg, fit, table, preset)
+    md = fit_metadata(mlflow_res, run, reg, fit, table, preset)
     if family.family == "densenet":
         md["weights_source"] = fit.extra["weights_source"]
     if fit.extra.get("confusion_matrix") is not None:
         md["test_confusion_matrix"] = dg.MetadataValue.json(fit.extra["confusion_matrix"])
     context.add_output_metadata(md)
-    return _manifest(run, reg, fit, preset[0])
+    return fit_manifest(run, reg, fit, preset[0])
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
@@ -324,13 +324,13 @@ def autoencoder_models(context: dg.AssetExecutionContext, config: AutoencoderCon
     md = {}
     family = FAMILIES["autoencoder"]
     for ch in MODEL_CHANNELS:
-        with mlflow_tracking.start_run(context, family.experiment, f"autoencoder {ch}", _partitions(table), {"ssc.channel": ch},
+        with mlflow_tracking.start_run(context, family.experiment, f"autoencoder {ch}", plate_partitions(table), {"ssc.channel": ch},
                                        preset=preset[0], preset_detail=preset[1]) as run:
             fit = fit_autoencoder(table, ch, params=config.to_core(), factor=config.augmentation_factor,
-                                  on_epoch=_epoch_logger(context, f"{ch} "), **family.fit_kwargs(config))
-            run, reg = _log_fit(context, mlflow_tracking, family.registered_model(ch), fit, config, table,
+                                  on_epoch=epoch_logger(context, f"{ch} "), **family.fit_kwargs(config))
+            run, reg = log_fit(context, mlflow_tracking, family.registered_model(ch), fit, config, table,
                                 flavor=family.flavor, register=config.register_model)
-        out["models"][ch] = _manifest(run, reg, fit, preset[0])
+        out["models"][ch] = fit_manifest(run, reg, fit, preset[0])
         rows.append({"channel": ch, **{f"{s}_loss": round(fit.metrics[s]["loss"], 4) for s in ("train", "val", "test")},
                      "best_epoch": fit.best_epoch, "version": reg["version"] if reg else None, "run_id": run.info.run_id})
         md[f"mlflow_run_{ch}"] = dg.MetadataValue.url(mlflow_tracking.run_link(run))
@@ -357,15 +357,15 @@ def segmentation_model(context: dg.AssetExecutionContext, config: UNetConfig, co
     table = _table(corrected_images, raw_sites, masks, config.split_by, config.seed)
     family = FAMILIES["unet"]
     preset = settings_preset(family.asset, config)
-    with mlflow_tracking.start_run(context, family.experiment, "unet", _partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
-        fit = fit_unet(table, params=config.to_core(), factor=config.augmentation_factor, on_epoch=_epoch_logger(context),
+    with mlflow_tracking.start_run(context, family.experiment, "unet", plate_partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
+        fit = fit_unet(table, params=config.to_core(), factor=config.augmentation_factor, on_epoch=epoch_logger(context),
                        **family.fit_kwargs(config))
-        run, reg = _log_fit(context, mlflow_tracking, family.registered_model(), fit, config, table,
+        run, reg = log_fit(context, mlflow_tracking, family.registered_model(), fit, config, table,
                             flavor=family.flavor, register=config.register_model)
-    md = _metadata(mlflow_tracking, run, reg, fit, table, preset)
+    md = fit_metadata(mlflow_tracking, run, reg, fit, table, preset)
     md["bottleneck_shape"] = "x".join(map(str, fit.extra["bottleneck"]))
     context.add_output_metadata(md)
-    return _manifest(run, reg, fit, preset[0])
+    return fit_manifest(run, reg, fit, preset[0])
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
@@ -384,11 +384,11 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
     table = _table(corrected_images, raw_sites, None, config.split_by, config.seed)
     family = FAMILIES["pca"]
     preset = settings_preset(family.asset, config)
-    with mlflow_tracking.start_run(context, family.experiment, "pca+svm", _partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
+    with mlflow_tracking.start_run(context, family.experiment, "pca+svm", plate_partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
         fit = fit_pca_svm(table, **family.fit_kwargs(config))
         for i, v in enumerate(fit.extra["explained_variance_ratio"]):
             mlflow.log_metric("explained_variance_ratio", v, step=i + 1)
-        run, reg = _log_fit(context, mlflow_tracking, family.registered_model(), fit, config, table,
+        run, reg = log_fit(context, mlflow_tracking, family.registered_model(), fit, config, table,
                             flavor=family.flavor, register=config.register_model)
     cv = pd.DataFrame([{"folds": k, **{m: round(v, 4) for m, v in fit.metrics[k].items()}} for k in ("cv_grouped", "cv_ungrouped")])
     context.add_output_metadata({
@@ -401,7 +401,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
         "registered_model": reg["model"] if reg else "",
         "model_version": reg["version"] if reg else 0,
     })
-    man = _manifest(run, reg, fit, preset[0])
+    man = fit_manifest(run, reg, fit, preset[0])
     man["svm"] = {k: fit.metrics[k] for k in ("cv_grouped", "cv_ungrouped")}
     return man
 
@@ -432,11 +432,11 @@ def augmentation_sweep(context: dg.AssetExecutionContext, config: SweepConfig, c
     rows, curves = [], {}
     preset = settings_preset("augmentation_sweep", config)
     for factor in config.factors:
-        with mlflow_tracking.start_run(context, experiment, f"{kind} sweep x{factor}", _partitions(table),
+        with mlflow_tracking.start_run(context, experiment, f"{kind} sweep x{factor}", plate_partitions(table),
                                        {"ssc.sweep": context.run.run_id}, preset=preset[0], preset_detail=preset[1]) as run:
-            fit = fit_classifier(table, params=config.to_core(), factor=factor, on_epoch=_epoch_logger(context, f"x{factor} "),
+            fit = fit_classifier(table, params=config.to_core(), factor=factor, on_epoch=epoch_logger(context, f"x{factor} "),
                                  **fit_kw)
-            run, _ = _log_fit(context, mlflow_tracking, "", fit, config, table, register=False)
+            run, _ = log_fit(context, mlflow_tracking, "", fit, config, table, register=False)
         curves[factor] = fit.history
         rows.append({"factor": factor, "best_epoch": fit.best_epoch, "best_val_loss": round(fit.best_val_loss, 4),
                      "test_accuracy": round(fit.metrics["test"].get("accuracy", np.nan), 4), "run_id": run.info.run_id})
