@@ -168,7 +168,7 @@ def test_log_fit_end_to_end_pca(tracking):
     """The model assets' own logging path on a fitted sklearn PCA: headline metrics, run and
     version descriptions, demo marker."""
     from ssc_assets.core.learn.fit import FitOutput
-    from ssc_assets.defs.model_assets import PcaConfig, _log_fit, settings_preset
+    from ssc_assets.defs.model_assets import PcaConfig, log_fit, settings_preset
     from ssc_assets.demo_config import DEMO_MODEL_CONFIG
 
     X = np.random.default_rng(1).normal(size=(12, 6))
@@ -181,7 +181,7 @@ def test_log_fit_end_to_end_pca(tracking):
     preset = settings_preset("pca_model", config)
     ctx = fake_context(asset="pca_model")
     with tracking.start_run(ctx, "ssc-pca", "pca+svm", ["P1", "P2"], preset=preset[0], preset_detail=preset[1]):
-        run, reg = _log_fit(ctx, tracking, "ssc-pca", fit, config, table, flavor="sklearn")
+        run, reg = log_fit(ctx, tracking, "ssc-pca", fit, config, table, flavor="sklearn")
     r = mlflow.get_run(run.info.run_id)
     assert r.data.metrics["final_cv_grouped_accuracy"] == pytest.approx(0.6)
     note = r.data.tags[NOTE_TAG]
