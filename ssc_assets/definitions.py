@@ -2,7 +2,15 @@
 
 import dagster as dg
 
-from ssc_assets.defs import clustering_assets, embedding_assets, image_assets, ingest_assets, model_assets
+from ssc_assets.defs import (
+    cell_assets,
+    clustering_assets,
+    donor_assets,
+    embedding_assets,
+    image_assets,
+    ingest_assets,
+    model_assets,
+)
 from ssc_assets.defs.automation import automation_sensor, nightly_retrain
 from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
 from ssc_assets.defs.jobs import augmentation_sweep_job, cluster_plates, embed_plate, process_plate, train_models
@@ -20,7 +28,8 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
         **resource_overrides,
     }
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest_assets, image_assets, model_assets, embedding_assets, clustering_assets]),
+        assets=dg.load_assets_from_modules([ingest_assets, image_assets, model_assets, cell_assets, embedding_assets,
+                                                donor_assets, clustering_assets]),
         jobs=[process_plate, train_models, augmentation_sweep_job, embed_plate, cluster_plates],
         sensors=[plate_sensor, automation_sensor],
         schedules=[nightly_retrain],

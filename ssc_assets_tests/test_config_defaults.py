@@ -28,6 +28,7 @@ ASSET_ONLY = {
     "SiteQcConfig": {"max_failed_fraction", "n_gallery"},
     "TrainConfig": {"register_model"},
     "PcaConfig": {"register_model"},
+    "CellModelConfig": {"register_model"},
     "SweepConfig": {"model", "factors", "register_model"},
 }
 
@@ -106,6 +107,17 @@ def test_default_configs_build_the_default_core_objects():
     masks = MasksConfig().to_core()
     assert math.isclose(masks.nuclei.expected_diameter_px, DEFAULT_NUCLEUS_DIAMETER_PX)
     assert dataclasses.replace(masks, nuclei=MaskParams().nuclei) == MaskParams()
+
+
+def test_cell_model_config_builds_the_cpu_preset():
+    from ssc_assets.core.learn.cell_crops import CropParams
+    from ssc_assets.core.learn.cell_training import CellTrainParams
+    from ssc_assets.defs.cell_assets import CellModelConfig
+
+    config = CellModelConfig()
+    assert config.to_core() == CellTrainParams.cpu()
+    assert config.crop_params() == CropParams()
+    assert CellModelConfig(lr=1e-3).to_core().lr == 1e-3  # by keyword, not by position
 
 
 def test_core_default_resolves_every_kind_of_reference():

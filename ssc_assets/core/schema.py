@@ -56,6 +56,16 @@ WELL_KEY = [PLATE, WELL]
 PLATEMAP_COLUMNS = [DONOR, CONDITION, GROUP]
 SITE_META = [PLATE, WELL, SITE, DONOR, CONDITION, GROUP]  # identity + plate map of a site row
 WELL_META = [PLATE, WELL, DONOR, CONDITION, GROUP]  # identity + plate map of a well row
+#: Site/well metadata carried when present: the acquisition group (objective, NA, pixel size,
+#: binning) batch normalisation and the batch V-measures group by.
+OPTIONAL_META = [ACQUISITION_GROUP]
+#: Per-site numeric metadata of the cell method and how a well aggregates it over its sites.
+WELL_AGGREGATES = {"Metadata_Score": "median", "Metadata_n_cells": "sum"}
+
+
+def site_meta(df) -> list[str]:
+    """:data:`SITE_META` + the :data:`OPTIONAL_META` columns ``df`` has."""
+    return SITE_META + [c for c in OPTIONAL_META if c in df.columns]
 
 
 def is_metadata(col) -> bool:

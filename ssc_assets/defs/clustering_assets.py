@@ -134,10 +134,11 @@ def _artifact_link(mlflow_tracking: MlflowTracking, run, path: str) -> str:
     return f"{base.rstrip('/')}/artifactPath/{path}{sep}{query}"
 
 
-@dg.asset(ins={"well_embeddings": ALL_PLATES}, group_name="clusterings", io_manager_key="manifest_io_manager",
+@dg.asset(ins={"well_embeddings": ALL_PLATES, "donor_scores": dg.AssetIn()}, group_name="clusterings",
+          io_manager_key="manifest_io_manager",
           kinds={"sklearn", "mlflow"}, automation_condition=CROSS_PLATE, retry_policy=IO_RETRY, code_version="2")
 @fail_fast
-def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, well_embeddings: dict,
+def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, well_embeddings: dict, donor_scores: dict,
                 mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
     """Per method, across all plates: standardize -> PCA(2) -> KMeans(k=2); hierarchical
     clustering (cosine, average linkage); Table 6.1 metrics; SVM accuracy with ungrouped and
@@ -155,6 +156,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
 
     wells = pd.concat([df for df in well_embeddings.values() if len(df)], ignore_index=True)
     plates_used = sorted(wells["Metadata_Plate"].unique().tolist())
+    summary = {r[METHOD]: {k: v for k, v in r.items() if k != METHOD} for r in donor_scores.get("summary", [])}
     results, runs, md = {}, {}, {}
     for method in config.methods:
         df = wells[wells[METHOD] == method].reset_index(drop=True)
@@ -162,6 +164,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
             context.log.warning(f"no well embeddings for method {method!r}: skipped")
             continue
         results[method], runs[method] = _cluster_and_log(context, config, method, df, plates_used, mlflow_tracking)
+        results[method].update(summary.get(method, {}))
         figs = results[method].get("report_figures") or results[method]["figures"]
         md[f"{method}_figures"] = dg.MetadataValue.md(
             "\n\n".join(figures.png_markdown(png, f"{method} {name}") for name, png in figs.items()))
@@ -203,9 +206,12 @@ def _cluster_and_log(context: dg.AssetExecutionContext, config: ClusteringConfig
 
     from ssc_assets.core.analysis.clustering import cluster_method
 
-    extra = {}
-    if method == "profiles":
+    from ssc_assets.core.analysis.donor_scores import normalize_wells
+
+    if method == "profiles":  # pycytominer: per-plate HC standardisation + feature selection
         df, extra = _normalize_profiles(df)
+    else:  # every other method: per plate x acquisition group against its HC wells
+        df, extra = normalize_wells(df), {"normalized": "plate x acquisition group vs HC"}
     res = cluster_method(df, seed=config.seed, null_size=config.null_size,
                          cache_dir=os.path.join(tempfile.gettempdir(), "ssc-copairs-cache"))
     res.update(extra)

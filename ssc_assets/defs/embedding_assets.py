@@ -1,7 +1,7 @@
 """Embeddings (group ``embeddings``, per plate) and clusterings (group ``clusterings``, all plates).
 
 One site-embedding asset per method (``site_embeddings_pca``, ``_autoencoder``,
-``_classifier``, ``_densenet``, ``_profiles``): each has its own lineage (its model ->
+``_classifier``, ``_densenet``, ``_cells``, ``_profiles``): each has its own lineage (its model ->
 its embeddings) and can be re-materialized alone, e.g. after a new champion. Models come
 from the MLflow registry (alias ``champion``); the version used is in the metadata.
 """
@@ -114,6 +114,36 @@ def site_embeddings_densenet(context: dg.AssetExecutionContext, corrected_images
     return _classifier_embeddings(context, corrected_images, raw_sites, mlflow_tracking, "densenet")
 
 
+class CellEmbeddingConfig(dg.Config):
+    max_crops_per_site: int = core_field("ssc_assets.core.learn.cell_crops:EMBED_CROPS_PER_SITE",
+                                         "Cells embedded per site (deterministic draw). The site embedding is their median.")
+
+
+@dg.asset(deps=["cell_classifier_model"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+@fail_fast
+def site_embeddings_cells(context: dg.AssetExecutionContext, config: CellEmbeddingConfig, corrected_images: dict,
+                          masks: dict, raw_sites: pd.DataFrame, mlflow_tracking: MlflowTracking) -> pd.DataFrame:
+    """Single-cell CNN (``ssc-cells@champion``): the 16-d embedding of each cell crop, median per
+    site, plus ``Metadata_Score`` (median cell logit, > 0 = SSc-like) and ``Metadata_n_cells``."""
+    from ssc_assets.core.learn.cell_crops import CropParams, build_crop_dataset
+    from ssc_assets.core.learn.cell_training import aggregate_cells, cell_logits, embed_cells
+
+    table = _plate_table(context, corrected_images, raw_sites, masks)
+    table = table[table["masks_store"].notna()].reset_index(drop=True)
+    family = FAMILIES["cells"]
+    model, info = mlflow_tracking.load_champion(family.registered_model(), flavor=family.flavor)
+    p = info["params"]
+    crop = CropParams(size=int(p["crop_size"]), downsample=int(p["crop_downsample"]), border=p["crop_border"],
+                      normalize=p["crop_normalize"], max_per_site=config.max_crops_per_site, seed=int(p.get("seed", 0)))
+    data = build_crop_dataset(table, crop)
+    if len(data) == 0:
+        raise dg.Failure(f"plate {context.partition_key}: no cell crops (no nuclei in the masks?)", allow_retries=False)
+    sites, _ = aggregate_cells(data.table, embed_cells(model, data.crops), "cells", logits=cell_logits(model, data.crops))
+    md = {**_model_metadata(mlflow_tracking, [info]), "n_cells": len(data),
+          "cells_per_site_median": float(sites["Metadata_n_cells"].median())}
+    return _emit(context, sites, md)
+
+
 class ProfilesConfig(dg.Config):
     level: int = core_field("ssc_assets.core.image.site_tasks:ProfileSiteTask.level",
                             "OME-Zarr pyramid level measured (0 = full resolution; 1 = 2x down, ~4x faster).")
@@ -156,7 +186,7 @@ def site_embeddings_profiles(context: dg.AssetExecutionContext, config: Profiles
 @fail_fast
 def well_embeddings(context: dg.AssetExecutionContext, site_embeddings_pca: pd.DataFrame, site_embeddings_autoencoder: pd.DataFrame,
                     site_embeddings_classifier: pd.DataFrame, site_embeddings_densenet: pd.DataFrame,
-                    site_embeddings_profiles: pd.DataFrame) -> pd.DataFrame:
+                    site_embeddings_cells: pd.DataFrame, site_embeddings_profiles: pd.DataFrame) -> pd.DataFrame:
     """Median over each well's QC-passed sites, per method (the thesis' sample embedding).
 
     Columns: ``Metadata_Plate, Metadata_Well, Metadata_Donor, Metadata_Condition,
@@ -164,7 +194,7 @@ def well_embeddings(context: dg.AssetExecutionContext, site_embeddings_pca: pd.D
     CellProfiler names for profiles; NaN where a method has fewer features).
     """
     frames = [df for df in (site_embeddings_pca, site_embeddings_autoencoder, site_embeddings_classifier,
-                            site_embeddings_densenet, site_embeddings_profiles) if len(df)]
+                            site_embeddings_densenet, site_embeddings_cells, site_embeddings_profiles) if len(df)]
     wells = aggregate_wells(pd.concat(frames, ignore_index=True))
     summary = wells.groupby(METHOD).agg(n_wells=(WELL, "nunique"), sites_per_well=(N_SITES, "median"))
     feats = feature_columns(wells)

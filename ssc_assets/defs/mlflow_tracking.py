@@ -89,6 +89,11 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
         "U-Net actin segmentation (asset `segmentation_model`), metric: IoU of the actin class.",
         ("best_val_loss", "final_test_iou_actin", "final_test_loss", "best_epoch"), (*_TRAIN_PARAMS, "tile_size"),
         primary_metric="best_val_loss"),
+    FAMILIES["cells"].experiment: ExperimentSpec(
+        "Single-cell CNN on nucleus-centred crops (asset `cell_classifier_model`, the CPU regime): out-of-fold "
+        "well scores (donor-grouped folds, `fold<k>_*` curves) and the final model.",
+        ("best_val_loss", "final_oof_well_auc", "final_oof_well_accuracy", "final_oof_donor_accuracy",
+         "best_epoch"), ("crop_size", "downsample", "n_crops", "oof_folds_used"), primary_metric="best_val_loss"),
     FAMILIES["pca"].experiment: ExperimentSpec(
         "PCA baseline embedding + SVM (asset `pca_model`), SVM accuracy with donor-grouped and ungrouped folds.",
         ("final_cv_grouped_accuracy", "final_cv_ungrouped_accuracy", "final_cv_grouped_f1", "final_pca_explained_variance"),

@@ -125,7 +125,9 @@ def settings_preset(asset: str, config: dg.Config) -> tuple[str, str]:
     defaults = {k: f.get_default(call_default_factory=True) for k, f in type(config).model_fields.items()}
     diff = {k: v for k, v in values.items() if k not in PRESET_FREE and k in defaults and defaults[k] != v}
     if not diff:
-        return "thesis", "the thesis defaults of the asset Config"
+        family = next((f for f in FAMILIES.values() if f.asset == asset), None)
+        name = family.default_preset if family else "thesis"
+        return name, f"the {name} defaults of the asset Config"
     return "custom", "differs from the thesis defaults in " + ", ".join(f"{k}={v}" for k, v in diff.items())
 
 

@@ -20,13 +20,14 @@ CLUSTERING_EXPERIMENT = f"{PREFIX}-clustering"
 class ModelFamily:
     """One model family (see the module docstring)."""
 
-    family: str  # registry key: unet, autoencoder, classifier, densenet, pca
+    family: str  # registry key: unet, autoencoder, classifier, densenet, cells, pca
     asset: str  # the training asset
     flavor: str  # MLflow flavour: pytorch or sklearn
     about: str  # markdown: what the model is (``{channel}`` for per-channel families)
-    fit: str  # the core.learn.fit function
+    fit: str  # the core fitting function (core.learn.fit, or core.learn.cell_training for cells)
     fit_kwargs: Callable[[object], dict]  # asset Config -> keyword arguments of ``fit`` (besides data and TrainParams)
     per_channel: bool = False  # one registered model per channel (``ssc-autoencoder-<channel>``)
+    default_preset: str = "thesis"  # what the Config defaults are: the thesis' settings, or the CPU regime
 
     @property
     def experiment(self) -> str:
@@ -60,6 +61,10 @@ def _autoencoder_kwargs(config) -> dict:
             "model_kwargs": {"embedding_size": config.embedding_size, "dropout": config.dropout, "widths": tuple(config.widths)}}
 
 
+def _cells_kwargs(config) -> dict:
+    return {"n_folds": config.oof_folds, "budget_seconds": config.budget_seconds, "seed": config.seed}
+
+
 def _unet_kwargs(config) -> dict:
     return {"tile_size": config.tile_size, "model_kwargs": {"base_channels": config.base_channels, "depth": config.depth}}
 
@@ -89,6 +94,12 @@ FAMILIES: dict[str, ModelFamily] = {f.family: f for f in (
         "DenseNet-121 (all weights fine-tuned, then linear 8 + sigmoid; thesis Figure A.3) predicting SSc (1) vs "
         "healthy control (0) per site; its 8-d layer is the `densenet` site embedding.",
         "fit_classifier", _densenet_kwargs),
+    ModelFamily(
+        "cells", "cell_classifier_model", "pytorch",
+        "Single-cell CNN (4 conv blocks x 32 channels, 16-d embedding) predicting SSc (1) vs healthy control (0) "
+        "per nucleus-centred crop of actin, borders and nuclei (the CPU regime); the median over a site's cells of its "
+        "16-d embedding is the `cells` site embedding, the median cell logit the site's SSc-likeness score.",
+        "fit_with_out_of_fold", _cells_kwargs, default_preset="cpu"),
     ModelFamily(
         "pca", "pca_model", "sklearn",
         "Standardize + PCA of flattened, downsampled sites (actin, borders, nuclei): the `pca` baseline site "

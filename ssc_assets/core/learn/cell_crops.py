@@ -43,6 +43,9 @@ from scipy import ndimage as ndi
 
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
 
+#: Cells embedded per site by the ``cells`` site embedding (more than the training cap: the
+#: site's median embedding is then stable).
+EMBED_CROPS_PER_SITE = 256
 BORDER_MODES = ("skip", "pad")
 NORMALIZE_MODES = ("site", "crop", "none")
 STD_FLOOR = 1e-6
@@ -226,7 +229,8 @@ def build_crop_dataset(sites: pd.DataFrame, params: CropParams = CropParams(),
     after each site (progress). Crops are read site by site (one site in memory at a time
     besides the output).
     """
-    carry = [c for c in ("Metadata_Donor", "Metadata_Condition", "Metadata_Group", "label") if c in sites.columns]
+    carry = [c for c in ("Metadata_Donor", "Metadata_Condition", "Metadata_Group", "Metadata_AcquisitionGroup", "label")
+             if c in sites.columns]
     parts, tables = [], []
     rows = list(sites.reset_index(drop=True).itertuples(index=True))
     for k, r in enumerate(rows):

@@ -346,7 +346,7 @@ def aggregate_cells(table: pd.DataFrame, emb: np.ndarray, method: str = "cell_cn
     from ssc_assets.core.learn.embeddings import feature_names, well_embeddings
 
     names = feature_names(emb.shape[1])
-    df = pd.concat([table[schema.SITE_META].reset_index(drop=True),
+    df = pd.concat([table[schema.site_meta(table)].reset_index(drop=True),
                     pd.DataFrame(np.asarray(emb, np.float64), columns=names)], axis=1)
     if logits is not None:
         df["Metadata_Score"] = np.asarray(logits, np.float64)
@@ -355,17 +355,12 @@ def aggregate_cells(table: pd.DataFrame, emb: np.ndarray, method: str = "cell_cn
     sites["Metadata_n_cells"] = g.size()
     if logits is not None:
         sites["Metadata_Score"] = g["Metadata_Score"].median()
-    sites = pd.concat([g[schema.PLATEMAP_COLUMNS].first(), sites], axis=1).reset_index()
+    carried = schema.site_meta(table)[len(schema.SITE_KEY):]
+    sites = pd.concat([g[carried].first(), sites], axis=1).reset_index()
     sites[schema.METHOD] = method
-    front = [*schema.SITE_META, schema.METHOD]
+    front = [*schema.site_meta(table), schema.METHOD]
     sites = sites[front + [c for c in sites.columns if c not in front]]
-    wells = well_embeddings(sites)
-    gw = sites.groupby(schema.WELL_KEY)
-    extra = gw["Metadata_n_cells"].sum().to_frame()
-    if logits is not None:
-        extra["Metadata_Score"] = gw["Metadata_Score"].median()
-    wells = wells.merge(extra.reset_index(), on=schema.WELL_KEY, how="left")
-    return sites, wells
+    return sites, well_embeddings(sites)  # wells: Metadata_n_cells summed, Metadata_Score median over sites
 
 
 # ------------------------------------------------------------------------ cross-validation
@@ -422,3 +417,73 @@ def cross_validate_cells(data: CropDataset, params: CellTrainParams = CellTrainP
     cells = cell_frame(data.table, emb, logit)
     cells["Metadata_Fold"] = fold_id
     return CellCVResult(cells, info, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------ the model asset's fit
+
+#: Donor-grouped folds for the out-of-fold scores of the model asset (capped by the donors per condition).
+OOF_FOLDS = 3
+#: Wall-time budget (s) of one model asset: the out-of-fold trainings and the final model together.
+MODEL_BUDGET_SECONDS = 600.0
+
+
+@dataclass
+class CellModelFit:
+    """:func:`fit_with_out_of_fold` output: ``final`` (trained on every donor but its own
+    validation donors; the registered model), ``cv`` (out-of-fold cells), ``oof_wells``
+    (:func:`out_of_fold_wells`), ``metrics`` (out-of-fold well/donor metrics), ``seconds``."""
+
+    final: CellTrainResult
+    cv: CellCVResult
+    oof_wells: pd.DataFrame
+    metrics: dict
+    seconds: float
+
+
+def out_of_fold_wells(data: CropDataset, cv: CellCVResult) -> pd.DataFrame:
+    """Per well: ``WELL_META`` (+ acquisition group) + ``Metadata_OofScore`` (median over the
+    well's sites of the median out-of-fold cell logit; > 0 = SSc-like) + ``Metadata_n_cells``."""
+    from ssc_assets.core import schema
+
+    logit = cv.cells["Metadata_Logit"].to_numpy()
+    _, wells = aggregate_cells(data.table, np.zeros((len(data), 1), np.float32), "cells", logits=logit)
+    wells = wells.rename(columns={"Metadata_Score": "Metadata_OofScore"})
+    keep = [c for c in wells.columns if schema.is_metadata(c)]
+    return wells[keep].drop(columns=[schema.METHOD, schema.N_SITES], errors="ignore")
+
+
+def oof_metrics(oof_wells: pd.DataFrame) -> dict:
+    """Out-of-fold well accuracy (score > 0 vs SSc), well ROC AUC, donor accuracy (mean score)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = (oof_wells["Metadata_Condition"].astype(str).str.lower() == "ssc").to_numpy()
+    s = oof_wells["Metadata_OofScore"].to_numpy(np.float64)
+    ok = np.isfinite(s)
+    out = {"well_accuracy": float(((s[ok] > 0) == y[ok]).mean()) if ok.any() else float("nan")}
+    out["well_auc"] = float(roc_auc_score(y[ok], s[ok])) if len(set(y[ok])) == 2 else float("nan")
+    d = pd.DataFrame({"d": oof_wells["Metadata_Donor"].astype(str), "s": s, "y": y})[ok].groupby("d").agg(s=("s", "mean"), y=("y", "first"))
+    out["donor_accuracy"] = float(((d["s"] > 0) == d["y"]).mean()) if len(d) else float("nan")
+    return out
+
+
+def fit_with_out_of_fold(data: CropDataset, params: CellTrainParams = CellTrainParams(), *, n_folds: int = OOF_FOLDS,
+                         budget_seconds: float | None = MODEL_BUDGET_SECONDS, seed: int = 0,
+                         on_epoch: Callable[[int, dict], None] | None = None,
+                         on_fold_epoch: Callable[[int, int, dict], None] | None = None) -> CellModelFit:
+    """Out-of-fold scores (:func:`cross_validate_cells`, ``n_folds`` donor-grouped folds) and
+    the final model (:func:`fit_cell_classifier` on all donors) within ``budget_seconds`` of
+    wall time: each of the ``k + 1`` trainings gets ``min(params.max_seconds, budget / (k + 1))``.
+    Every well then has a score from a model that never saw its donor (``oof_wells``)."""
+    per_label = data.table.groupby("label")["Metadata_Donor"].nunique()
+    if len(per_label) < 2 or per_label.min() < 2:
+        raise ValueError(f"need at least 2 donors per condition for donor-grouped folds, have {per_label.to_dict()}")
+    k = int(max(2, min(n_folds, per_label.min())))
+    p = params
+    if budget_seconds is not None:
+        share = budget_seconds / (k + 1)
+        p = replace(params, max_seconds=share if params.max_seconds is None else min(params.max_seconds, share))
+    t0 = time.perf_counter()
+    cv = cross_validate_cells(data, p, n_folds=k, seed=seed, on_epoch=on_fold_epoch)
+    final = fit_cell_classifier(data, p, on_epoch=on_epoch)
+    oof = out_of_fold_wells(data, cv)
+    return CellModelFit(final, cv, oof, {**oof_metrics(oof), "folds": k}, time.perf_counter() - t0)

@@ -16,9 +16,18 @@ from torch.utils.data import DataLoader
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
 from ssc_assets.core.learn.augment import AugmentParams, SiteDataset
 from ssc_assets.core.learn.fit import pick_level, refs, site_vectors
-from ssc_assets.core.schema import METHOD, N_SITES, PLATEMAP_COLUMNS, SITE_META, WELL_KEY, feature_columns
+from ssc_assets.core.schema import (
+    METHOD,
+    N_SITES,
+    OPTIONAL_META,
+    PLATEMAP_COLUMNS,
+    WELL_AGGREGATES,
+    WELL_KEY,
+    feature_columns,
+    site_meta,
+)
 
-METHODS = ("pca", "autoencoder", "classifier", "densenet", "profiles")
+METHODS = ("pca", "autoencoder", "classifier", "densenet", "cells", "profiles")
 
 
 def feature_names(n: int) -> list[str]:
@@ -70,7 +79,7 @@ def pca_embeddings(pipeline, table: pd.DataFrame, size: int) -> np.ndarray:
 
 def embedding_frame(table: pd.DataFrame, method: str, emb: np.ndarray, names: list[str] | None = None) -> pd.DataFrame:
     """``SITE_META + Metadata_Method`` columns and one column per embedding dimension (``f0000``...)."""
-    meta = table[SITE_META].reset_index(drop=True).copy()
+    meta = table[site_meta(table)].reset_index(drop=True).copy()
     meta[METHOD] = method
     feats = pd.DataFrame(emb, columns=names or feature_names(emb.shape[1]))
     return pd.concat([meta, feats], axis=1)
@@ -81,13 +90,21 @@ def well_embeddings(site_emb: pd.DataFrame) -> pd.DataFrame:
 
     Input: site rows (``Metadata_*`` + features, any QC-failed sites already absent).
     Output columns: ``Metadata_Plate, Metadata_Well, Metadata_Donor, Metadata_Condition,
-    Metadata_Group, Metadata_Method, Metadata_n_sites`` + the features (the median ignores NaN).
+    Metadata_Group[, Metadata_AcquisitionGroup], Metadata_Method, Metadata_n_sites[, Metadata_Score
+    (median), Metadata_n_cells (sum)]`` + the features (the median ignores NaN); bracketed
+    columns when the sites have them (:data:`~ssc_assets.core.schema.OPTIONAL_META`,
+    :data:`~ssc_assets.core.schema.WELL_AGGREGATES`).
     """
     keys = [*WELL_KEY, METHOD]
     feats = feature_columns(site_emb)
     g = site_emb.groupby(keys, sort=True)
     out = g[feats].median()
     out.insert(0, N_SITES, g.size())
-    meta = g[PLATEMAP_COLUMNS].first()
-    out = pd.concat([meta, out], axis=1).reset_index()
-    return out[[*WELL_KEY, *PLATEMAP_COLUMNS, METHOD, N_SITES, *feats]]
+    carried = PLATEMAP_COLUMNS + [c for c in OPTIONAL_META if c in site_emb.columns]
+    meta = g[carried].first()
+    aggs = {c: how for c, how in WELL_AGGREGATES.items() if c in site_emb.columns}
+    extra = g.agg(aggs) if aggs else pd.DataFrame(index=out.index)
+    for c in aggs:  # all-NaN (another method's rows): NaN, not a sum of 0
+        extra.loc[g[c].count() == 0, c] = np.nan
+    out = pd.concat([meta, extra, out], axis=1).reset_index()
+    return out[[*WELL_KEY, *carried, METHOD, N_SITES, *aggs, *feats]]

@@ -27,7 +27,7 @@ from ssc_assets.core.learn.inputs import PlateImages, PlateMasks
 from ssc_assets.core.learn.loop import TrainParams, confusion, evaluate, set_seed, train
 from ssc_assets.core.learn.splits import grouped_split
 from ssc_assets.core.plots import training as training_plots
-from ssc_assets.core.schema import SITE_META
+from ssc_assets.core.schema import ACQUISITION_GROUP, SITE_META
 
 
 def training_sites(images: Iterable[PlateImages], raw_sites: Mapping[str, pd.DataFrame],
@@ -37,14 +37,17 @@ def training_sites(images: Iterable[PlateImages], raw_sites: Mapping[str, pd.Dat
     ``images`` / ``masks``: per plate, the corrected store and its sites / the masks store and
     the sites that have masks (:mod:`ssc_assets.core.learn.inputs`).
     ``raw_sites``: plate -> raw_sites table (gives the plate-map ``Metadata_*`` columns).
-    Columns: ``schema.SITE_META`` + ``label`` (1 = SSc, 0 = HC) + ``store`` + ``masks_store`` (None
+    Columns: ``schema.SITE_META`` + ``Metadata_AcquisitionGroup`` ("" when raw_sites has none) + ``label`` (1 = SSc, 0 = HC) + ``store`` + ``masks_store`` (None
     when the site has no masks) + ``side`` (px, full-resolution side of the stored image).
     """
     masks_of = {m.plate: m for m in masks}
     rows = []
     for img in sorted(images, key=lambda p: p.plate):
         plate = img.plate
-        meta = raw_sites[plate].drop_duplicates("Metadata_Well").set_index("Metadata_Well")
+        raw = raw_sites[plate]
+        meta = raw.drop_duplicates("Metadata_Well").set_index("Metadata_Well")
+        acq = (raw.drop_duplicates(["Metadata_Well", "Metadata_Site"]).set_index(["Metadata_Well", "Metadata_Site"])[ACQUISITION_GROUP]
+               if ACQUISITION_GROUP in raw.columns else None)
         mask = masks_of.get(plate)
         mask_sites = {(w, int(s)) for w, s in mask.sites} if mask else set()
         for well, site in img.sites:
@@ -53,12 +56,13 @@ def training_sites(images: Iterable[PlateImages], raw_sites: Mapping[str, pd.Dat
                 "Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": int(site),
                 "Metadata_Donor": str(m["Metadata_Donor"]), "Metadata_Condition": str(m["Metadata_Condition"]),
                 "Metadata_Group": str(m["Metadata_Group"]),
+                ACQUISITION_GROUP: str(acq.get((well, int(site)), "")) if acq is not None else "",
                 "label": int(str(m["Metadata_Condition"]).lower() == "ssc"),
                 "store": img.store,
                 "masks_store": mask.store if (well, int(site)) in mask_sites else None,
                 "side": int(img.side or 0),
             })
-    return pd.DataFrame(rows, columns=SITE_META + ["label", "store", "masks_store", "side"])
+    return pd.DataFrame(rows, columns=SITE_META + [ACQUISITION_GROUP, "label", "store", "masks_store", "side"])
 
 
 def assign_splits(table: pd.DataFrame, group_by: str = "donor", seed: int = 0) -> pd.DataFrame:

@@ -1,0 +1,139 @@
+"""``donor_scores`` (group ``clusterings``): which donors look SSc-like, and how strongly.
+
+Per method, across all plates: well embeddings normalised per plate x acquisition group
+against that batch's HC wells, then a leave-one-donor-out linear SVM whose out-of-fold
+decision values score every well by a model that never saw its donor. A donor's score is the
+mean over its wells, with a bootstrap interval over wells, and a rank. The ``cells`` method
+is scored by its own out-of-fold cell-CNN scores instead (``cell_classifier_model``), since
+its embeddings come from a model trained on these donors. Summary per method:
+donor-grouped and leave-one-donor-out accuracy, chance, permutation p-value, Spearman rho of
+the scores against HC < SSc < SSCHL, and V-measures of KMeans clusters against plate,
+acquisition group and condition (do clusters follow the batch or the disease?).
+"""
+
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from ssc_assets.core.io.storage import read_parquet, write_text
+from ssc_assets.core.schema import DONOR, METHOD, WELL_KEY
+from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
+from ssc_assets.defs.core_defaults import core_field
+from ssc_assets.defs.metadata import md_table
+from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.model_assets import ALL_PLATES
+from ssc_assets.defs.model_families import CLUSTERING_EXPERIMENT
+from ssc_assets.defs.resources import Storage
+
+_DR = "ssc_assets.core.analysis.donor_scores:donor_report"
+OOF_SCORE = "Metadata_OofScore"
+
+
+class DonorScoresConfig(dg.Config):
+    n_permutations: int = core_field(f"{_DR}.n_permutations", "Donor-level label permutations for the p-value.")
+    n_boot: int = core_field(f"{_DR}.n_boot", "Bootstrap resamplings of each donor's wells for its interval.")
+    seed: int = core_field(f"{_DR}.seed", "Seed (folds, permutations, bootstrap).")
+    normalize: bool = core_field(f"{_DR}.normalize", "Normalise per plate x acquisition group against HC wells first.")
+
+
+def _cells_with_oof(wells: pd.DataFrame, cell_model: dict | None, context) -> pd.DataFrame | None:
+    """The ``cells`` wells with their out-of-fold score: the cross-validated score where the
+    well was in the training data, the champion's score where its donor was never trained on,
+    NaN (left out) where the donor was trained on but this well was not scored out of fold."""
+    cells = wells[wells[METHOD] == "cells"]
+    if cells.empty:
+        return None
+    oof = None
+    path = (cell_model or {}).get("oof_wells")
+    if path:
+        try:
+            oof = read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - scored without it, and said so
+            context.log.warning(f"out-of-fold scores not readable ({path}: {exc}); only untrained donors are scored")
+    out = cells.drop(columns=[OOF_SCORE], errors="ignore")
+    if oof is not None:
+        out = out.merge(oof[[*WELL_KEY, OOF_SCORE]], on=WELL_KEY, how="left")
+        trained = set(oof[DONOR].astype(str))
+    else:
+        out[OOF_SCORE], trained = np.nan, set()
+    fresh = out[OOF_SCORE].isna() & ~out[DONOR].astype(str).isin(trained)
+    out.loc[fresh, OOF_SCORE] = out.loc[fresh, "Metadata_Score"]
+    return out
+
+
+@dg.asset(ins={"well_embeddings": ALL_PLATES, "cell_classifier_model": dg.AssetIn()}, group_name="clusterings",
+          io_manager_key="manifest_io_manager", kinds={"sklearn", "mlflow"}, automation_condition=CROSS_PLATE,
+          retry_policy=IO_RETRY, code_version="1")
+@fail_fast
+def donor_scores(context: dg.AssetExecutionContext, config: DonorScoresConfig, well_embeddings: dict,
+                 cell_classifier_model: dict, mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
+    """Per donor and method: SSc-likeness score with a bootstrap interval over wells, rank;
+    per method: LODO accuracy, chance, permutation p, rho vs HC < SSc < SSCHL, batch V-measures.
+
+    Output: ``{"donors": [...], "summary": [...], "csv": path}`` (records of the two tables).
+    """
+    import mlflow
+
+    from ssc_assets.core.analysis.donor_scores import donor_report
+
+    wells = pd.concat([df for df in well_embeddings.values() if len(df)], ignore_index=True)
+    tables = {m: df.reset_index(drop=True) for m, df in wells.groupby(METHOD, sort=False) if m != "cells"}
+    score_cols = {}
+    cells = _cells_with_oof(wells, cell_classifier_model, context)
+    if cells is not None:
+        tables["cells"], score_cols["cells"] = cells, OOF_SCORE
+    donors, summary = donor_report(tables, normalize=config.normalize, score_cols=score_cols,
+                                   n_permutations=config.n_permutations, n_boot=config.n_boot, seed=config.seed)
+    plates_used = sorted(wells["Metadata_Plate"].unique().tolist())
+    csv_path = storage.path("donor_scores", "donor_scores.csv")
+    write_text(csv_path, donors.to_csv(index=False))
+    with mlflow_tracking.start_run(context, CLUSTERING_EXPERIMENT, "donor_scores", plates_used,
+                                   {"ssc.method": "donor_scores"}) as run:
+        mlflow.log_params({"n_permutations": config.n_permutations, "n_boot": config.n_boot, "seed": config.seed,
+                           "normalize": config.normalize})
+        for r in summary.to_dict("records"):
+            mlflow.log_metrics({f"{r[METHOD]}_{k}": float(v) for k, v in r.items()
+                                if k != METHOD and isinstance(v, (int, float)) and np.isfinite(v)})
+        mlflow.log_text(donors.to_csv(index=False), "donor_scores.csv")
+        mlflow.log_text(summary.to_csv(index=False), "donor_summary.csv")
+        link = mlflow_tracking.run_link(run)
+    context.add_output_metadata(_metadata(donors, summary, link, csv_path))
+    return {"donors": donors.to_dict("records"), "summary": summary.to_dict("records"), "csv": csv_path,
+            "mlflow_run": link}
+
+
+def _best_method(summary: pd.DataFrame) -> str | None:
+    s = summary.dropna(subset=["rho_group"])
+    if s.empty:
+        return None
+    return str(s.sort_values(["rho_group", "lodo_accuracy"], ascending=False).iloc[0][METHOD])
+
+
+def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: str) -> dict:
+    from ssc_assets.core.plots import figures
+
+    md: dict = {"mlflow_run": dg.MetadataValue.url(link), "donor_scores_csv": dg.MetadataValue.path(csv_path)}
+    for r in summary.to_dict("records"):
+        for k in ("lodo_accuracy", "permutation_p", "rho_group", "vmeasure_plate", "vmeasure_acquisition"):
+            v = r.get(k)
+            if isinstance(v, (int, float)) and np.isfinite(v):
+                md[f"{r[METHOD]}/{k}"] = float(v)
+    shown = summary.copy()
+    for c in shown.columns:
+        if shown[c].dtype.kind == "f":
+            shown[c] = shown[c].map(lambda v: "n/a" if not np.isfinite(v) else f"{v:.3g}")
+    md["summary"] = dg.MetadataValue.md(md_table(shown[[METHOD, "n_donors", "lodo_accuracy", "chance", "permutation_p",
+                                                        "rho_group", "rho_group_p", "vmeasure_condition",
+                                                        "vmeasure_plate", "vmeasure_acquisition"]]))
+    best = _best_method(summary)
+    if best is not None:
+        d = donors[donors[METHOD] == best]
+        try:
+            from ssc_assets.core.plots.donors import donor_ranking_png, donor_table
+
+            md["ranking"] = dg.MetadataValue.md(figures.png_markdown(donor_ranking_png(d, best), f"donors ranked, {best}"))
+            md["ranked_donors"] = dg.MetadataValue.md(f"Best method by rho: **{best}**\n\n" + md_table(donor_table(d, best)))
+        except ImportError:  # the figure module is optional
+            md["ranked_donors"] = dg.MetadataValue.md(md_table(d))
+    return md
