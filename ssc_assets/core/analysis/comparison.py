@@ -32,6 +32,7 @@ THESIS_METHOD_NAMES: dict[str, str | None] = {
     "classifier": "Custom classifier",
     "densenet": "DenseNet classifier",
     "profiles": None,
+    "cells": None,
 }
 
 _OURS = [
@@ -125,6 +126,23 @@ def _wells_donors(r: dict) -> str:
     return "n/a" if n is None else (f"{n} / {d}" if d is not None else str(n))
 
 
+def p_short(p) -> str:
+    """A p-value in at most 7 characters: ``p<0.001`` or ``p=0.031`` (2 significant digits);
+    ``p=n/a`` when missing."""
+    x = _num({"p": p}, "p")
+    if not np.isfinite(x):
+        return "p=n/a"
+    return "p<0.001" if x < 0.001 else f"p={x:.2g}"
+
+
+def rho_cell(r: dict, key: str = "rho_group", p_key: str = "rho_group_p") -> str:
+    """``0.612, p=0.031`` (at most 16 characters), ``n/a`` without rho."""
+    rho, p = _num(r, key), _num(r, p_key)
+    if not np.isfinite(rho):
+        return "n/a"
+    return f"{fmt3(rho)}, {p_short(p)}" if np.isfinite(p) else fmt3(rho)
+
+
 #: (row label, how to get the cell from one method's results). Labels are short on purpose:
 #: the table must fit a ~1100 px Dagster dialog with five method columns.
 HEADLINE_ROWS: list[tuple[str, object]] = [
@@ -143,15 +161,48 @@ HEADLINE_ROWS: list[tuple[str, object]] = [
     ("Davies-Bouldin", "kmeans_davies_bouldin"),
     ("cluster sizes", lambda r: _sizes_str(r.get("kmeans_cluster_sizes")) or "n/a"),
 ]
+#: Rows from the donor summary (:func:`ssc_assets.core.analysis.donor_scores.donor_report`,
+#: merged into each method's results): (label, cell, keys, insert after this row of
+#: :data:`HEADLINE_ROWS`). A row is shown when at least one method has one of its keys; a
+#: method without them gets ``n/a`` in that row.
+DONOR_ROWS: list[tuple[str, object, tuple[str, ...], str]] = [
+    ("acc. leave-one-donor-out", "lodo_accuracy", ("lodo_accuracy",), "acc. ungrouped (leaky)"),
+    ("LODO permutation p", "permutation_p", ("permutation_p",), "acc. ungrouped (leaky)"),
+    ("ρ donors vs HC<SSc<SSCHL", rho_cell, ("rho_group",), "acc. ungrouped (leaky)"),
+    ("V-measure vs plate", "vmeasure_plate", ("vmeasure_plate",), "V-measure (KMeans)"),
+    ("V-measure vs objective", "vmeasure_acquisition", ("vmeasure_acquisition",), "V-measure (KMeans)"),
+    ("V-measure vs condition", "vmeasure_condition", ("vmeasure_condition",), "V-measure (KMeans)"),
+]
+#: The keys a donor summary row brings into a method's results.
+DONOR_SUMMARY_KEYS = ("lodo_accuracy", "chance", "permutation_p", "rho_group", "rho_group_p", "vmeasure_plate",
+                      "vmeasure_acquisition", "vmeasure_condition")
+
+
+def has_donor_summary(results: dict[str, dict]) -> bool:
+    """True when at least one method's results carry donor-summary keys."""
+    return any(k in r for r in results.values() for k in DONOR_SUMMARY_KEYS)
+
+
+def _headline_rows(results: dict[str, dict]) -> list[tuple[str, object]]:
+    """:data:`HEADLINE_ROWS` with the :data:`DONOR_ROWS` whose keys some method carries."""
+    rows = list(HEADLINE_ROWS)
+    for label, get, keys, after in reversed(DONOR_ROWS):  # reversed: each lands right after its anchor, in order
+        if any(k in r for r in results.values() for k in keys):
+            i = next(j for j, (lab, _) in enumerate(rows) if lab == after)
+            rows.insert(i + 1, (label, get))
+    return rows
 THESIS_ROWS: list[tuple[str, str]] = [("thesis acc. (ungrouped)", "svm_accuracy"), ("thesis V-measure", "v_measure")]
 
 
 def headline_table(results: dict[str, dict], thesis: bool = True) -> pd.DataFrame:
     """The comparison for reading: one row per metric (short label in ``metric``), one column
     per method, every cell a string rounded to 3 significant digits, ``n/a`` where missing.
-    With ``thesis``, two last rows hold the seed thesis' numbers (other data, ungrouped folds)."""
+    With ``thesis``, two last rows hold the seed thesis' numbers (other data, ungrouped folds).
+    Methods whose results carry the donor summary (:data:`DONOR_SUMMARY_KEYS`) add the rows of
+    :data:`DONOR_ROWS`: leave-one-donor-out accuracy and its permutation p, Spearman rho (p) of
+    the donor scores vs HC < SSc < SSCHL, V-measure vs plate / objective / condition."""
     rows = []
-    for label, get in HEADLINE_ROWS:
+    for label, get in _headline_rows(results):
         row = {"metric": label}
         for m, r in results.items():
             row[m] = get(r) if callable(get) else fmt3(r.get(get))
@@ -186,6 +237,14 @@ HEADLINE_METADATA = {
     "map_donor_replicate_p": "map_donor_replicate_p",
     "kmeans_v_measure": "v_measure",
     "n_wells": "n_wells",
+    # donor summary (donor_scores.donor_report)
+    "lodo_accuracy": "lodo_accuracy",
+    "permutation_p": "lodo_permutation_p",
+    "rho_group": "rho_group",
+    "rho_group_p": "rho_group_p",
+    "vmeasure_plate": "vmeasure_plate",
+    "vmeasure_acquisition": "vmeasure_acquisition",
+    "vmeasure_condition": "vmeasure_condition",
 }
 
 
@@ -277,4 +336,51 @@ def trust_notes(results: dict[str, dict], preset: list[str] | None = None) -> li
     if null:
         notes.append(f"mAP p-values come from {null} permutations (smallest possible p = {fmt3(1 / (null + 1))}); "
                      "'mAP ... chance' is the expected mAP of a random ranking.")
+    notes += batch_notes(results)
+    notes += supervision_notes(results)
     return notes
+
+
+#: Embeddings learnt with the SSc/HC labels of (training) donors.
+SUPERVISED_METHODS = ("classifier", "densenet")
+#: Methods whose donor scores are out of fold (the donor's wells never trained the scorer).
+OUT_OF_FOLD_METHODS = ("cells",)
+
+
+def batch_notes(results: dict[str, dict]) -> list[str]:
+    """A note naming the methods whose KMeans clusters follow the plate or the objective more
+    than the disease (``vmeasure_plate`` or ``vmeasure_acquisition`` > ``vmeasure_condition``)."""
+    which = []
+    for m, r in results.items():
+        cond = _num(r, "vmeasure_condition")
+        batch = {name: _num(r, key) for name, key in (("plate", "vmeasure_plate"), ("objective", "vmeasure_acquisition"))}
+        over = {name: v for name, v in batch.items() if np.isfinite(v) and np.isfinite(cond) and v > cond}
+        if over:
+            which.append(f"{m} ({', '.join(f'{k} {fmt3(v)}' for k, v in over.items())} vs condition {fmt3(cond)})")
+    if not which:
+        return []
+    return [f"Batch effect: the clusters follow the plate/objective more than the disease for {'; '.join(which)} "
+            "(V-measure of KMeans clusters after per-plate normalisation to HC). Separation of SSc from HC in "
+            "these embeddings may partly be separation of plates or objectives."]
+
+
+def supervision_notes(results: dict[str, dict]) -> list[str]:
+    """A note that the supervised embeddings (:data:`SUPERVISED_METHODS`) saw the training
+    donors' labels, so their donor-level figures are optimistic, while the methods of
+    :data:`OUT_OF_FOLD_METHODS` are scored out of fold; only for the methods present."""
+    sup = [m for m in SUPERVISED_METHODS if m in results]
+    oof = [m for m in OUT_OF_FOLD_METHODS if m in results]
+    if not sup and not oof:
+        return []
+    text = ""
+    if sup:
+        names = " and ".join(sup)
+        text = (f"Supervised embeddings ({names}) were trained on the SSc/HC labels of the training donors, so a donor "
+                "held out by leave-one-donor-out (or a donor-grouped fold) may have shaped the embedding: their LODO "
+                "accuracies, p-values and donor ranks are optimistic.")
+    if oof:
+        names = " and ".join(oof)
+        verb = "is" if len(oof) == 1 else "are"
+        text += (" " if text else "") + (f"{names} {verb} scored out of fold: each donor's score comes from a model that "
+                                         "never saw that donor.")
+    return [text]

@@ -2,7 +2,8 @@
 
 Generic part: :class:`Section` and :func:`render_html`. Clustering report: the headline a
 scientist reads first (per method: donor-grouped accuracy with its interval and chance level,
-mAP with p-value, V-measure), then the data behind it (QC per plate, wells per condition,
+mAP with p-value, V-measure; with donor scores: donors ranked by SSc-likeness and the
+leave-one-donor-out summary), then the data behind it (QC per plate, wells per condition,
 example images per condition), then the details (:func:`clustering_report_html`).
 """
 
@@ -53,6 +54,7 @@ class Section:
     level: int = 2  # 2 = h2, 3 = h3 (sub-section)
     anchor: str = ""
     table_class: str = ""
+    figures_first: bool = False  # figures before the tables
 
 
 def _cell(v) -> str:
@@ -121,11 +123,11 @@ def render_html(title: str, intro: list[str], sections: list[Section], footer: s
         parts += [f"<p>{html.escape(p)}</p>" for p in s.paragraphs]
         if s.links:
             parts.append("<p>" + " · ".join(f"<a href='{html.escape(u, quote=True)}'>{html.escape(t)}</a>" for t, u in s.links) + "</p>")
-        parts += [_table_html(c, t, s.table_class) for c, t in s.tables]
-        for cap, png in s.figures:
-            b64 = base64.b64encode(png).decode("ascii")
-            parts.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'/>"
-                         f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+        tables = [_table_html(c, t, s.table_class) for c, t in s.tables]
+        figures = [f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,"
+                   f"{base64.b64encode(png).decode('ascii')}'/><figcaption>{html.escape(cap)}</figcaption></figure>"
+                   for cap, png in s.figures]
+        parts += figures + tables if s.figures_first else tables + figures
         if s.bullets:
             parts.append("<ul class='trust'>" + "".join(f"<li>{html.escape(b)}</li>" for b in s.bullets) + "</ul>")
     if footer:
@@ -381,6 +383,119 @@ def method_details_table(res: dict) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=["metric", "value"]), notes
 
 
+# ---------------------------------------------------------------- donors
+
+
+#: donor summary column -> header of the compact per-method table in the headline
+DONOR_SUMMARY_HEADERS = {"lodo_accuracy": "LODO acc.", "chance": "chance", "permutation_p": "permutation p",
+                         "rho_group": "ρ vs HC<SSc<SSCHL", "vmeasure_plate": "V plate",
+                         "vmeasure_acquisition": "V objective", "vmeasure_condition": "V condition"}
+
+
+def donor_summary_frame(donor_summary: pd.DataFrame | None, results: dict[str, dict] | None = None) -> pd.DataFrame:
+    """The donor summary (one row per method, ``Metadata_Method`` + metrics): ``donor_summary``
+    as given, else rebuilt from the donor-summary keys merged into ``results`` (empty if none)."""
+    from ssc_assets.core.analysis.comparison import DONOR_SUMMARY_KEYS
+
+    if donor_summary is not None and len(donor_summary):
+        return donor_summary.reset_index(drop=True)
+    rows = [{METHOD: m, **{k: r[k] for k in DONOR_SUMMARY_KEYS if k in r}} for m, r in (results or {}).items()
+            if any(k in r for k in DONOR_SUMMARY_KEYS)]
+    return pd.DataFrame(rows)
+
+
+def best_donor_method(donor_summary: pd.DataFrame | None, results: dict[str, dict] | None = None,
+                      methods: list[str] | None = None) -> str | None:
+    """The method whose donor scores follow HC < SSc < SSCHL best: highest ``rho_group``, ties
+    (and methods without rho) decided by ``lodo_accuracy``, then by order. ``methods``: only
+    these (e.g. those with donor scores). None when there is no method."""
+    summ = donor_summary_frame(donor_summary, results)
+    cands = list(methods) if methods is not None else (summ[METHOD].astype(str).tolist() if METHOD in summ else [])
+    if not cands:
+        return None
+    by = summ.assign(_m=summ[METHOD].astype(str)).drop_duplicates("_m").set_index("_m") if METHOD in summ else None
+
+    def val(m: str, col: str) -> float:
+        try:
+            v = float(by.at[m, col]) if by is not None and m in by.index and col in by.columns else float("nan")
+        except (TypeError, ValueError):
+            v = float("nan")
+        return v if np.isfinite(v) else -np.inf
+
+    return max(cands, key=lambda m: (val(m, "rho_group"), val(m, "lodo_accuracy"), -cands.index(m)))
+
+
+def donor_summary_table(donor_summary: pd.DataFrame) -> pd.DataFrame:
+    """Compact per-method table for the headline: LODO accuracy, chance, permutation p, rho (p)
+    of the donor scores vs HC < SSc < SSCHL, V-measure vs plate / objective / condition;
+    strings with 3 significant digits, ``n/a`` where missing."""
+    from ssc_assets.core.analysis.comparison import fmt3, rho_cell
+
+    rows = []
+    for _, r in donor_summary.iterrows():
+        d = r.to_dict()
+        row = {"method": str(d.get(METHOD, ""))}
+        for k, head in DONOR_SUMMARY_HEADERS.items():
+            row[head] = rho_cell(d) if k == "rho_group" else fmt3(d.get(k))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", *DONOR_SUMMARY_HEADERS.values()])
+
+
+def _by_method(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per column of ``df`` (except the method), one column per method."""
+    t = df.set_index(df[METHOD].astype(str)).drop(columns=[METHOD]).T
+    return t.reset_index().rename(columns={"index": "metric"})
+
+
+DONOR_EXPLANATION = (
+    "Each donor's score is the mean, over the donor's wells, of an out-of-fold decision value: a leave-one-donor-out "
+    "linear SVM (SSc vs HC) trained on all other donors scores the donor's wells, so the model never saw that donor "
+    "(cells: the cell model's cross-validated score). Right of 0 (dashed): classified SSc. Bar: 95% bootstrap "
+    "interval over the donor's wells. An embedding that captures the disease puts SSCHL donors at the top, SSC in "
+    "the middle and HC at the bottom (Spearman ρ vs HC < SSc < SSCHL near 1).")
+
+
+def _donor_sections(results: dict[str, dict], donors: pd.DataFrame, donor_summary: pd.DataFrame | None
+                    ) -> tuple[Section, Section, str | None]:
+    """(headline sub-section, details sub-section, best method) of the donor scores."""
+    from ssc_assets.core.analysis.comparison import rho_cell
+    from ssc_assets.core.plots.donors import donor_ranking_png, donor_table
+
+    summ = donor_summary_frame(donor_summary, results)
+    methods = ([str(m) for m in dict.fromkeys(donors[METHOD].astype(str))] if METHOD in donors.columns
+               else (summ[METHOD].astype(str).tolist()[:1] if METHOD in summ else [""]))
+    best = best_donor_method(summ, methods=methods) if len(summ) else (methods[0] if methods else None)
+    head = Section("Donors ranked by SSc-likeness", level=3, anchor="donors", figures_first=True,
+                   paragraphs=[DONOR_EXPLANATION])
+    if best is not None:
+        row = summ[summ[METHOD].astype(str) == best].iloc[0].to_dict() if METHOD in summ and best in set(summ[METHOD].astype(str)) else {}
+        why = (f"the method whose donor scores follow HC < SSc < SSCHL best (Spearman ρ, p: {rho_cell(row)})"
+               if row and np.isfinite(pd.to_numeric(row.get("rho_group"), errors="coerce")) else
+               "no method has a Spearman ρ; first method")
+        head.paragraphs.insert(0, f"Shown: {best or 'all wells'}, {why}.")
+        png = donor_ranking_png(donors, best or None, summary=summ if len(summ) else None)
+        head.figures.append((f"{best}: donors ranked by score, most SSc-like at the top; colour: group (HC / SSC / "
+                             "SSCHL); dashed line: decision threshold 0.", png))
+    if len(summ):
+        head.tables.append(("per method: leave-one-donor-out (LODO) linear SVM accuracy over wells, chance (majority "
+                            "class), permutation p (conditions permuted between donors), Spearman ρ (p) of the donor "
+                            "scores vs HC < SSc < SSCHL, V-measure of KMeans clusters vs plate, objective and condition "
+                            "(batch effect when plate or objective > condition)", donor_summary_table(summ)))
+
+    details = Section("Donor scores per method", level=3, anchor="donors-all",
+                      paragraphs=["Every method's donors, most SSc-like first; score [low, high]: mean out-of-fold "
+                                  "score and its 95% bootstrap interval over the donor's wells; predicted: SSc if the "
+                                  "score > 0."])
+    if len(methods) > 1:
+        details.figures.append(("all methods: donors ranked by score (one panel per method; x axes differ)",
+                                donor_ranking_png(donors, summary=summ if len(summ) else None)))
+    for m in methods:
+        details.tables.append((f"{m or 'donors'}: donors ranked by SSc-likeness", donor_table(donors, m or None)))
+    if len(summ) and METHOD in summ:
+        details.tables.append(("donor summary, every column (one column per method)", _by_method(summ)))
+    return head, details, best
+
+
 FIGURE_CAPTIONS = {
     "dendrogram": "hierarchical clustering of the wells (cosine distance, average linkage); leaves: donors coloured by group",
     "pca_clusters": "the wells in the first two principal components; colour: group, marker: cluster (KMeans left, hierarchical right)",
@@ -400,6 +515,8 @@ def clustering_report_html(
     context: list[str] | None = None,
     run_links: dict[str, str] | None = None,
     footer: str = "",
+    donors: pd.DataFrame | None = None,
+    donor_summary: pd.DataFrame | None = None,
 ) -> str:
     """The clustering report, headline first.
 
@@ -408,6 +525,11 @@ def clustering_report_html(
     plate -> site_qc table or None; ``examples``: PNG of example images per condition (None:
     ``examples_note`` says why not); ``preset``: reasons the models are a demo (a banner);
     ``comparison``: the full comparison table (one row per metric) for the details.
+    ``donors`` / ``donor_summary``: the two tables of
+    :func:`ssc_assets.core.analysis.donor_scores.donor_report`; with ``donors``, right after
+    the headline table comes "Donors ranked by SSc-likeness" (ranking figure of the method
+    with the highest Spearman rho vs HC < SSc < SSCHL, ties by LODO accuracy, and a compact
+    per-method summary), and the details get every method's donor table.
     """
     from ssc_assets.core.analysis.comparison import DEMO_NOTE, THESIS_SOURCE, headline_table, trust_notes
 
@@ -420,19 +542,28 @@ def clustering_report_html(
     intro = [f"{len(plates)} plate{'s' if len(plates) != 1 else ''} ({', '.join(plates)}), {n_wells} wells, "
              f"{n_donors} donors; methods: {', '.join(results)}.", *(context or [])]
 
-    sections = [Section(
+    headline_fig = ("Left: donor-grouped accuracy (dot, with its 95% donor-bootstrap interval) against chance (dashed), "
+                    "the leaky ungrouped accuracy (circle) and the thesis' number (diamond). Right: mAP with chance "
+                    "(dashed) and permutation p-values.", headline_png(results))
+    bullets = ["How far to trust these numbers: " + trust[0]] + trust[1:] if trust else []
+    headline = Section(
         "Headline: do the embeddings separate SSc from HC?", anchor="headline", table_class="headline",
         paragraphs=["Read the donor-grouped accuracy first: it keeps every donor entirely in training or in test, so "
                     "the classifier cannot recognise donors instead of the disease. Compare it with the chance level "
                     "beneath it and look at the interval. mAP asks the same without training: do wells of the same "
                     "condition find each other (p from a permutation null)?"],
         tables=[("one column per method; ± sd over the donor-grouped folds; 95% CI from resampling donors; "
-                 "p: permutation p-value; shaded rows: the thesis (other data, ungrouped folds)", headline_table(results))],
-        figures=[("Left: donor-grouped accuracy (dot, with its 95% donor-bootstrap interval) against chance (dashed), the "
-                  "leaky ungrouped accuracy (circle) and the thesis' number (diamond). Right: mAP with chance (dashed) "
-                  "and permutation p-values.", headline_png(results))],
-        bullets=["How far to trust these numbers: " + trust[0]] + trust[1:] if trust else [],
-    )]
+                 "p: permutation p-value; shaded rows: the thesis (other data, ungrouped folds)", headline_table(results))])
+    donor_details = None
+    if donors is not None and len(donors):
+        donor_head, donor_details, _ = _donor_sections(results, donors, donor_summary)
+        sections = [headline, donor_head,
+                    Section("Accuracy and mAP per method", level=3, anchor="headline-figure",
+                            figures=[headline_fig], bullets=bullets)]
+    else:
+        headline.figures.append(headline_fig)
+        headline.bullets = bullets
+        sections = [headline]
 
     qc_tab = qc_summary(qc_by_plate or {}, wells)
     data = Section("Data: plates, QC and wells", anchor="data",
@@ -454,6 +585,8 @@ def clustering_report_html(
     if comparison is not None and len(comparison):
         details.tables.append(("comparison (one column per method)", comparison))
     sections.append(details)
+    if donor_details is not None:
+        sections.append(donor_details)
     for m, res in results.items():
         table, m_notes = method_details_table(res)
         figs = res.get("report_figures") or res.get("figures") or {}
