@@ -19,6 +19,8 @@ TINY_CONFIG = {
     "autoencoder_models": {**TINY, "patch_size": 32, "embedding_size": 16, "widths": [16, 8, 8, 4]},
     "segmentation_model": {**TINY, "tile_size": 64, "base_channels": 4, "depth": 2},
     "pca_model": {"n_components": 8, "size": 16},
+    "cell_classifier_model": {"epochs": 2, "batch_size": 16, "crop_size": 32, "max_crops_per_site": 8, "oof_folds": 2,
+                              "budget_seconds": 120.0, "width": 8},
 }
 
 
@@ -101,7 +103,7 @@ def test_densenet_offline_fallback_is_recorded(trained):
 
 def test_every_family_registered_with_champion(trained):
     client = trained["tracking"].client()
-    names = ["ssc-classifier", "ssc-densenet", "ssc-unet", "ssc-pca"] + [f"ssc-autoencoder-{c}" for c in ("actin", "borders", "nuclei")]
+    names = ["ssc-classifier", "ssc-densenet", "ssc-unet", "ssc-pca", "ssc-cells"] + [f"ssc-autoencoder-{c}" for c in ("actin", "borders", "nuclei")]
     for name in names:
         assert int(client.get_model_version_by_alias(name, "champion").version) == 1, name
     ae = trained["values"]["autoencoder_models"]
@@ -110,6 +112,25 @@ def test_every_family_registered_with_champion(trained):
     assert "final_test_iou_actin" in unet.data.metrics
     pca = trained["values"]["pca_model"]
     assert {"cv_grouped", "cv_ungrouped"} <= set(pca["svm"])
+
+
+def test_cell_model_scores_every_well_out_of_fold(trained):
+    """Every trained well has a score from a fold model that never saw its donor; the final
+    model is registered; fold and final curves are in the run."""
+    man = trained["values"]["cell_classifier_model"]
+    oof = pd.read_parquet(man["oof_wells"])
+    qc = trained["defs"].load_asset_value("site_qc", partition_key=trained["key"], instance=trained["instance"])
+    wells_with_sites = set(qc.query("passed_qc")["Metadata_Well"])
+    assert set(oof["Metadata_Well"]) == wells_with_sites
+    assert oof["Metadata_OofScore"].notna().all() and (oof["Metadata_n_cells"] > 0).all()
+    assert man["oof"]["folds"] == 2 and 0.0 <= man["oof"]["well_auc"] <= 1.0
+    client = trained["tracking"].client()
+    run = client.get_run(man["run_id"])
+    assert run.data.params["crop_size"] == "32" and run.data.tags["ssc.preset"] == "custom"
+    assert [m.step for m in client.get_metric_history(man["run_id"], "val_loss")][:1] == [1]
+    assert client.get_metric_history(man["run_id"], "fold0_val_loss") and "final_oof_well_auc" in run.data.metrics
+    model = mlflow.pytorch.load_model(trained["tracking"].champion_uri("ssc-cells"))
+    assert model.embed(torch.zeros(2, 3, 16, 16)).shape == (2, 16)
 
 
 def test_champion_moves_only_on_better_validation_loss(trained):
@@ -151,8 +172,9 @@ def clustered(trained):
     return {"emb": emb, "res": res,
             "wells": defs.load_asset_value("well_embeddings", partition_key=key, instance=instance),
             "sites": {m: defs.load_asset_value(f"site_embeddings_{m}", partition_key=key, instance=instance)
-                      for m in ("pca", "autoencoder", "classifier", "densenet", "profiles")},
-            "clusterings": defs.load_asset_value("clusterings", instance=instance)}
+                      for m in ("pca", "autoencoder", "classifier", "densenet", "cells", "profiles")},
+            "clusterings": defs.load_asset_value("clusterings", instance=instance),
+            "donor_scores": defs.load_asset_value("donor_scores", instance=instance)}
 
 
 def test_site_embeddings_use_champion_models(trained, clustered):
@@ -189,7 +211,7 @@ def test_clusterings_report_and_mlflow(trained, clustered):
 
     out = clustered["clusterings"]
     comp = pd.read_csv(__import__("io").StringIO(out["comparison_csv"]))
-    assert set(comp["method"]) == {"pca", "autoencoder", "classifier", "densenet", "profiles"}
+    assert set(comp["method"]) == {"pca", "autoencoder", "classifier", "densenet", "cells", "profiles"}
     assert "thesis_homogeneity" in comp.columns
     assert comp.loc[comp["method"] == "classifier", "thesis_homogeneity"].iloc[0] == pytest.approx(0.2171)
     assert os.path.exists(out["report"]) and "<img" in open(out["report"]).read()
@@ -198,6 +220,25 @@ def test_clusterings_report_and_mlflow(trained, clustered):
     assert runs.loc[runs["tags.ssc.method"] == "classifier", "metrics.kmeans_homogeneity"].notna().all()
     md = [m for m in clustered["res"].get_asset_materialization_events()][0].step_materialization_data.materialization.metadata
     assert "thesis_" in md["comparison"].value and "data:image/png;base64," in md["classifier_figures"].value
+
+
+def test_donor_scores_rank_every_donor_with_intervals(trained, clustered):
+    wells = clustered["wells"]
+    donors = pd.DataFrame(clustered["donor_scores"]["donors"])
+    summary = pd.DataFrame(clustered["donor_scores"]["summary"]).set_index("Metadata_Method")
+    assert set(summary.index) == set(wells["Metadata_Method"])
+    for method, d in donors.groupby("Metadata_Method"):
+        assert set(d["Metadata_Donor"]) == set(wells["Metadata_Donor"]), method
+        ok = d["score"].notna()
+        assert (d.loc[ok, "score_low"] <= d.loc[ok, "score"] + 1e-9).all() and (d.loc[ok, "score"] <= d.loc[ok, "score_high"] + 1e-9).all()
+        assert sorted(d["rank"].dropna().astype(int)) == sorted(d["score"].rank(ascending=False, method="min").dropna().astype(int))
+    assert ((summary["chance"] >= 0.5) & (summary["chance"] <= 1)).all()
+    assert ((summary["permutation_p"] > 0) & (summary["permutation_p"] <= 1)).all()
+    # the clusterings page carries the donor-level numbers of every method
+    mats = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+            for e in clustered["res"].get_asset_materialization_events()}
+    for asset in ("donor_scores", "clusterings"):
+        assert {"cells/lodo_accuracy", "pca/lodo_accuracy", "pca/rho_group"} <= set(mats[asset]), asset
 
 
 def test_qc_failed_sites_do_not_enter_well_medians(trained, clustered):

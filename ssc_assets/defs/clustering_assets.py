@@ -177,7 +177,8 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     if preset:
         context.log.warning("demo preset / few epochs: " + "; ".join(preset))
     notes = trust_notes(results, preset)
-    report_path, runs["comparison"] = _report_run(context, mlflow_tracking, storage, results, wells, comp, preset, runs)
+    report_path, runs["comparison"] = _report_run(context, mlflow_tracking, storage, results, wells, comp, preset, runs,
+                                                  donor_scores)
 
     headline, text = _comparison_markdown(results, notes)
     context.add_output_metadata({
@@ -226,7 +227,8 @@ def _cluster_and_log(context: dg.AssetExecutionContext, config: ClusteringConfig
 
 
 def _report_run(context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, storage: Storage, results: dict,
-                wells: pd.DataFrame, comp: pd.DataFrame, preset: list[str], runs: dict) -> tuple[str, dict]:
+                wells: pd.DataFrame, comp: pd.DataFrame, preset: list[str], runs: dict,
+                donor_scores: dict) -> tuple[str, dict]:
     """Write the HTML report (timestamped and ``-latest``) and log it with the comparison table
     as the ``comparison`` MLflow run: ``(report path, run)``."""
     import mlflow
@@ -244,7 +246,9 @@ def _report_run(context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracki
             comparison=_by_metric(comp.drop(columns=["thesis_source"], errors="ignore")), guide=READING_GUIDE,
             context=[f"Dagster run {context.run.run_id}; MLflow comparison run {run.info.run_id}."],
             run_links={m: r["link"] for m, r in runs.items()},
-            footer=f"Generated {stamp} by ssc-assets; MLflow experiment ssc-clustering.")
+            footer=f"Generated {stamp} by ssc-assets; MLflow experiment ssc-clustering.",
+            donors=pd.DataFrame(donor_scores.get("donors", [])) if donor_scores.get("donors") else None,
+            donor_summary=pd.DataFrame(donor_scores.get("summary", [])) if donor_scores.get("summary") else None)
         report_path = storage.path("reports", f"clusterings-{stamp}.html")
         write_text(report_path, report_html)
         write_text(storage.path("reports", "clusterings-latest.html"), report_html)

@@ -128,12 +128,10 @@ def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: 
                                                         "vmeasure_plate", "vmeasure_acquisition"]]))
     best = _best_method(summary)
     if best is not None:
-        d = donors[donors[METHOD] == best]
-        try:
-            from ssc_assets.core.plots.donors import donor_ranking_png, donor_table
+        from ssc_assets.core.plots.donors import donor_ranking_png, donor_table
 
-            md["ranking"] = dg.MetadataValue.md(figures.png_markdown(donor_ranking_png(d, best), f"donors ranked, {best}"))
-            md["ranked_donors"] = dg.MetadataValue.md(f"Best method by rho: **{best}**\n\n" + md_table(donor_table(d, best)))
-        except ImportError:  # the figure module is optional
-            md["ranked_donors"] = dg.MetadataValue.md(md_table(d))
+        d = donors[donors[METHOD] == best]
+        md["ranked_donors"] = dg.MetadataValue.md(f"Best method by rho vs HC < SSc < SSCHL: **{best}**\n\n"
+                                                  + md_table(donor_table(d, best)))
+        md["ranking"] = dg.MetadataValue.md(figures.png_markdown(donor_ranking_png(donors, summary=summary), "donors ranked"))
     return md
