@@ -449,8 +449,9 @@ def _by_method(df: pd.DataFrame) -> pd.DataFrame:
 
 DONOR_EXPLANATION = (
     "Each donor's score is the mean, over the donor's wells, of an out-of-fold decision value: a leave-one-donor-out "
-    "linear SVM (SSc vs HC) trained on all other donors scores the donor's wells, so the model never saw that donor "
-    "(cells: the cell model's cross-validated score). Right of 0 (dashed): classified SSc. Bar: 95% bootstrap "
+    "linear SVM (SSc vs HC) trained on all other donors scores the donor's wells, so the SVM never saw that donor "
+    "(cells: the cell model's cross-validated score; classifier and densenet embeddings were trained with donor labels, "
+    "see the notes below). Right of 0 (dashed): classified SSc. Bar: 95% bootstrap "
     "interval over the donor's wells. An embedding that captures the disease puts SSCHL donors at the top, SSC in "
     "the middle and HC at the bottom (Spearman ρ vs HC < SSc < SSCHL near 1).")
 
@@ -469,7 +470,7 @@ def _donor_sections(results: dict[str, dict], donors: pd.DataFrame, donor_summar
                    paragraphs=[DONOR_EXPLANATION])
     if best is not None:
         row = summ[summ[METHOD].astype(str) == best].iloc[0].to_dict() if METHOD in summ and best in set(summ[METHOD].astype(str)) else {}
-        why = (f"the method whose donor scores follow HC < SSc < SSCHL best (Spearman ρ, p: {rho_cell(row)})"
+        why = (f"the method whose donor scores follow HC < SSc < SSCHL best (Spearman ρ {rho_cell(row)})"
                if row and np.isfinite(pd.to_numeric(row.get("rho_group"), errors="coerce")) else
                "no method has a Spearman ρ; first method")
         head.paragraphs.insert(0, f"Shown: {best or 'all wells'}, {why}.")
