@@ -494,11 +494,7 @@ def masks(
             else:
                 writer.write_placeholder(t.well, t.site, "error", f"masks raised: {r.error}", {**md, "error": r.error})
 
-        for f in others:  # the corrected store's flagged fields: same flag, no masks
-            status = f.get("status") if f.get("status") in FIELD_STATUSES and f.get("status") != "ok" else "error"
-            reason = f.get("reason") or f.get("qc_reason") or status
-            writer.write_placeholder(f["well"], int(f["site"]), status, f"no masks: {reason}",
-                                     {"plate": plate, **{k: f[k] for k in ("passed_qc", "qc_reason", "error", "pixel_size_um") if k in f}})
+        _mirror_flagged_fields(writer, plate, others)
         results = compute.map(mask_site, tasks, on_result=write)
         failures = site_failures(results, tasks, context, "masks")
         check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "masks")
@@ -517,19 +513,34 @@ def masks(
         "params": dg.MetadataValue.json(config.model_dump()),
     }
     if len(per_site):
-        metadata.update({
-            "nuclei_per_site_mean": round(float(per_site["n_nuclei"].mean()), 1),
-            "nuclei_per_site_min": int(per_site["n_nuclei"].min()),
-            "cells_per_site_mean": round(float(per_site["n_cells"].mean()), 1),
-            "mean_cell_area_px": round(float(per_site["mean_cell_area_px"].mean()), 1),
-            "mean_cell_area_um2": round(float(per_site["mean_cell_area_um2"].mean()), 1),
-            "mean_nucleus_area_um2": round(float(per_site["mean_nucleus_area_um2"].mean()), 1),
-            "per_site_counts": dg.MetadataValue.md(md_table(per_site_counts(summaries, px))),
-            "overlays": dg.MetadataValue.md(figures.png_markdown(
-                _overlay_png(store, [tuple(x) for x in per_site[["Metadata_Well", "Metadata_Site"]].values[: config.n_overlays]], masks_store), "overlays")),
-        })
+        metadata.update(_mask_count_metadata(per_site, summaries, px, store, masks_store, config.n_overlays))
     context.add_output_metadata(metadata)
     return {"plate": plate, "store": masks_store, "image_store": store,
             "labels": list(MASK_LABELS), "image": "weight_map",
             "sites": [[r["Metadata_Well"], int(r["Metadata_Site"])] for r in summaries],
             "failed": failures.to_dict("records"), "fields": _field_records(flags)}
+
+
+def _mirror_flagged_fields(writer: HcsPlateWriter, plate: str, fields: list[dict]) -> None:
+    """A placeholder for each of the corrected store's flagged fields: same flag, no masks."""
+    for f in fields:
+        status = f.get("status") if f.get("status") in FIELD_STATUSES and f.get("status") != "ok" else "error"
+        reason = f.get("reason") or f.get("qc_reason") or status
+        writer.write_placeholder(f["well"], int(f["site"]), status, f"no masks: {reason}",
+                                 {"plate": plate, **{k: f[k] for k in ("passed_qc", "qc_reason", "error", "pixel_size_um") if k in f}})
+
+
+def _mask_count_metadata(per_site: pd.DataFrame, summaries: list[dict], px: dict, store: str, masks_store: str,
+                         n_overlays: int) -> dict:
+    """Nuclei and cell counts and areas over the plate's sites, the per-site table and overlays."""
+    sites = [tuple(x) for x in per_site[["Metadata_Well", "Metadata_Site"]].values[:n_overlays]]
+    return {
+        "nuclei_per_site_mean": round(float(per_site["n_nuclei"].mean()), 1),
+        "nuclei_per_site_min": int(per_site["n_nuclei"].min()),
+        "cells_per_site_mean": round(float(per_site["n_cells"].mean()), 1),
+        "mean_cell_area_px": round(float(per_site["mean_cell_area_px"].mean()), 1),
+        "mean_cell_area_um2": round(float(per_site["mean_cell_area_um2"].mean()), 1),
+        "mean_nucleus_area_um2": round(float(per_site["mean_nucleus_area_um2"].mean()), 1),
+        "per_site_counts": dg.MetadataValue.md(md_table(per_site_counts(summaries, px))),
+        "overlays": dg.MetadataValue.md(figures.png_markdown(_overlay_png(store, sites, masks_store), "overlays")),
+    }
