@@ -3,6 +3,7 @@ notes (chance, intervals, demo preset) and the HTML report read first by a scien
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -228,11 +229,19 @@ def test_clusterings_page_through_dagster(tmp_path):
     mv = client.create_model_version("ssc-classifier", f"runs:/{r.info.run_id}/model", run_id=r.info.run_id)
     client.set_registered_model_alias("ssc-classifier", "champion", mv.version)
 
+    from ssc_assets.core.analysis.donor_scores import donor_report
+    from ssc_assets.core.io.storage import write_text
+
+    donors, summary = donor_report({m: df.reset_index(drop=True) for m, df in wells.groupby("Metadata_Method")},
+                                   n_permutations=20, n_boot=100)
+    write_text(f"{base}/donor_scores.json", json.dumps({"donors": donors.to_dict("records"),
+                                                         "summary": summary.to_dict("records")}, default=str))
     source = dg.AssetSpec("well_embeddings", partitions_def=plates).with_io_manager_key("parquet_io_manager")
+    donor_source = dg.AssetSpec("donor_scores").with_io_manager_key("manifest_io_manager")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(plates.name, ["P1", "P2"])
         res = dg.materialize(
-            [clusterings, source], instance=instance, selection=[clusterings],
+            [clusterings, source, donor_source], instance=instance, selection=[clusterings],
             resources={"parquet_io_manager": ParquetIOManager(base_dir=base), "manifest_io_manager": ManifestIOManager(base_dir=base),
                        "storage": Storage(base_dir=base), "mlflow_tracking": tracking},
             run_config={"ops": {"clusterings": {"config": {"methods": ["pca", "classifier"], "null_size": 100}}}})
@@ -255,3 +264,7 @@ def test_clusterings_page_through_dagster(tmp_path):
     report = open(md["report"].value).read()
     assert "Demo preset: not meaningful" in report and "out of focus 1" in report
     assert "_note" not in re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", report)
+    # the donor-level answer: ranked donors in the report, LODO accuracy and rho on the page
+    assert "Donors ranked by SSc-likeness" in report and all(f">{d}<" in report for d in donors["Metadata_Donor"].unique())
+    assert "acc. leave-one-donor-out" in page and {"pca/lodo_accuracy", "pca/rho_group"} <= set(numbers)
+    assert numbers["pca/lodo_accuracy"] == pytest.approx(float(summary.set_index("Metadata_Method").at["pca", "lodo_accuracy"]))

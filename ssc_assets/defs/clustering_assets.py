@@ -156,7 +156,8 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
 
     wells = pd.concat([df for df in well_embeddings.values() if len(df)], ignore_index=True)
     plates_used = sorted(wells["Metadata_Plate"].unique().tolist())
-    summary = {r[METHOD]: {k: v for k, v in r.items() if k != METHOD} for r in donor_scores.get("summary", [])}
+    summary = {r[METHOD]: {k: v for k, v in r.items() if k not in (METHOD, "n_wells", "n_donors")}
+               for r in donor_scores.get("summary", [])}
     results, runs, md = {}, {}, {}
     for method in config.methods:
         df = wells[wells[METHOD] == method].reset_index(drop=True)

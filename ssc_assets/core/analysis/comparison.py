@@ -272,6 +272,7 @@ METHOD_MODELS: dict[str, tuple[str, ...]] = {
     "autoencoder": ("ssc-autoencoder-actin", "ssc-autoencoder-borders", "ssc-autoencoder-nuclei"),
     "classifier": ("ssc-classifier",),
     "densenet": ("ssc-densenet",),
+    "cells": ("ssc-cells",),
     "profiles": (),
 }
 
