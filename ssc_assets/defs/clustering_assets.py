@@ -207,7 +207,6 @@ def _cluster_and_log(context: dg.AssetExecutionContext, config: ClusteringConfig
     import mlflow
 
     from ssc_assets.core.analysis.clustering import cluster_method
-
     from ssc_assets.core.analysis.donor_scores import normalize_wells
 
     if method == "profiles":  # pycytominer: per-plate HC standardisation + feature selection
