@@ -218,7 +218,8 @@ def test_clusterings_report_and_mlflow(trained, clustered):
     runs = mlflow.search_runs(experiment_names=["ssc-clustering"])
     assert set(runs["tags.ssc.method"]) >= {"pca", "classifier", "comparison"}
     assert runs.loc[runs["tags.ssc.method"] == "classifier", "metrics.kmeans_homogeneity"].notna().all()
-    md = [m for m in clustered["res"].get_asset_materialization_events()][0].step_materialization_data.materialization.metadata
+    md = next(m for m in clustered["res"].get_asset_materialization_events()
+              if m.asset_key.to_user_string() == "clusterings").step_materialization_data.materialization.metadata
     assert "thesis_" in md["comparison"].value and "data:image/png;base64," in md["classifier_figures"].value
 
 
