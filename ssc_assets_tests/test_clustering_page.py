@@ -14,6 +14,7 @@ import pytest
 from ssc_assets.core.analysis import clustering as cl
 from ssc_assets.core.analysis import comparison as cmp
 from ssc_assets.core.analysis import report as rp
+from ssc_assets.core.plots import report_figures as rf
 
 PNG = b"\x89PNG"
 
@@ -177,7 +178,7 @@ def test_report_figures_are_wide(run):
     from PIL import Image
 
     res = run["results"]["pca"]
-    for name, png in {**res["report_figures"], "headline": rp.headline_png(run["results"])}.items():
+    for name, png in {**res["report_figures"], "headline": rf.headline_png(run["results"])}.items():
         assert png.startswith(PNG)
         assert Image.open(io.BytesIO(png)).size[0] >= 900, name
 
@@ -190,12 +191,12 @@ def test_example_images_from_an_ome_zarr_store(tmp_path, run):
     with HcsPlateWriter(store, "P1", ["nuclei", "borders", "actin"]) as w:
         for well in ("B02", "B03"):
             w.write_site(well, 1, rng.random((3, 96, 96)).astype(np.float32))
-    img = rp.read_thumbnail(str(store), "B03", max_side=48)
+    img = rf.read_thumbnail(str(store), "B03", max_side=48)
     assert img.shape == (3, 48, 48) and img.dtype == np.float32
-    picks = rp.pick_examples(run["wells"], per_condition=3)
+    picks = rf.pick_examples(run["wells"], per_condition=3)
     assert [p["condition"] for p in picks] == ["HC"] * 3 + ["SSc"] * 3
     assert len({p["donor"] for p in picks if p["condition"] == "SSc"}) == 3  # distinct donors first
-    png = rp.examples_png([(img, "D0, P1 B03", "HC"), (img, "D1, P1 B02", "SSc")], ["nuclei", "borders", "actin"])
+    png = rf.examples_png([(img, "D0, P1 B03", "HC"), (img, "D1, P1 B02", "SSc")], ["nuclei", "borders", "actin"])
     assert png.startswith(PNG)
 
 

@@ -106,8 +106,8 @@ def _site_qc_tables(storage: Storage, plates: list[str], context) -> dict[str, p
 def _example_images(storage: Storage, wells: pd.DataFrame, context, per_condition: int = 4) -> tuple[bytes | None, str]:
     """Montage of a few corrected sites per condition from the ``corrected_images`` stores
     (read where that asset writes them); (None, why) when none could be read."""
-    from ssc_assets.core.analysis.report import examples_png, pick_examples, read_thumbnail
     from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
+    from ssc_assets.core.plots.report_figures import examples_png, pick_examples, read_thumbnail
 
     tiles, errors = [], []
     for ex in pick_examples(wells, per_condition):
