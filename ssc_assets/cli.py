@@ -134,10 +134,12 @@ def _demo_clusterings(run, plate_keys: list[str]) -> bool:
 
     t0 = time.perf_counter()
     for key in plate_keys:
+        te = time.perf_counter()
         res = run("embed_plate", key, run_config=demo_run_config("embed_plate"), tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
         if not res.success:
             print(f"embed_plate FAILED for {key}: see the run in the Dagster UI")
             return False
+        print(f"embed_plate {key}: {time.perf_counter() - te:.0f} s")
     res = run("cluster_plates", run_config=demo_run_config("cluster_plates"), tags={"ssc/source": "ssc-assets demo"})
     if not res.success:
         print("cluster_plates FAILED: see the run in the Dagster UI")
@@ -150,8 +152,33 @@ def _demo_clusterings(run, plate_keys: list[str]) -> bool:
     else:
         comp = pd.read_csv(io.StringIO(out["comparison_csv"]))
         print(comp.round(3).to_markdown(index=False))
+    _print_donor_summary()
     print(f"\nreport: {out['report']}")
     return True
+
+
+def _print_donor_summary() -> None:
+    """Per method: leave-one-donor-out accuracy vs chance, permutation p, rho vs HC<SSc<SSCHL;
+    then the donors of the best method, most SSc-like first, with their intervals."""
+    import pandas as pd
+
+    from ssc_assets.core.plots.donors import donor_table
+
+    try:
+        out = _manifest("donor_scores")
+    except Exception:  # noqa: BLE001 - the headline above stands without it
+        return
+    summary, donors = pd.DataFrame(out["summary"]), pd.DataFrame(out["donors"])
+    if summary.empty:
+        return
+    cols = ["Metadata_Method", "n_donors", "lodo_accuracy", "chance", "permutation_p", "rho_group", "rho_group_p"]
+    print("\ndonor level (leave-one-donor-out linear SVM; rho: donor scores vs HC < SSc < SSCHL):")
+    print(summary[cols].rename(columns={"Metadata_Method": "method"}).round(3).to_markdown(index=False))
+    ranked = summary.dropna(subset=["rho_group"]).sort_values(["rho_group", "lodo_accuracy"], ascending=False)
+    if len(ranked):
+        best = str(ranked.iloc[0]["Metadata_Method"])
+        print(f"\ndonors ranked by SSc-likeness ({best}; 95 % interval over wells):")
+        print(donor_table(donors[donors["Metadata_Method"] == best], best).to_markdown(index=False))
 
 
 def _demo_models(run) -> bool:
@@ -160,7 +187,8 @@ def _demo_models(run) -> bool:
 
     t0 = time.perf_counter()
     result = run("train_models", run_config=demo_run_config(), tags={"ssc/source": "ssc-assets demo"})
-    print(f"\nmodels ({time.perf_counter() - t0:.0f} s, demo settings from ssc_assets/demo_config.py):")
+    print(f"\nmodels ({time.perf_counter() - t0:.0f} s; whole-site models: demo settings from ssc_assets/demo_config.py, "
+          "cell model: the cpu preset):")
     print(f"{'asset':<28} {'registered model':<24} {'version':>7} {'champion':>8}  test metrics")
     for ev in result.get_asset_materialization_events():
         key = ev.asset_key.to_user_string()
@@ -171,6 +199,10 @@ def _demo_models(run) -> bool:
         for name, m in (man["models"].items() if "models" in man else [(None, man)]):
             test = m.get("test") or {}
             shown = ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))
+            if not shown and "oof" in m:
+                shown = "out-of-fold: well AUC {:.3f}, well acc {:.3f}, donor acc {:.3f}".format(
+                    m["oof"].get("well_auc", float("nan")), m["oof"].get("well_accuracy", float("nan")),
+                    m["oof"].get("donor_accuracy", float("nan")))
             if not shown and "svm" in m:
                 shown = "SVM CV acc (donor-grouped) {:.3f}, (ungrouped) {:.3f}".format(
                     m["svm"]["cv_grouped"]["accuracy"], m["svm"]["cv_ungrouped"]["accuracy"])
