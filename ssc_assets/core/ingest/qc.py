@@ -352,47 +352,92 @@ def apply_qc_rules(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFr
     ``qc_review``, ``review_reason_site``. Unreadable images always fail and never enter
     the statistics.
     """
+    out = _with_qc_defaults(qc)
+    reasons = _Reasons(out.index)
+    readable = out["read_error"].isna()
+    reasons.add(reasons.fail, ~readable, lambda i: f"unreadable: {out.at[i, 'read_error']}")
+    r = out[readable]
+    blurred = _absolute_rules(out, r, config, reasons)
+    _well_relative_rules(out, r, config, reasons)
+    _group_rules(out, r, blurred, config, reasons)
+    _site_columns(out, reasons)
+    return out
+
+
+_QC_MEASURES = ("saturated_fraction", "snr", "contrast", "bright_contrast", "edge_width_um", "focus_score", "median", "q99", "std")
+
+
+def _with_qc_defaults(qc: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``qc`` with ``read_error``, the acquisition group and every measure the
+    rules use (NaN when absent)."""
     out = qc.copy()
     if "read_error" not in out:
         out["read_error"] = None
     if GROUP_COL not in out:
         out[GROUP_COL] = "all"
-    for m in ("saturated_fraction", "snr", "contrast", "bright_contrast", "edge_width_um", "focus_score", "median", "q99", "std"):
+    for m in _QC_MEASURES:
         if m not in out:
             out[m] = np.nan
-    px = pd.to_numeric(out.get("Metadata_PixelSizeUm", pd.Series(np.nan, index=out.index)), errors="coerce")
-    fail: list[list[str]] = [[] for _ in range(len(out))]
-    review: list[list[str]] = [[] for _ in range(len(out))]
-    pos = {idx: i for i, idx in enumerate(out.index)}
+    return out
 
-    def add(target, mask: pd.Series, text) -> None:
+
+class _Reasons:
+    """Failure and review texts of every image of a QC table, in the table's row order."""
+
+    def __init__(self, index: pd.Index) -> None:
+        self.fail: list[list[str]] = [[] for _ in range(len(index))]
+        self.review: list[list[str]] = [[] for _ in range(len(index))]
+        self._pos = {idx: i for i, idx in enumerate(index)}
+
+    def add(self, target: list[list[str]], mask: pd.Series, text) -> None:
+        """Append ``text`` (a str, or a function of the row label) to ``target`` for rows in ``mask``."""
         for idx in mask.index[mask.fillna(False).astype(bool)]:
-            target[pos[idx]].append(text(idx) if callable(text) else text)
+            target[self._pos[idx]].append(text(idx) if callable(text) else text)
 
-    readable = out["read_error"].isna()
-    add(fail, ~readable, lambda i: f"unreadable: {out.at[i, 'read_error']}")
-    r = out[readable]
+
+def _absolute_rules(out: pd.DataFrame, r: pd.DataFrame, config: QcConfig, reasons: _Reasons) -> pd.Series:
+    """Physical rules on the readable images ``r``: constant, saturated, empty nuclei field,
+    blurred nuclei edges. Returns the ``blurred`` mask (indexed like ``r``)."""
+    px = pd.to_numeric(out.get("Metadata_PixelSizeUm", pd.Series(np.nan, index=out.index)), errors="coerce")
     nuc = r["channel"] == "nuclei"
-    # --- absolute rules
-    add(fail, (r["std"] == 0) | (r["focus_score"].isna() & r["std"].notna()), "constant image (no signal)")
-    add(fail, r["saturated_fraction"] > config.max_saturated_fraction,
-        lambda i: f"saturated: {100 * out.at[i, 'saturated_fraction']:.1f} % of pixels at the camera maximum")
-    add(fail, nuc & (r["snr"] < config.min_nuclei_snr) & (r["std"] > 0),
-        lambda i: f"empty field / no nuclei stain: nuclei signal {out.at[i, 'snr']:.1f} noise SDs above background")
+    fail = reasons.fail
+    reasons.add(fail, (r["std"] == 0) | (r["focus_score"].isna() & r["std"].notna()), "constant image (no signal)")
+    reasons.add(fail, r["saturated_fraction"] > config.max_saturated_fraction,
+                lambda i: f"saturated: {100 * out.at[i, 'saturated_fraction']:.1f} % of pixels at the camera maximum")
+    reasons.add(fail, nuc & (r["snr"] < config.min_nuclei_snr) & (r["std"] > 0),
+                lambda i: f"empty field / no nuclei stain: nuclei signal {out.at[i, 'snr']:.1f} noise SDs above background")
     limit = np.maximum(config.max_edge_width_um, config.max_edge_width_px * px.fillna(1.0))
     empty = nuc & (r["snr"] < config.min_nuclei_snr)
     blurred = nuc & (r["edge_width_um"] > limit[r.index]) & ~empty  # no edges to judge in an empty field
-    add(fail, blurred, lambda i: f"out of focus: nuclei edge blur {out.at[i, 'edge_width_um']:.2f} um "
-                                 f"(limit {limit[i]:.2f} um)")
-    # --- relative to the well (same donor and biology), leaving out images failed so far;
-    # capped by the acquisition group's median so that artifacts cannot inflate a well's level
-    failed_so_far = pd.Series([bool(x) for x in fail], index=out.index)[r.index]
+    reasons.add(fail, blurred, lambda i: f"out of focus: nuclei edge blur {out.at[i, 'edge_width_um']:.2f} um "
+                                         f"(limit {limit[i]:.2f} um)")
+    return blurred
+
+
+def _well_relative_rules(out: pd.DataFrame, r: pd.DataFrame, config: QcConfig, reasons: _Reasons) -> None:
+    """Rules relative to the well (same donor and biology), leaving out sites failed so far;
+    capped by the acquisition group's median so that artifacts cannot inflate a well's level."""
+    failed_so_far = pd.Series([bool(x) for x in reasons.fail], index=out.index)[r.index]
     site_failed = failed_so_far.groupby([r[c] for c in SITE_COLS]).transform("any")
+    _cell_free_rule(out, r, site_failed, config, reasons)
+    _debris_rule(r, site_failed, config, reasons)
+
+
+def _cell_free_rule(out: pd.DataFrame, r: pd.DataFrame, site_failed: pd.Series, config: QcConfig,
+                    reasons: _Reasons) -> None:
+    """Fail a nuclei image whose contrast is a small fraction of its well's (a cell-free field)."""
+    nuc = r["channel"] == "nuclei"
     grp_contrast = r["contrast"].where(~site_failed).groupby([r[GROUP_COL], r["channel"]]).transform("median")
     ref = np.fmin(_well_reference(r, "contrast", site_failed), grp_contrast)
-    add(fail, nuc & (r["contrast"] < config.min_nuclei_contrast_ratio * ref) & (r["snr"] >= config.min_nuclei_snr),
-        lambda i: f"cell-free field: nuclei contrast {out.at[i, 'contrast']:.0f} counts, "
-                  f"{out.at[i, 'contrast'] / max(ref[i], 1e-9):.0%} of its well")
+    reasons.add(reasons.fail,
+                nuc & (r["contrast"] < config.min_nuclei_contrast_ratio * ref) & (r["snr"] >= config.min_nuclei_snr),
+                lambda i: f"cell-free field: nuclei contrast {out.at[i, 'contrast']:.0f} counts, "
+                          f"{out.at[i, 'contrast'] / max(ref[i], 1e-9):.0%} of its well")
+
+
+def _debris_rule(r: pd.DataFrame, site_failed: pd.Series, config: QcConfig, reasons: _Reasons) -> None:
+    """Fail images of a site bright against its well in the nuclei channel AND another one."""
+    nuc = r["channel"] == "nuclei"
     grp_bright = r["bright_contrast"].where(~site_failed).groupby([r[GROUP_COL], r["channel"]]).transform("median")
     site_key = [r[c] for c in SITE_COLS]
     debris = pd.Series(False, index=r.index)
@@ -406,10 +451,14 @@ def apply_qc_rules(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFr
         if new.equals(debris):
             break
         debris = new
-    add(fail, debris,
-        lambda i: f"debris / bright artifact: q99 {bright[i]:.1f}x its well")
+    reasons.add(reasons.fail, debris,
+                lambda i: f"debris / bright artifact: q99 {bright[i]:.1f}x its well")
+
+
+def _group_rules(out: pd.DataFrame, r: pd.DataFrame, blurred: pd.Series, config: QcConfig, reasons: _Reasons) -> None:
+    """Statistics per acquisition group x channel (groups of >= ``min_group_sites`` sites):
+    sets ``z_focus_score``, ``z_median``, ``z_q99`` and adds the group-relative reasons."""
     focus_res = r["focus_score"] - _well_reference(r, "focus_score")
-    # --- statistics per acquisition group x channel
     out["z_focus_score"] = np.nan
     out["z_median"] = np.nan
     out["z_q99"] = np.nan
@@ -417,35 +466,54 @@ def apply_qc_rules(qc: pd.DataFrame, config: QcConfig = QcConfig()) -> pd.DataFr
         sites_in_group = g.drop_duplicates(SITE_COLS).shape[0]
         if sites_in_group < config.min_group_sites:
             continue
-        res = focus_res[g.index].dropna()
-        if len(res) >= config.min_group_sites:
-            zf = res / (1.4826 * max((res - res.median()).abs().median(), config.focus_mad_floor))
-            out.loc[zf.index, "z_focus_score"] = zf
-            add(review, zf < -config.z_focus,
-                lambda i: f"less sharp than its well: focus score {out.at[i, 'z_focus_score']:.1f} robust SD below")
+        _focus_review(out, focus_res[g.index].dropna(), config, reasons)
         if ch == "nuclei":
-            ze = robust_z(g["edge_width_um"], config.edge_mad_floor_um)
-            add(fail, (ze > config.z_focus) & ~blurred[g.index], lambda i, ze=ze: f"out of focus: nuclei edge blur {out.at[i, 'edge_width_um']:.2f} um, "
-                                                          f"robust z={ze[i]:.1f} in its acquisition group")
-        for m, word in (("median", "background"), ("q99", "bright signal")):
-            # log ratio to the site's own well (same donor); the group level for single-site wells
-            logv = np.log(g[m].clip(lower=1.0))
-            ref = np.log(_well_reference(g, m).clip(lower=1.0))
-            res = (logv - ref).fillna(logv - logv.median())
-            z = res / (1.4826 * max(float((res - res.median()).abs().median()), config.review_log_mad_floor))
-            out.loc[g.index, f"z_{m}"] = z
-            add(review, z.abs() > config.z_review,
-                lambda i, m=m, word=word: f"unusual {word} level for its well: {m} robust z={out.at[i, f'z_{m}']:.1f}")
-    out["image_reason"] = ["; ".join(dict.fromkeys(x)) for x in fail]
+            _edge_outlier_rule(out, g, blurred, config, reasons)
+        _intensity_review(out, g, config, reasons)
+
+
+def _focus_review(out: pd.DataFrame, res: pd.Series, config: QcConfig, reasons: _Reasons) -> None:
+    """Flag for review images whose focus score residual (to the well) is far below the group's."""
+    if len(res) >= config.min_group_sites:
+        zf = res / (1.4826 * max((res - res.median()).abs().median(), config.focus_mad_floor))
+        out.loc[zf.index, "z_focus_score"] = zf
+        reasons.add(reasons.review, zf < -config.z_focus,
+                    lambda i: f"less sharp than its well: focus score {out.at[i, 'z_focus_score']:.1f} robust SD below")
+
+
+def _edge_outlier_rule(out: pd.DataFrame, g: pd.DataFrame, blurred: pd.Series, config: QcConfig,
+                       reasons: _Reasons) -> None:
+    """Fail nuclei images whose edge width is far above their acquisition group's."""
+    ze = robust_z(g["edge_width_um"], config.edge_mad_floor_um)
+    reasons.add(reasons.fail, (ze > config.z_focus) & ~blurred[g.index],
+                lambda i: f"out of focus: nuclei edge blur {out.at[i, 'edge_width_um']:.2f} um, "
+                          f"robust z={ze[i]:.1f} in its acquisition group")
+
+
+def _intensity_review(out: pd.DataFrame, g: pd.DataFrame, config: QcConfig, reasons: _Reasons) -> None:
+    """Set ``z_median`` / ``z_q99`` and flag intensity levels unusual for the site's well."""
+    for m, word in (("median", "background"), ("q99", "bright signal")):
+        # log ratio to the site's own well (same donor); the group level for single-site wells
+        logv = np.log(g[m].clip(lower=1.0))
+        ref = np.log(_well_reference(g, m).clip(lower=1.0))
+        res = (logv - ref).fillna(logv - logv.median())
+        z = res / (1.4826 * max(float((res - res.median()).abs().median()), config.review_log_mad_floor))
+        out.loc[g.index, f"z_{m}"] = z
+        reasons.add(reasons.review, z.abs() > config.z_review,
+                    lambda i, m=m, word=word: f"unusual {word} level for its well: {m} robust z={out.at[i, f'z_{m}']:.1f}")
+
+
+def _site_columns(out: pd.DataFrame, reasons: _Reasons) -> None:
+    """Image- and site-level pass / review columns from the collected reasons."""
+    out["image_reason"] = ["; ".join(dict.fromkeys(x)) for x in reasons.fail]
     out["image_passed"] = out["image_reason"] == ""
-    out["review_reason"] = ["; ".join(dict.fromkeys(x)) for x in review]
+    out["review_reason"] = ["; ".join(dict.fromkeys(x)) for x in reasons.review]
     out["image_review"] = (out["review_reason"] != "") & out["image_passed"]
     keys = [out[c] for c in SITE_COLS]
     out["passed_qc"] = out.groupby(keys)["image_passed"].transform("all").astype(bool)
     out["qc_reason"] = _site_text(out, "image_reason", ~out["image_passed"], keys)
     out["qc_review"] = out.groupby(keys)["image_review"].transform("any").astype(bool) & out["passed_qc"]
     out["review_reason_site"] = _site_text(out, "review_reason", out["image_review"], keys)
-    return out
 
 
 def _site_text(out: pd.DataFrame, col: str, use: pd.Series, keys) -> pd.Series:
