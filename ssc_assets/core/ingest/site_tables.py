@@ -97,6 +97,26 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
     ``problems`` (the ``plate_complete`` check fails on either).
     """
     channel_map = channel_map or ChannelMap()
+    scan, platemap = _scan_with_platemap(plate_dir, channel_map, time_point, strict_channels)
+    problems = list(scan.problems)
+    excluded = [scan.excluded]
+    images = _drop_unmapped_wells(scan.images, platemap, excluded)
+    images = _check_headers(_with_headers(images))
+    table = _site_table(images, platemap, scan, channel_map, problems)
+    missing, wells_without = _coverage_problems(scan, table, platemap, channel_map, problems)
+    return RawSites(
+        table=table,
+        excluded=pd.concat([e for e in excluded if len(e)] or [excluded[0]], ignore_index=True),
+        scan=scan,
+        missing=missing,
+        wells_without_images=wells_without,
+        problems=problems,
+    )
+
+
+def _scan_with_platemap(plate_dir: str | os.PathLike, channel_map: ChannelMap, time_point: int,
+                        strict_channels: bool | None) -> tuple[PlateScan, pd.DataFrame]:
+    """Scan the plate folder and read its plate map; :class:`PlateError` if the plate cannot be used."""
     scan = scan_plate(plate_dir, channel_map, time_point)
     if scan.platemap_path is None:
         raise PlateError(f"{plate_dir}: no platemap.csv in the plate folder (required: well,donor_id,condition,group)")
@@ -109,14 +129,22 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
             + (f", e.g. {scan.excluded.iloc[0].path}: {scan.excluded.iloc[0].reason}" if len(scan.excluded) else "")
             + ")"
         )
-    problems = list(scan.problems)
-    images = scan.images
-    excluded = [scan.excluded]
+    return scan, platemap
+
+
+def _drop_unmapped_wells(images: pd.DataFrame, platemap: pd.DataFrame, excluded: list[pd.DataFrame]) -> pd.DataFrame:
+    """Images of wells in the plate map; the others are appended to ``excluded`` with a reason."""
     in_map = images["Metadata_Well"].isin(set(platemap["Metadata_Well"]))
     if (~in_map).any():
         dropped = images[~in_map]
         excluded.append(pd.DataFrame({"path": dropped["path"], "reason": "well " + dropped["Metadata_Well"] + " is not in platemap.csv"}))
         images = images[in_map]
+    return images
+
+
+def _with_headers(images: pd.DataFrame) -> pd.DataFrame:
+    """``images`` (fresh index) plus each file's header: height, width, ndim, dtype,
+    header_error and the acquisition metadata of its MetaSeries XML."""
     headers = _headers(images["path"].tolist())
     images = images.assign(
         height=[h[0][0] if h[0] and len(h[0]) >= 2 else -1 for h in headers],
@@ -125,7 +153,12 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
         dtype=[h[1] or "" for h in headers],
         header_error=[h[2] for h in headers],
     )
-    images = pd.concat([images.reset_index(drop=True), acquisition_frame([h[3] for h in headers])], axis=1)
+    return pd.concat([images.reset_index(drop=True), acquisition_frame([h[3] for h in headers])], axis=1)
+
+
+def _check_headers(images: pd.DataFrame) -> pd.DataFrame:
+    """Set ``header_error`` for a wrong dtype, a non-2-D image or a shape other than the
+    plate's most common one; drops the ``ndim`` column."""
     ok = images["header_error"].isna()
     bad_dtype = ok & (images["dtype"] != str(EXPECTED_DTYPE))
     images.loc[bad_dtype, "header_error"] = images.loc[bad_dtype, "path"] + ": expected 16-bit (uint16) pixels, got " + images.loc[bad_dtype, "dtype"]
@@ -140,14 +173,26 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
             images.loc[bad_shape, "path"] + f": shape differs from the plate's image shape ({mh}, {mw}): ("
             + images.loc[bad_shape, "height"].astype(str) + ", " + images.loc[bad_shape, "width"].astype(str) + ")"
         )
-    images = images.drop(columns=["ndim"])
+    return images.drop(columns=["ndim"])
+
+
+def _site_table(images: pd.DataFrame, platemap: pd.DataFrame, scan: PlateScan, channel_map: ChannelMap,
+                problems: list[str]) -> pd.DataFrame:
+    """Images joined with the plate map, acquisition metadata and groups, and the user's QC
+    overrides; appends illumination and override problems to ``problems``."""
     table = images.merge(platemap, on="Metadata_Well", how="left").reset_index(drop=True)
     table = fill_acquisition(table, scan.htd.wave_names if scan.htd else None)
     table["Metadata_AcquisitionGroup"] = assign_acquisition_groups(table)
     problems += _illumination_mismatches(table, channel_map)
     overrides, override_problems = read_overrides(scan.plate_dir)
     problems += override_problems
-    table = attach_overrides(table, overrides)
+    return attach_overrides(table, overrides)
+
+
+def _coverage_problems(scan: PlateScan, table: pd.DataFrame, platemap: pd.DataFrame, channel_map: ChannelMap,
+                       problems: list[str]) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """Appends missing channels, mixed plate names and unacquired plate-map wells to
+    ``problems``; returns (missing images, plate-map wells without any image)."""
     absent = missing_required_channels(scan, channel_map, IMAGE_CHANNELS)
     if absent:
         problems.append(
@@ -164,14 +209,7 @@ def build_raw_sites(plate_dir: str | os.PathLike, channel_map: ChannelMap | None
         unknown = sorted(set(platemap["Metadata_Well"]) - set(scan.htd.wells))
         if unknown:
             problems.append(f"plate-map wells not acquired according to {scan.htd.path}: {unknown}")
-    return RawSites(
-        table=table,
-        excluded=pd.concat([e for e in excluded if len(e)] or [excluded[0]], ignore_index=True),
-        scan=scan,
-        missing=missing,
-        wells_without_images=wells_without,
-        problems=problems,
-    )
+    return missing, wells_without
 
 
 # --------------------------------------------------------------------------- QC
