@@ -247,13 +247,8 @@ def retrieval_map(
 
     clean, feats = clean_wells(df)
     meta_cols = metadata_columns(clean)
-    empty = {
-        "mean_average_precision": float("nan"), "p_value": float("nan"),
-        "fraction_significant": float("nan"), "chance": float("nan"), "n_queries": 0, "n_groups": 0,
-        "group_map": {}, "per_group": pd.DataFrame(),
-    }
     if not feats or len(clean) < 2:
-        return {**empty, "note": "fewer than 2 wells with features"}
+        return _empty_retrieval("fewer than 2 wells with features")
     X = clean[feats].to_numpy(np.float64)
     if standardize:
         X = _standardize(X)
@@ -262,13 +257,26 @@ def retrieval_map(
         ap = average_precision(meta, X, pos_sameby, pos_diffby, neg_sameby, neg_diffby,
                                distance="cosine", progress_bar=False)
     except UnpairedException as exc:
-        return {**empty, "note": f"no pairs: {exc}"}
+        return _empty_retrieval(f"no pairs: {exc}")
     ap = ap[ap["n_pos_pairs"] > 0].dropna(subset=["average_precision"])
     if ap.empty:
-        return {**empty, "note": "no query has a positive pair"}
+        return _empty_retrieval("no query has a positive pair")
     per_group = mean_average_precision(ap, pos_sameby, null_size=null_size, threshold=threshold,
                                        seed=seed, progress_bar=False, cache_dir=cache_dir)
-    per_group = per_group.drop(columns=["indices"], errors="ignore")
+    return _retrieval_summary(ap, per_group.drop(columns=["indices"], errors="ignore"), pos_sameby)
+
+
+def _empty_retrieval(note: str) -> dict:
+    """The :func:`retrieval_map` result when nothing can be retrieved: NaNs, zeros and ``note``."""
+    return {
+        "mean_average_precision": float("nan"), "p_value": float("nan"),
+        "fraction_significant": float("nan"), "chance": float("nan"), "n_queries": 0, "n_groups": 0,
+        "group_map": {}, "per_group": pd.DataFrame(), "note": note,
+    }
+
+
+def _retrieval_summary(ap: pd.DataFrame, per_group: pd.DataFrame, pos_sameby: list[str]) -> dict:
+    """The :func:`retrieval_map` result from copairs' per-query APs and per-group mAP table."""
     key = per_group[pos_sameby].astype(str).agg("/".join, axis=1)
     return {
         "mean_average_precision": float(ap["average_precision"].mean()),
@@ -336,42 +344,13 @@ def cluster_method(
 
     out: dict = {"method": method, "n_wells": int(len(clean)), "n_features": int(len(feats))}
     km, pcs = kmeans_on_pca(X, seed=seed)
-    for k, v in cluster_metrics(km, cond, pcs).items():
-        out[f"kmeans_{k}"] = v
+    out.update(_prefixed("kmeans_", cluster_metrics(km, cond, pcs)))
     Z = hierarchical_cosine(X)
     hl = hierarchical_labels(Z, 2)
-    for k, v in cluster_metrics(hl, cond, pcs).items():
-        out[f"hier_{k}"] = v
-
-    out["n_donors"] = int(len(set(donors)))
-    for c, n in pd.Series(donors).groupby(cond).nunique().items():
-        out[f"n_donors_{c}"] = int(n)
-    if PLATE in clean:
-        out["n_plates"] = int(clean[PLATE].nunique())
-
-    su = svm_cv_accuracy(X, cond, groups=None, seed=seed)
-    sg = svm_cv_accuracy(X, cond, groups=donors, seed=seed)
-    lo, hi = bootstrap_ci(sg["correct"], donors, seed=seed)
-    out.update({
-        "svm_accuracy_ungrouped": su["accuracy"], "svm_accuracy_ungrouped_std": su["std"],
-        "svm_accuracy_donor_grouped": sg["accuracy"], "svm_accuracy_donor_grouped_std": sg["std"],
-        "svm_accuracy_donor_grouped_ci_low": lo, "svm_accuracy_donor_grouped_ci_high": hi,
-        "svm_n_splits_donor_grouped": sg["n_splits"], "svm_chance": chance_accuracy(cond),
-    })
-
-    dm = donor_replicate_map(clean, null_size=null_size, seed=seed, cache_dir=cache_dir)
-    cm = condition_map(clean, null_size=null_size, seed=seed, cache_dir=cache_dir)
-    out.update({
-        "map_donor_replicate": dm["mean_average_precision"], "map_donor_replicate_p": dm["p_value"],
-        "map_donor_replicate_fraction_significant": dm["fraction_significant"],
-        "map_donor_replicate_chance": dm["chance"], "map_donor_replicate_note": dm["note"],
-        "map_condition": cm["mean_average_precision"], "map_condition_p": cm["p_value"],
-        "map_condition_chance": cm["chance"], "map_condition_note": cm["note"],
-        "map_null_size": int(null_size),
-    })
-    for c, v in cm["group_map"].items():
-        out[f"map_condition_{c}"] = v
-
+    out.update(_prefixed("hier_", cluster_metrics(hl, cond, pcs)))
+    out.update(_donor_counts(clean, donors, cond))
+    out.update(_svm_summary(X, cond, donors, seed))
+    out.update(_map_summary(clean, null_size, seed, cache_dir))
     out["figures"] = {
         "dendrogram": dendrogram_png(Z, donors.tolist(), groups, f"{method}: hierarchical (cosine, average)"),
         "pca_kmeans": pca_scatter_png(pcs, groups, km, f"{method}: PCA + KMeans (k=2)"),
@@ -381,11 +360,61 @@ def cluster_method(
         "dendrogram": out["figures"]["dendrogram"],
         "pca_clusters": pca_clusters_png(pcs, groups, km, hl, f"{method}: clusters in the first two principal components"),
     }
+    out["assignments"] = _assignments(clean, km, hl, pcs)
+    return out
+
+
+def _prefixed(prefix: str, metrics: dict) -> dict:
+    """``metrics`` with every key prefixed (e.g. ``kmeans_``)."""
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def _donor_counts(clean: pd.DataFrame, donors: np.ndarray, cond: np.ndarray) -> dict:
+    """``n_donors``, ``n_donors_<cond>`` per condition and ``n_plates`` (when known)."""
+    out: dict = {"n_donors": int(len(set(donors)))}
+    for c, n in pd.Series(donors).groupby(cond).nunique().items():
+        out[f"n_donors_{c}"] = int(n)
+    if PLATE in clean:
+        out["n_plates"] = int(clean[PLATE].nunique())
+    return out
+
+
+def _svm_summary(X: np.ndarray, cond: np.ndarray, donors: np.ndarray, seed: int) -> dict:
+    """Ungrouped and donor-grouped SVM accuracies, the donor bootstrap interval and chance."""
+    su = svm_cv_accuracy(X, cond, groups=None, seed=seed)
+    sg = svm_cv_accuracy(X, cond, groups=donors, seed=seed)
+    lo, hi = bootstrap_ci(sg["correct"], donors, seed=seed)
+    return {
+        "svm_accuracy_ungrouped": su["accuracy"], "svm_accuracy_ungrouped_std": su["std"],
+        "svm_accuracy_donor_grouped": sg["accuracy"], "svm_accuracy_donor_grouped_std": sg["std"],
+        "svm_accuracy_donor_grouped_ci_low": lo, "svm_accuracy_donor_grouped_ci_high": hi,
+        "svm_n_splits_donor_grouped": sg["n_splits"], "svm_chance": chance_accuracy(cond),
+    }
+
+
+def _map_summary(clean: pd.DataFrame, null_size: int, seed: int, cache_dir: str | Path | None) -> dict:
+    """Donor-replicate and condition mAP (with p-values, chance, notes, per-condition mAP)."""
+    dm = donor_replicate_map(clean, null_size=null_size, seed=seed, cache_dir=cache_dir)
+    cm = condition_map(clean, null_size=null_size, seed=seed, cache_dir=cache_dir)
+    out = {
+        "map_donor_replicate": dm["mean_average_precision"], "map_donor_replicate_p": dm["p_value"],
+        "map_donor_replicate_fraction_significant": dm["fraction_significant"],
+        "map_donor_replicate_chance": dm["chance"], "map_donor_replicate_note": dm["note"],
+        "map_condition": cm["mean_average_precision"], "map_condition_p": cm["p_value"],
+        "map_condition_chance": cm["chance"], "map_condition_note": cm["note"],
+        "map_null_size": int(null_size),
+    }
+    for c, v in cm["group_map"].items():
+        out[f"map_condition_{c}"] = v
+    return out
+
+
+def _assignments(clean: pd.DataFrame, km: np.ndarray, hl: np.ndarray, pcs: np.ndarray) -> pd.DataFrame:
+    """Well keys with their KMeans and hierarchical cluster and first two PCs."""
     keys = [c for c in WELL_META if c in clean.columns]
     assign = clean[keys].copy()
     assign["kmeans_cluster"] = km
     assign["hier_cluster"] = hl
     assign["pc1"] = pcs[:, 0]
     assign["pc2"] = pcs[:, 1] if pcs.shape[1] > 1 else np.nan
-    out["assignments"] = assign
-    return out
+    return assign
