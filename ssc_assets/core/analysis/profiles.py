@@ -219,31 +219,8 @@ def cell_features(
     cols: dict[str, np.ndarray] = {"ObjectNumber": ids}
 
     if n:
-        core = get_core_measurements()
-        corr = get_correlation_measurements()
-        for obj, masks in zip(OBJECTS, (nuc, cel)):
-            for fam in SHAPE_FAMILIES:
-                res = _measure(core[fam], (masks, None), {}, n, f"{obj}/{fam}", errors)
-                for key, v in res.items():
-                    cols[f"{obj}_{_PREFIX.get(fam, '')}{key}"] = v
-            for fam in CHANNEL_FAMILIES:
-                if fast and fam in SLOW_FAMILIES:
-                    continue
-                for c, ch in enumerate(channels):
-                    res = _measure(core[fam], (masks, scaled[c]), {}, n, f"{obj}/{fam}/{ch}", errors)
-                    for key, v in res.items():
-                        cols[f"{obj}_{_PREFIX.get(fam, '')}{key}_{ch}"] = v
-        # Correlations within the cells, one call per unordered channel pair.
-        index = {ch: c for c, ch in enumerate(channels)}
-        for a, b in itertools.combinations(sorted(channels), 2):
-            for fam in CORRELATION_FAMILIES:
-                if fast and fam in SLOW_FAMILIES:
-                    continue
-                kwargs = {"scale_max": COSTES_SCALE_MAX} if fam == "costes" else {}
-                res = _measure(corr[fam], (scaled[index[a]], scaled[index[b]], cel), kwargs, n,
-                               f"Cells/{fam}/{a}_{b}", errors)
-                for key, v in res.items():
-                    cols[f"Cells_{_correlation_names(key, a, b)}"] = v
+        _object_features(get_core_measurements(), (nuc, cel), scaled, channels, n, fast, errors, cols)
+        _correlation_features(get_correlation_measurements(), cel, scaled, channels, n, fast, errors, cols)
     else:
         errors.append("no label present in both nuclei_labels and cell_labels")
 
@@ -254,6 +231,40 @@ def cell_features(
     df.attrs["errors"] = errors
     df.attrs["channel_scale"] = dict(zip(channels, scales.tolist()))
     return df
+
+
+def _object_features(core: dict, object_masks: tuple[np.ndarray, np.ndarray], scaled: np.ndarray,
+                     channels: tuple[str, ...], n: int, fast: bool, errors: list[str],
+                     cols: dict[str, np.ndarray]) -> None:
+    """Shape families once per object set (:data:`OBJECTS`), channel families per object set
+    and channel, into ``cols`` (``<obj>_<feature>[_<channel>]``); failures go to ``errors``."""
+    for obj, masks in zip(OBJECTS, object_masks):
+        for fam in SHAPE_FAMILIES:
+            res = _measure(core[fam], (masks, None), {}, n, f"{obj}/{fam}", errors)
+            for key, v in res.items():
+                cols[f"{obj}_{_PREFIX.get(fam, '')}{key}"] = v
+        for fam in CHANNEL_FAMILIES:
+            if fast and fam in SLOW_FAMILIES:
+                continue
+            for c, ch in enumerate(channels):
+                res = _measure(core[fam], (masks, scaled[c]), {}, n, f"{obj}/{fam}/{ch}", errors)
+                for key, v in res.items():
+                    cols[f"{obj}_{_PREFIX.get(fam, '')}{key}_{ch}"] = v
+
+
+def _correlation_features(corr: dict, cel: np.ndarray, scaled: np.ndarray, channels: tuple[str, ...], n: int,
+                          fast: bool, errors: list[str], cols: dict[str, np.ndarray]) -> None:
+    """Correlations within the cells, one call per unordered channel pair, into ``cols``."""
+    index = {ch: c for c, ch in enumerate(channels)}
+    for a, b in itertools.combinations(sorted(channels), 2):
+        for fam in CORRELATION_FAMILIES:
+            if fast and fam in SLOW_FAMILIES:
+                continue
+            kwargs = {"scale_max": COSTES_SCALE_MAX} if fam == "costes" else {}
+            res = _measure(corr[fam], (scaled[index[a]], scaled[index[b]], cel), kwargs, n,
+                           f"Cells/{fam}/{a}_{b}", errors)
+            for key, v in res.items():
+                cols[f"Cells_{_correlation_names(key, a, b)}"] = v
 
 
 # ---------------------------------------------------------------------------
@@ -308,16 +319,9 @@ def select_and_normalize(
     the input row order; ``kept`` the kept feature names. ``table.attrs["notes"]`` lists
     fallbacks and skipped operations, ``table.attrs["dropped"]`` operation -> features.
     """
-    from pycytominer import feature_select, normalize
     from pycytominer.cyto_utils import Blocklist
 
-    for col in ("Metadata_Plate", "Metadata_Condition"):
-        if col not in site_profiles.columns:
-            raise KeyError(f"site_profiles needs a {col} column")
-    meta = metadata_columns(site_profiles)
-    feats = list(features) if features is not None else feature_columns(site_profiles)
-    if not feats:
-        raise ValueError("no feature columns")
+    meta, feats = _profile_columns(site_profiles, features)
     notes: list[str] = []
 
     values = site_profiles[feats].astype(np.float64).replace([np.inf, -np.inf], np.nan)
@@ -325,6 +329,39 @@ def select_and_normalize(
     df = pd.concat([site_profiles[meta].reset_index(drop=True), values.reset_index(drop=True),
                     pd.Series(np.arange(len(site_profiles)), name="_row")], axis=1)
     meta_cols = meta + ["_row"]
+    normed = _normalize_per_plate(df, feats, meta_cols, control, notes)
+
+    blocklist = Blocklist(blocklist_name="default", features_to_block=position_blocklist(feats))
+    kept, dropped = _select_features(normed, feats, meta_cols, notes, blocklist=blocklist, na_cutoff=na_cutoff,
+                                     corr_threshold=corr_threshold, min_variance=min_variance)
+
+    out = normed[meta + kept].reset_index(drop=True)
+    out[kept] = out[kept].astype(np.float64)
+    for note in notes:
+        log.warning("select_and_normalize: %s", note)
+    out.attrs["notes"] = notes
+    out.attrs["dropped"] = dropped
+    return out, kept
+
+
+def _profile_columns(site_profiles: pd.DataFrame, features: list[str] | None) -> tuple[list[str], list[str]]:
+    """(metadata columns, feature columns) of ``site_profiles``; KeyError without a plate or
+    condition column, ValueError without features."""
+    for col in ("Metadata_Plate", "Metadata_Condition"):
+        if col not in site_profiles.columns:
+            raise KeyError(f"site_profiles needs a {col} column")
+    meta = metadata_columns(site_profiles)
+    feats = list(features) if features is not None else feature_columns(site_profiles)
+    if not feats:
+        raise ValueError("no feature columns")
+    return meta, feats
+
+
+def _normalize_per_plate(df: pd.DataFrame, feats: list[str], meta_cols: list[str], control: str,
+                         notes: list[str]) -> pd.DataFrame:
+    """``pycytominer.normalize`` (standardize) per plate against its ``control`` sites (all
+    sites, noted, with fewer than 2), back in ``_row`` order, ``inf`` as NaN."""
+    from pycytominer import normalize
 
     parts = []
     for plate, sub in df.groupby("Metadata_Plate", sort=False):
@@ -339,26 +376,25 @@ def select_and_normalize(
                                samples=samples, method="standardize"))
     normed = pd.concat(parts).sort_values("_row")
     normed[feats] = normed[feats].replace([np.inf, -np.inf], np.nan)
+    return normed
 
-    blocklist = Blocklist(blocklist_name="default", features_to_block=position_blocklist(feats))
+
+def _select_features(normed: pd.DataFrame, feats: list[str], meta_cols: list[str], notes: list[str],
+                     **options) -> tuple[list[str], dict[str, list[str]]]:
+    """``pycytominer.feature_select`` one operation of :data:`SELECT_OPERATIONS` at a time
+    (``options``: blocklist, na_cutoff, corr_threshold, min_variance); a failing operation is
+    skipped and noted. Returns (kept features, operation -> dropped features)."""
+    from pycytominer import feature_select
+
     kept = list(feats)
     dropped: dict[str, list[str]] = {}
     for op in SELECT_OPERATIONS:
         try:
-            sel = feature_select(profiles=normed[meta_cols + kept], features=kept, operation=op,
-                                 na_cutoff=na_cutoff, corr_threshold=corr_threshold,
-                                 min_variance=min_variance, blocklist=blocklist)
+            sel = feature_select(profiles=normed[meta_cols + kept], features=kept, operation=op, **options)
         except Exception as exc:  # noqa: BLE001 - skipped and reported
             notes.append(f"feature_select {op} skipped: {type(exc).__name__}: {exc}")
             continue
         left = [f for f in kept if f in sel.columns]
         dropped[op] = [f for f in kept if f not in sel.columns]
         kept = left
-
-    out = normed[meta + kept].reset_index(drop=True)
-    out[kept] = out[kept].astype(np.float64)
-    for note in notes:
-        log.warning("select_and_normalize: %s", note)
-    out.attrs["notes"] = notes
-    out.attrs["dropped"] = dropped
-    return out, kept
+    return kept, dropped
