@@ -361,16 +361,38 @@ def clustering_report_html(
     with the highest Spearman rho vs HC < SSc < SSCHL, ties by LODO accuracy, and a compact
     per-method summary), and the details get every method's donor table.
     """
-    from ssc_assets.core.analysis.comparison import DEMO_NOTE, THESIS_SOURCE, headline_table, trust_notes
+    from ssc_assets.core.analysis.comparison import DEMO_NOTE, trust_notes
 
     notes = trust_notes(results, preset)
     banner = [n for n in notes if n.startswith(DEMO_NOTE)]
     trust = [n for n in notes if not n.startswith(DEMO_NOTE)]
+    intro = _report_intro(results, wells, context)
+    sections, donor_details = _headline_sections(results, trust, donors, donor_summary)
+    sections.append(_data_section(qc_by_plate, wells, examples, examples_note))
+    if guide:
+        sections.append(Section("How to read the numbers", anchor="guide", bullets=list(guide)))
+    sections.append(_details_section(comparison))
+    if donor_details is not None:
+        sections.append(donor_details)
+    sections += _method_sections(results, run_links)
+    return render_html("SSc vs HC: patient clusterings per embedding method", intro, sections,
+                       footer=footer, banner=banner, toc=True)
+
+
+def _report_intro(results: dict[str, dict], wells: pd.DataFrame, context: list[str] | None) -> list[str]:
+    """Plates, wells, donors and methods in one line, then ``context``."""
     w1 = one_method_wells(wells)
     n_wells, n_donors = len(w1), w1["Metadata_Donor"].nunique() if "Metadata_Donor" in w1 else 0
     plates = sorted(w1["Metadata_Plate"].astype(str).unique()) if "Metadata_Plate" in w1 else []
-    intro = [f"{len(plates)} plate{'s' if len(plates) != 1 else ''} ({', '.join(plates)}), {n_wells} wells, "
-             f"{n_donors} donors; methods: {', '.join(results)}.", *(context or [])]
+    return [f"{len(plates)} plate{'s' if len(plates) != 1 else ''} ({', '.join(plates)}), {n_wells} wells, "
+            f"{n_donors} donors; methods: {', '.join(results)}.", *(context or [])]
+
+
+def _headline_sections(results: dict[str, dict], trust: list[str], donors: pd.DataFrame | None,
+                       donor_summary: pd.DataFrame | None) -> tuple[list[Section], Section | None]:
+    """(headline sections, donor details section or None): the headline table and figure,
+    with the donor ranking between them when there are ``donors``."""
+    from ssc_assets.core.analysis.comparison import headline_table
 
     headline_fig = ("Left: donor-grouped accuracy (dot, with its 95% donor-bootstrap interval) against chance (dashed), "
                     "the leaky ungrouped accuracy (circle) and the thesis' number (diamond). Right: mAP with chance "
@@ -384,17 +406,19 @@ def clustering_report_html(
                     "condition find each other (p from a permutation null)?"],
         tables=[("one column per method; ± sd over the donor-grouped folds; 95% CI from resampling donors; "
                  "p: permutation p-value; shaded rows: the thesis (other data, ungrouped folds)", headline_table(results))])
-    donor_details = None
     if donors is not None and len(donors):
         donor_head, donor_details, _ = _donor_sections(results, donors, donor_summary)
-        sections = [headline, donor_head,
-                    Section("Accuracy and mAP per method", level=3, anchor="headline-figure",
-                            figures=[headline_fig], bullets=bullets)]
-    else:
-        headline.figures.append(headline_fig)
-        headline.bullets = bullets
-        sections = [headline]
+        return [headline, donor_head,
+                Section("Accuracy and mAP per method", level=3, anchor="headline-figure",
+                        figures=[headline_fig], bullets=bullets)], donor_details
+    headline.figures.append(headline_fig)
+    headline.bullets = bullets
+    return [headline], None
 
+
+def _data_section(qc_by_plate: dict[str, pd.DataFrame | None] | None, wells: pd.DataFrame,
+                  examples: bytes | None, examples_note: str) -> Section:
+    """QC per plate, wells per condition and the example images (or why there are none)."""
     qc_tab = qc_summary(qc_by_plate or {}, wells)
     data = Section("Data: plates, QC and wells", anchor="data",
                    paragraphs=["Sites that failed QC never enter the embeddings; sites flagged for review are kept. "
@@ -405,18 +429,24 @@ def clustering_report_html(
         data.figures.append(("Example corrected images per condition (one site per well, different donors first).", examples))
     elif examples_note:
         data.paragraphs.append(f"Example images: {examples_note}")
-    sections.append(data)
-    if guide:
-        sections.append(Section("How to read the numbers", anchor="guide", bullets=list(guide)))
+    return data
+
+
+def _details_section(comparison: pd.DataFrame | None) -> Section:
+    """The "Details: every metric" section, with the full comparison table when given."""
+    from ssc_assets.core.analysis.comparison import THESIS_SOURCE
 
     details = Section("Details: every metric", anchor="details",
                       paragraphs=[f"Columns or rows starting with 'thesis' are the seed thesis' numbers for reference "
                                   f"({THESIS_SOURCE}); they were computed on other data with ungrouped folds."])
     if comparison is not None and len(comparison):
         details.tables.append(("comparison (one column per method)", comparison))
-    sections.append(details)
-    if donor_details is not None:
-        sections.append(donor_details)
+    return details
+
+
+def _method_sections(results: dict[str, dict], run_links: dict[str, str] | None) -> list[Section]:
+    """One section per method: all its metrics, notes, MLflow link and figures."""
+    sections = []
     for m, res in results.items():
         table, m_notes = method_details_table(res)
         figs = res.get("report_figures") or res.get("figures") or {}
@@ -427,5 +457,4 @@ def clustering_report_html(
             links=[(f"MLflow run of {m} (metrics, figures, assignments.csv)", link)] if link else [],
             tables=[("all metrics (KMeans and hierarchical; SVM; mAP)", table)],
             figures=[(f"{m}: {FIGURE_CAPTIONS.get(name, name.replace('_', ' '))}", png) for name, png in figs.items()]))
-    return render_html("SSc vs HC: patient clusterings per embedding method", intro, sections,
-                       footer=footer, banner=banner, toc=True)
+    return sections
