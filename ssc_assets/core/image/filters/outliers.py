@@ -69,6 +69,30 @@ def _approx_median(u: np.ndarray, radius: float) -> tuple[np.ndarray, int]:
     return _lattice_median(cv2.medianBlur(up, 5), stride)[pad:-pad, pad:-pad], stride
 
 
+def _pixels_to_refine(u: np.ndarray, est_u: np.ndarray, stride: int, threshold_u: float, refine_rel: float,
+                      budget: int) -> np.ndarray:
+    """Flat indices (sorted) of the pixels whose median estimate is unreliable and matters
+    (step 2 of :func:`remove_outliers`), at most ``budget`` of them, largest spread first.
+
+    ``u``: the uint16 image; ``est_u``: its median estimate from :func:`_approx_median` with
+    lattice ``stride``; ``threshold_u``: the outlier threshold in uint16 counts.
+    """
+    est = est_u.astype(np.float32)
+    w = 2 * stride + 1
+    box = cv2.getStructuringElement(cv2.MORPH_RECT, (w, w))
+    spread = cv2.dilate(est, box, borderType=cv2.BORDER_REPLICATE)
+    spread -= cv2.erode(est, box, borderType=cv2.BORDER_REPLICATE)
+    bg = np.float32(np.percentile(est[::stride, ::stride], 5))
+    tu = np.float32(threshold_u)
+    xu = u.astype(np.float32)
+    need = (xu - tu > est - spread) & (spread > 0.5 * tu) & (spread > np.float32(refine_rel) * (est - bg))
+    idx = np.flatnonzero(need)
+    if idx.size > budget:  # keep the most uncertain pixels
+        keep = np.argpartition(spread.ravel()[idx], idx.size - budget)[idx.size - budget :]
+        idx = np.sort(idx[keep])
+    return idx
+
+
 def remove_outliers(
     img: np.ndarray,
     radius: float = 10.0,
@@ -133,20 +157,7 @@ def remove_outliers(
 
     u, lo, scale = _to_u16(x)
     est_u, stride = _approx_median(u, radius)
-    est = est_u.astype(np.float32)
-    w = 2 * stride + 1
-    box = cv2.getStructuringElement(cv2.MORPH_RECT, (w, w))
-    spread = cv2.dilate(est, box, borderType=cv2.BORDER_REPLICATE)
-    spread -= cv2.erode(est, box, borderType=cv2.BORDER_REPLICATE)
-    bg = np.float32(np.percentile(est[::stride, ::stride], 5))
-    tu = np.float32(threshold * scale)  # threshold in uint16 counts
-    xu = u.astype(np.float32)
-    need = (xu - tu > est - spread) & (spread > 0.5 * tu) & (spread > np.float32(refine_rel) * (est - bg))
-    idx = np.flatnonzero(need)
-    budget = int(max_refine_values // n)
-    if idx.size > budget:  # keep the most uncertain pixels
-        keep = np.argpartition(spread.ravel()[idx], idx.size - budget)[idx.size - budget :]
-        idx = np.sort(idx[keep])
+    idx = _pixels_to_refine(u, est_u, stride, threshold * scale, refine_rel, int(max_refine_values // n))
     med_u = est_u.ravel()
     med_u[idx] = _median_at(u, fp, idx)
     med = med_u.reshape(x.shape).astype(np.float32) * np.float32(1.0 / scale) + np.float32(lo)
