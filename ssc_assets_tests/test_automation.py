@@ -9,8 +9,8 @@ from ssc_assets.definitions import build_definitions
 from ssc_assets.defs.partitions import plates
 
 PER_PLATE_UPSTREAM = ["raw_sites", "site_qc", "illumination_profiles", "corrected_images", "masks"]
-MODELS = ["segmentation_model", "autoencoder_models", "classifier_model", "densenet_model", "pca_model"]
-EMBEDDINGS = [f"site_embeddings_{m}" for m in ("pca", "autoencoder", "classifier", "densenet", "profiles")]
+MODELS = ["segmentation_model", "autoencoder_models", "classifier_model", "densenet_model", "pca_model", "cell_classifier_model"]
+EMBEDDINGS = [f"site_embeddings_{m}" for m in ("pca", "autoencoder", "classifier", "densenet", "cells", "profiles")]
 
 
 def _mat(instance, key, partition=None):
@@ -51,12 +51,15 @@ def test_new_plate_flows_to_embeddings_then_clusterings(tmp_path):
         res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=res.cursor,
                                                 evaluation_time=t0 + dt.timedelta(hours=1))
         assert res.get_num_requested(dg.AssetKey("clusterings")) == 1
+        assert res.get_num_requested(dg.AssetKey("donor_scores")) == 1  # the same run, upstream of clusterings
         assert not _requested(res, "site_embeddings_pca")  # nothing new per plate
+        _mat(instance, "donor_scores")
         _mat(instance, "clusterings")
         # next tick without new plate data: nothing
         res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=res.cursor,
                                                 evaluation_time=t0 + dt.timedelta(hours=2))
         assert res.get_num_requested(dg.AssetKey("clusterings")) == 0
+        assert res.get_num_requested(dg.AssetKey("donor_scores")) == 0
 
         # a new champion: the nightly retrain re-materialized the classifier -> P1 is re-embedded
         _mat(instance, "classifier_model")
