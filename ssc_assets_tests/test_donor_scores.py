@@ -121,3 +121,22 @@ def test_donor_report_tidy():
     assert s.loc["good", "lodo_accuracy"] > 0.9 and s.loc["good", "grouped_accuracy"] > 0.9
     assert s.loc["good", "rho_group"] > 0.7
     assert s.loc["good", "permutation_p"] < s.loc["noise", "permutation_p"]
+
+
+def test_out_of_fold_score_method_is_scored_by_its_score_not_an_svm():
+    """A method with an out-of-fold score: accuracies are the score's own (hand-counted), no
+    permutation p-value (its fold models saw the true labels)."""
+    w = pd.DataFrame({"Metadata_Plate": "P1", "Metadata_Well": [f"W{i}" for i in range(6)],
+                      "Metadata_Donor": ["H1", "H1", "H2", "S1", "S1", "S2"],
+                      "Metadata_Condition": ["HC", "HC", "HC", "SSc", "SSc", "SSc"],
+                      "Metadata_Group": ["HC", "HC", "HC", "SSC", "SSC", "SSCHL"],
+                      "oof": [-1.0, 0.5, -2.0, 1.0, -0.2, 3.0], "f0": [0.0, 1, 2, 3, 4, 5]})
+    acc = DS.out_of_fold_accuracy(w, "oof")
+    assert acc["accuracy"] == pytest.approx(4 / 6)  # W1 (HC, +0.5) and W4 (SSc, -0.2) wrong
+    assert acc["balanced_accuracy"] == pytest.approx(4 / 6)
+    assert acc["donor_accuracy"] == pytest.approx(1.0)  # donor means: H1 -0.25, H2 -2, S1 0.4, S2 3
+    assert acc["chance"] == pytest.approx(0.5) and acc["n_donors"] == 4
+    _, summary = DS.donor_report({"cells": w}, normalize=False, score_cols={"cells": "oof"}, n_permutations=20, n_boot=50)
+    row = summary.iloc[0]
+    assert row["lodo_accuracy"] == pytest.approx(4 / 6) and row["grouped_accuracy"] == pytest.approx(4 / 6)
+    assert np.isnan(row["permutation_p"]) and row["n_permutations"] == 0

@@ -57,8 +57,11 @@ PLATEMAP_COLUMNS = [DONOR, CONDITION, GROUP]
 SITE_META = [PLATE, WELL, SITE, DONOR, CONDITION, GROUP]  # identity + plate map of a site row
 WELL_META = [PLATE, WELL, DONOR, CONDITION, GROUP]  # identity + plate map of a well row
 #: Site/well metadata carried when present: the acquisition group (objective, NA, pixel size,
-#: binning) batch normalisation and the batch V-measures group by.
-OPTIONAL_META = [ACQUISITION_GROUP]
+#: binning) batch normalisation and the batch V-measures group by; whether the ``cells``
+#: champion was trained on the donor.
+OPTIONAL_META = [ACQUISITION_GROUP, "Metadata_DonorTrained"]
+#: ``cells`` sites: True when the donor was in the champion's training data (its own score is then in-sample).
+DONOR_TRAINED = "Metadata_DonorTrained"
 #: Per-site numeric metadata of the cell method and how a well aggregates it over its sites.
 WELL_AGGREGATES = {"Metadata_Score": "median", "Metadata_n_cells": "sum"}
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ssc_assets.core.io.storage import read_parquet, write_text
-from ssc_assets.core.schema import DONOR, METHOD, WELL_KEY
+from ssc_assets.core.schema import DONOR_TRAINED, METHOD, WELL_KEY
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.metadata import md_table
@@ -39,8 +39,8 @@ class DonorScoresConfig(dg.Config):
 
 def _cells_with_oof(wells: pd.DataFrame, cell_model: dict | None, context) -> pd.DataFrame | None:
     """The ``cells`` wells with their out-of-fold score: the cross-validated score where the
-    well was in the training data, the champion's score where its donor was never trained on,
-    NaN (left out) where the donor was trained on but this well was not scored out of fold."""
+    well was in the training data, the champion's score where the champion never saw the donor
+    (``Metadata_DonorTrained`` False), NaN (left out, with a warning) otherwise."""
     cells = wells[wells[METHOD] == "cells"]
     if cells.empty:
         return None
@@ -54,11 +54,15 @@ def _cells_with_oof(wells: pd.DataFrame, cell_model: dict | None, context) -> pd
     out = cells.drop(columns=[OOF_SCORE], errors="ignore")
     if oof is not None:
         out = out.merge(oof[[*WELL_KEY, OOF_SCORE]], on=WELL_KEY, how="left")
-        trained = set(oof[DONOR].astype(str))
     else:
-        out[OOF_SCORE], trained = np.nan, set()
-    fresh = out[OOF_SCORE].isna() & ~out[DONOR].astype(str).isin(trained)
+        out[OOF_SCORE] = np.nan
+    seen = out[DONOR_TRAINED] if DONOR_TRAINED in out else pd.Series(pd.NA, index=out.index)
+    fresh = out[OOF_SCORE].isna() & seen.eq(False).fillna(False).astype(bool)
     out.loc[fresh, OOF_SCORE] = out.loc[fresh, "Metadata_Score"]
+    dropped = int(out[OOF_SCORE].isna().sum())
+    if dropped:
+        context.log.warning(f"cells: {dropped} well(s) of donors the champion was trained on have no out-of-fold score "
+                            "(plates added after the last training): left out of the donor scores until retraining")
     return out
 
 

@@ -22,7 +22,7 @@ from ssc_assets.core.learn.embeddings import (
     well_embeddings as aggregate_wells,
 )
 from ssc_assets.core.learn.fit import training_sites
-from ssc_assets.core.schema import METHOD, N_SITES, SITE_META, WELL, feature_columns
+from ssc_assets.core.schema import DONOR, DONOR_TRAINED, METHOD, N_SITES, SITE_META, WELL, feature_columns, site_meta
 from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
 from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.manifests import plate_images, plate_masks
@@ -135,13 +135,37 @@ def site_embeddings_cells(context: dg.AssetExecutionContext, config: CellEmbeddi
     p = info["params"]
     crop = CropParams(size=int(p["crop_size"]), downsample=int(p["crop_downsample"]), border=p["crop_border"],
                       normalize=p["crop_normalize"], max_per_site=config.max_crops_per_site, seed=int(p.get("seed", 0)))
-    data = build_crop_dataset(table, crop)
-    if len(data) == 0:
-        raise dg.Failure(f"plate {context.partition_key}: no cell crops (no nuclei in the masks?)", allow_retries=False)
-    sites, _ = aggregate_cells(data.table, embed_cells(model, data.crops), "cells", logits=cell_logits(model, data.crops))
-    md = {**_model_metadata(mlflow_tracking, [info]), "n_cells": len(data),
-          "cells_per_site_median": float(sites["Metadata_n_cells"].median())}
+    parts, n_cells = [], 0
+    for start in range(0, len(table), SITES_PER_BATCH):  # a batch of sites' crops in memory at a time
+        data = build_crop_dataset(table.iloc[start:start + SITES_PER_BATCH], crop)
+        if len(data):
+            parts.append(aggregate_cells(data.table, embed_cells(model, data.crops), "cells",
+                                         logits=cell_logits(model, data.crops))[0])
+            n_cells += len(data)
+    md = {**_model_metadata(mlflow_tracking, [info]), "n_cells": n_cells}
+    if not parts:  # no masks or no nuclei: the other methods of this plate still go on
+        context.log.warning(f"plate {context.partition_key}: no cell crops (no masks or no nuclei): no cells embedding")
+        md["warning"] = "no cell crops on this plate (no masks or no nuclei): no `cells` embedding"
+        return _emit(context, pd.DataFrame(columns=[*SITE_META, METHOD]), md)
+    sites = pd.concat(parts, ignore_index=True)
+    trained = _champion_donors(mlflow_tracking, info, context)
+    sites[DONOR_TRAINED] = sites[DONOR].astype(str).isin(trained) if trained is not None else pd.NA
+    md["cells_per_site_median"] = float(sites["Metadata_n_cells"].median())
     return _emit(context, sites, md)
+
+
+#: Sites whose cell crops are embedded together (bounds memory: ~48 KiB per 64-px crop).
+SITES_PER_BATCH = 16
+
+
+def _champion_donors(mlflow_tracking: MlflowTracking, info: dict, context) -> set[str] | None:
+    """Donors the champion was trained or validated on (its run's ``splits.csv``), or None."""
+    try:
+        path = mlflow_tracking.client().download_artifacts(info["run_id"], "splits.csv")
+        return set(pd.read_csv(path)[DONOR].astype(str))
+    except Exception as exc:  # noqa: BLE001 - scores of unknown provenance are then not used for donors
+        context.log.warning(f"the champion's training donors are unknown ({type(exc).__name__}: {exc})")
+        return None
 
 
 class ProfilesConfig(dg.Config):
@@ -174,7 +198,7 @@ def site_embeddings_profiles(context: dg.AssetExecutionContext, config: Profiles
     ok = [i for i, r in enumerate(results) if r.ok]
     prof = pd.DataFrame([results[i].value["profile"] for i in ok])
     errors = sorted({e for i in ok for e in results[i].value["errors"]})
-    df = pd.concat([table.loc[ok, SITE_META].reset_index(drop=True).assign(**{METHOD: "profiles"}),
+    df = pd.concat([table.loc[ok, site_meta(table)].reset_index(drop=True).assign(**{METHOD: "profiles"}),
                     prof.reset_index(drop=True)], axis=1)
     md = {"n_failed": len(failures), "failed_sites": dg.MetadataValue.md(md_table(failures)),
           "cells_per_site_median": float(np.median([results[i].value["n_cells"] for i in ok])) if ok else 0.0,

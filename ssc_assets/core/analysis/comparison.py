@@ -382,6 +382,9 @@ def supervision_notes(results: dict[str, dict]) -> list[str]:
     if oof:
         names = " and ".join(oof)
         verb = "is" if len(oof) == 1 else "are"
-        text += (" " if text else "") + (f"{names} {verb} scored out of fold: each donor's score comes from a model that "
-                                         "never saw that donor.")
+        text += (" " if text else "") + (f"{names} {verb} scored out of fold: each donor's score, rank and the LODO "
+                                         "accuracy come from a model that never saw that donor; {names}' clustering "
+                                         "metrics, SVM accuracies and mAP use the final model's embedding, which was "
+                                         "trained on these donors' labels and is optimistic like the supervised ones."
+                                         .replace("{names}", names))
     return [text]

@@ -327,6 +327,27 @@ SUMMARY_COLUMNS = [schema.METHOD, "n_wells", "n_donors", "grouped_accuracy", "lo
                    "vmeasure_plate", "vmeasure_acquisition", "vmeasure_condition"]
 
 
+def out_of_fold_accuracy(wells: pd.DataFrame, score_col: str, control: str = CONTROL) -> dict:
+    """Accuracies of an out-of-fold per-well score (> 0 = SSc) against the condition, in the
+    layout of :func:`lodo_accuracy`: well accuracy, class-balanced accuracy, donor accuracy (mean
+    score per donor), chance (majority share of the wells), counts. Wells without a finite
+    score are left out."""
+    s = wells[score_col].to_numpy(np.float64)
+    ok = np.isfinite(s)
+    y = (wells[schema.CONDITION].astype(str) != control).to_numpy()[ok]
+    pred = s[ok] > 0
+    donors = wells[schema.DONOR].astype(str).to_numpy()[ok]
+    nan = float("nan")
+    if not ok.any():
+        return {"accuracy": nan, "balanced_accuracy": nan, "donor_accuracy": nan, "chance": nan, "n_wells": 0,
+                "n_donors": 0}
+    bal = float(np.mean([(pred[y == c] == c).mean() for c in (False, True) if (y == c).any()]))
+    d = pd.DataFrame({"d": donors, "s": s[ok], "y": y}).groupby("d").agg(s=("s", "mean"), y=("y", "first"))
+    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": bal,
+            "donor_accuracy": float(((d["s"] > 0) == d["y"]).mean()), "chance": float(max(y.mean(), 1 - y.mean())),
+            "n_wells": int(ok.sum()), "n_donors": int(len(d))}
+
+
 def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, score_cols: dict[str, str] | None = None,
                  n_permutations: int = 200, n_boot: int = 2000, seed: int = 0, n_splits: int = 5,
                  C: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -335,7 +356,10 @@ def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, sco
     ``tables``: method -> well table. With ``normalize``, each is first
     :func:`normalize_wells` (per plate x acquisition group against HC). ``score_cols``:
     method -> column of an out-of-fold per-well score to use instead of the LODO SVM decision
-    (e.g. ``{"cell_cnn": "Metadata_Score"}``). Returns ``(donors, summary)``:
+    (e.g. ``{"cells": "Metadata_OofScore"}``); for such a method the accuracies are those of the
+    score itself (:func:`out_of_fold_accuracy`; ``grouped_accuracy`` = ``lodo_accuracy`` = its
+    out-of-fold well accuracy) and the permutation p-value is NaN (the fold models were trained
+    with the true labels; a label permutation would need retraining). Returns ``(donors, summary)``:
 
     * ``donors``: ``Metadata_Method`` + :data:`DONOR_COLUMNS`, one row per donor x method;
     * ``summary``: :data:`SUMMARY_COLUMNS`, one row per method: ``grouped_accuracy``
@@ -352,10 +376,15 @@ def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, sco
         w = normalize_wells(wells) if normalize else wells.reset_index(drop=True)
         feats = wells_features(w)
         X, y, donors = _xy(w, feats, CONTROL)
-        grouped = svm_cv_accuracy(X, y, groups=donors, n_splits=n_splits, seed=seed)
-        lodo = lodo_accuracy(w, feats, C=C)
-        perm = permutation_pvalue(w, feats, n_permutations=n_permutations, seed=seed, C=C,
-                                  observed=lodo["balanced_accuracy"]) if n_permutations else {"p_value": float("nan"), "n_permutations": 0}
+        if method in score_cols:  # an out-of-fold score: its accuracies, not an SVM on a label-trained embedding
+            lodo = out_of_fold_accuracy(w, score_cols[method])
+            grouped = {"accuracy": lodo["accuracy"]}
+            perm = {"p_value": float("nan"), "n_permutations": 0}  # the folds' models used the true labels
+        else:
+            grouped = svm_cv_accuracy(X, y, groups=donors, n_splits=n_splits, seed=seed)
+            lodo = lodo_accuracy(w, feats, C=C)
+            perm = permutation_pvalue(w, feats, n_permutations=n_permutations, seed=seed, C=C,
+                                      observed=lodo["balanced_accuracy"]) if n_permutations else {"p_value": float("nan"), "n_permutations": 0}
         d = donor_scores(w, feats, score_col=score_cols.get(method), n_boot=n_boot, seed=seed, C=C)
         d.insert(0, schema.METHOD, method)
         all_donors.append(d)

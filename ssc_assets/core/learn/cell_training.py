@@ -83,9 +83,10 @@ class CellTrainParams:
 
     @classmethod
     def cpu(cls, **overrides) -> "CellTrainParams":
-        """CPU budget: <= ~9 min per model on 2 cores: at most 15 epochs x 8,000 crops of
-        3 x 64 x 64 (training throughput measured 50-600 crops/s on 2 cores, depending on how
-        loaded they are), always stopped by ``max_seconds`` = 540 s of wall time; Adam lr
+        """CPU budget: at most 15 epochs x 8,000 crops of 3 x 64 x 64 (training throughput
+        measured 50-600 crops/s on 2 cores, depending on how loaded they are), one training
+        stopped by ``max_seconds`` = 540 s of wall time at the latest (the model asset splits
+        its 600 s budget over its k + 1 trainings: :func:`fit_with_out_of_fold`); Adam lr
         2e-3, batch 64, early stop after 4 epochs without a better validation loss."""
         return replace(cls(), **overrides)
 
@@ -243,7 +244,7 @@ def train_cell_classifier(train: CropDataset, val: CropDataset, params: CellTrai
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, p.epochs), eta_min=p.lr * p.eta_min_ratio)
         weights = sample_weights(train.table, p.balance)
         y_all = train.table["label"].to_numpy().astype(np.float32)
-        n_epoch = int(min(p.crops_per_epoch or len(train), len(train)))  # an epoch never repeats the data
+        n_epoch = int(min(p.crops_per_epoch or len(train), len(train)))  # an epoch draws at most len(train) crops
         aug = AugmentParams()
         best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
         history: list[dict] = []
@@ -296,6 +297,8 @@ def train_cell_classifier(train: CropDataset, val: CropDataset, params: CellTrai
             if p.patience is not None and since_best >= p.patience:
                 stopped = "patience"
                 break
+        if best_epoch == 0:
+            raise ValueError("no epoch had a finite validation loss: nothing to keep (check the validation crops)")
         model.load_state_dict(best_state)
         model.eval()
     return CellTrainResult(model, history, best_epoch, best_loss, time.perf_counter() - t0, stopped,
@@ -475,8 +478,9 @@ def fit_with_out_of_fold(data: CropDataset, params: CellTrainParams = CellTrainP
     wall time: each of the ``k + 1`` trainings gets ``min(params.max_seconds, budget / (k + 1))``.
     Every well then has a score from a model that never saw its donor (``oof_wells``)."""
     per_label = data.table.groupby("label")["Metadata_Donor"].nunique()
-    if len(per_label) < 2 or per_label.min() < 2:
-        raise ValueError(f"need at least 2 donors per condition for donor-grouped folds, have {per_label.to_dict()}")
+    if len(per_label) < 2 or per_label.min() < 3:
+        raise ValueError("need at least 3 donors per condition (one to test, one to validate, one to train in every "
+                         f"donor-grouped fold), have {per_label.to_dict()} (label 1 = SSc)")
     k = int(max(2, min(n_folds, per_label.min())))
     p = params
     if budget_seconds is not None:
