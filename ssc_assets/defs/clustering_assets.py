@@ -140,9 +140,11 @@ def _artifact_link(mlflow_tracking: MlflowTracking, run, path: str) -> str:
 @fail_fast
 def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, well_embeddings: dict, donor_scores: dict,
                 mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
-    """Per method, across all plates: standardize -> PCA(2) -> KMeans(k=2); hierarchical
-    clustering (cosine, average linkage); Table 6.1 metrics; SVM accuracy with ungrouped and
-    donor-grouped folds; copairs mAP (donor replicates across plates, SSc vs HC).
+    """Per method, across all plates, on well embeddings normalised per plate x acquisition
+    group against HC: standardize -> PCA(2) -> KMeans(k=2); hierarchical clustering (cosine,
+    average linkage); Table 6.1 metrics; SVM accuracy with ungrouped and donor-grouped folds;
+    copairs mAP (donor replicates across plates, SSc vs HC); from ``donor_scores``: LODO
+    accuracy, permutation p, rho of the donor scores vs HC < SSc < SSCHL, batch V-measures.
 
     Metadata: the headline per method as numbers (``<method>/svm_accuracy_donor_grouped`` ...,
     plotted across materializations), a compact comparison table, how far to trust it, and
