@@ -122,7 +122,7 @@ def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: 
         for k in ("lodo_accuracy", "permutation_p", "rho_group", "vmeasure_plate", "vmeasure_acquisition"):
             v = r.get(k)
             if isinstance(v, (int, float)) and np.isfinite(v):
-                md[f"{r[METHOD]}/{k}"] = float(v)
+                md[f"{r[METHOD]}/{k}"] = float(f"{v:.4g}")  # 4 significant digits, still a number
     shown = summary.copy()
     for c in shown.columns:
         if shown[c].dtype.kind == "f":
