@@ -172,7 +172,7 @@ def _print_donor_summary() -> None:
     if summary.empty:
         return
     cols = ["Metadata_Method", "n_donors", "lodo_accuracy", "chance", "permutation_p", "rho_group", "rho_group_p"]
-    print("\ndonor level (leave-one-donor-out linear SVM; rho: donor scores vs HC < SSc < SSCHL):")
+    print("\ndonor level (leave-one-donor-out linear SVM; cells: its out-of-fold score; rho: donor scores vs HC < SSc < SSCHL):")
     print(summary[cols].rename(columns={"Metadata_Method": "method"}).round(3).to_markdown(index=False))
     ranked = summary.dropna(subset=["rho_group"]).sort_values(["rho_group", "lodo_accuracy"], ascending=False)
     if len(ranked):
