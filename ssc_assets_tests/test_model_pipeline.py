@@ -192,6 +192,17 @@ def test_site_embeddings_use_champion_models(trained, clustered):
     mats = {m.asset_key.to_user_string(): m.step_materialization_data.materialization for m in clustered["emb"].get_asset_materialization_events()}
     champion = int(trained["tracking"].client().get_model_version_by_alias("ssc-classifier", "champion").version)
     assert mats["site_embeddings_classifier"].metadata["model_versions"].value == {"ssc-classifier": champion}
+    assert mats["site_embeddings_classifier"].metadata["model_presets"].value == {"ssc-classifier": "custom"}
+    assert "warning" not in mats["site_embeddings_classifier"].metadata  # not a demo-preset champion
+
+
+def test_embeddings_of_a_demo_champion_carry_the_banner():
+    from ssc_assets.defs.embedding_assets import _model_metadata
+
+    info = {"model": "ssc-pca", "version": 3, "run_id": "r", "uri": "models:/ssc-pca@champion", "preset": "demo"}
+    md = _model_metadata(None, [info])
+    assert "NOT MEANINGFUL" in md["warning"].value and "ssc-pca v3" in md["warning"].value
+    assert "warning" not in _model_metadata(None, [{**info, "preset": "thesis"}])
 
 
 def test_well_embeddings_are_medians_of_sites(clustered):

@@ -27,7 +27,7 @@ from ssc_assets.defs.automation import IO_RETRY, PER_PLATE_DOWNSTREAM, fail_fast
 from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.manifests import plate_images, plate_masks
 from ssc_assets.defs.metadata import check_failure_fraction, md_table, site_failures
-from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, MlflowTracking
 from ssc_assets.defs.model_families import FAMILIES
 from ssc_assets.defs.partitions import plates
 from ssc_assets.defs.resources import SiteCompute
@@ -47,6 +47,10 @@ def _model_metadata(mlflow_tracking: MlflowTracking, infos: list[dict]) -> dict:
     for info in infos:
         md[f"model {info['model']}"] = f"{info['uri']} = version {info['version']} (run {info['run_id']})"
     md["model_versions"] = dg.MetadataValue.json({i["model"]: i["version"] for i in infos})
+    md["model_presets"] = dg.MetadataValue.json({i["model"]: i.get("preset") for i in infos})
+    demo = [f"{i['model']} v{i['version']}" for i in infos if i.get("preset") == DEMO]
+    if demo:  # embeddings of a demo-preset champion are a smoke test, said where they are shown
+        md["warning"] = dg.MetadataValue.md(DEMO_WARNING + f"\n\nChampion(s) with the demo preset: {', '.join(demo)}.")
     return md
 
 
