@@ -435,9 +435,10 @@ class MlflowTracking(dg.ConfigurableResource):
         client = self.client()
         mv = client.get_model_version_by_alias(model_name, CHAMPION)
         run_id = mv.run_id or mv.tags.get("run_id")
-        params = client.get_run(run_id).data.params if run_id else {}
+        run = client.get_run(run_id) if run_id else None
+        params, run_tags = (run.data.params, run.data.tags) if run else ({}, {})
         return {"model": model_name, "version": int(mv.version), "run_id": run_id, "params": params,
-                "uri": self.champion_uri(model_name), "preset": (mv.tags or {}).get(PRESET_TAG)}
+                "uri": self.champion_uri(model_name), "preset": (mv.tags or {}).get(PRESET_TAG) or run_tags.get(PRESET_TAG)}
 
     def load_champion(self, model_name: str, flavor: str = "pytorch"):
         """(model, :meth:`champion` info) loaded from ``models:/<name>@champion`` on the CPU."""
