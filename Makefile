@@ -50,10 +50,13 @@ dev: venv $(DAGSTER_HOME)/dagster.yaml
 	trap 'kill $$mlflow_pid 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-## make bench: speed benchmarks (tables of ratios against naive references)
+## make bench: speed benchmarks (tables of ratios against naive references), then one small
+## plate from raw TIFFs to well embeddings (seconds per site per stage, peak RSS, TIFF reads)
+BENCH_PLATE_ARGS ?= --wells 2 --sites 4 --size 2048
 bench: venv
 	$(BIN)/python benchmarks/ingest_qc.py
 	$(BIN)/python benchmarks/image_steps.py
+	$(BIN)/python benchmarks/plate_run.py $(BENCH_PLATE_ARGS)
 
 clean:
 	rm -rf data .dagster_home
