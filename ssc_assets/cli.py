@@ -162,6 +162,7 @@ def _print_donor_summary() -> None:
     then the donors of the best method, most SSc-like first, with their intervals."""
     import pandas as pd
 
+    from ssc_assets.core.analysis.report import best_donor_method
     from ssc_assets.core.plots.donors import donor_table
 
     try:
@@ -174,9 +175,8 @@ def _print_donor_summary() -> None:
     cols = ["Metadata_Method", "n_donors", "lodo_accuracy", "chance", "permutation_p", "rho_group", "rho_group_p"]
     print("\ndonor level (leave-one-donor-out linear SVM; cells: its out-of-fold score; rho: donor scores vs HC < SSc < SSCHL):")
     print(summary[cols].rename(columns={"Metadata_Method": "method"}).round(3).to_markdown(index=False))
-    ranked = summary.dropna(subset=["rho_group"]).sort_values(["rho_group", "lodo_accuracy"], ascending=False)
-    if len(ranked):
-        best = str(ranked.iloc[0]["Metadata_Method"])
+    best = best_donor_method(summary)  # the report's choice: highest rho, ties by LODO accuracy
+    if best is not None:
         print(f"\ndonors ranked by SSc-likeness ({best}; 95 % interval over wells):")
         print(donor_table(donors[donors["Metadata_Method"] == best], best).to_markdown(index=False))
 

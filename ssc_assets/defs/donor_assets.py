@@ -107,14 +107,8 @@ def donor_scores(context: dg.AssetExecutionContext, config: DonorScoresConfig, w
             "mlflow_run": link}
 
 
-def _best_method(summary: pd.DataFrame) -> str | None:
-    s = summary.dropna(subset=["rho_group"])
-    if s.empty:
-        return None
-    return str(s.sort_values(["rho_group", "lodo_accuracy"], ascending=False).iloc[0][METHOD])
-
-
 def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: str) -> dict:
+    from ssc_assets.core.analysis.report import best_donor_method, donor_summary_table
     from ssc_assets.core.plots import figures
 
     md: dict = {"mlflow_run": dg.MetadataValue.url(link), "donor_scores_csv": dg.MetadataValue.path(csv_path)}
@@ -123,14 +117,8 @@ def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: 
             v = r.get(k)
             if isinstance(v, (int, float)) and np.isfinite(v):
                 md[f"{r[METHOD]}/{k}"] = float(f"{v:.4g}")  # 4 significant digits, still a number
-    shown = summary.copy()
-    for c in shown.columns:
-        if shown[c].dtype.kind == "f":
-            shown[c] = shown[c].map(lambda v: "n/a" if not np.isfinite(v) else f"{v:.3g}")
-    md["summary"] = dg.MetadataValue.md(md_table(shown[[METHOD, "n_donors", "lodo_accuracy", "chance", "permutation_p",
-                                                        "rho_group", "rho_group_p", "vmeasure_condition",
-                                                        "vmeasure_plate", "vmeasure_acquisition"]]))
-    best = _best_method(summary)
+    md["summary"] = dg.MetadataValue.md(md_table(donor_summary_table(summary)))  # the report's table
+    best = best_donor_method(summary)
     if best is not None:
         from ssc_assets.core.plots.donors import donor_ranking_png, donor_table
 
