@@ -65,6 +65,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ssc_assets.definitions import defs
     from ssc_assets.defs.partitions import plates
     from ssc_assets.defs.resources import PlateSource
+    from ssc_assets.defs.run_timing import step_seconds
     from ssc_assets.defs.sensors import evaluate_plates
 
     plates_dir = settings.plates_dir()
@@ -89,7 +90,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         result = run("process_plate", key, run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                      tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
         ok &= result.success
-        row = {"plate": key, "success": result.success, "seconds": round(time.perf_counter() - t0, 1)}
+        wall = time.perf_counter() - t0
+        row = {"plate": key, "success": result.success, "seconds": round(wall, 1),
+               "runs": {"process_plate": (wall, step_seconds(instance, result.run_id))}}
         for ev in result.get_asset_materialization_events():
             mat = ev.step_materialization_data.materialization
             md = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str))}
@@ -107,7 +110,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if ok and summary and not args.skip_models:
         ok &= _demo_models(run)
         if ok:
-            ok &= _demo_clusterings(run, [r["plate"] for r in summary])
+            ok &= _demo_clusterings(run, summary, instance)
+    _print_timing(summary)
     stack.close()
     print(f"\nDagster instance: {settings.dagster_home() or '(ephemeral)'}; outputs: {settings.storage_dir()}")
     print("Open the UI with `make dev` to browse assets, metadata and checks (Dagster :3000, MLflow :5000).")
@@ -124,22 +128,38 @@ def _manifest(asset: str) -> dict:
         return json.load(fh)
 
 
-def _demo_clusterings(run, plate_keys: list[str]) -> bool:
+def _print_timing(summary: list[dict]) -> None:
+    """Per plate: seconds of process_plate and embed_plate, per site, and each run's slowest step."""
+    import pandas as pd
+
+    from ssc_assets.defs.run_timing import timing_rows
+
+    rows = [row for r in summary for row in timing_rows(r["plate"], r.get("sites"), r.get("runs", {}))]
+    if rows:
+        print("\ntime per plate (wall seconds of each run; s/site over all sites of the plate):")
+        print(pd.DataFrame(rows).to_markdown(index=False))
+
+
+def _demo_clusterings(run, summary: list[dict], instance) -> bool:
     """Embed every plate with the champion models, cluster all plates, print the headline table."""
     import io
 
     import pandas as pd
 
+    from ssc_assets.defs.run_timing import step_seconds
     from ssc_assets.demo_config import demo_run_config
 
     t0 = time.perf_counter()
-    for key in plate_keys:
+    for r in summary:
+        key = r["plate"]
         te = time.perf_counter()
         res = run("embed_plate", key, run_config=demo_run_config("embed_plate"), tags={"ssc/plate": key, "ssc/source": "ssc-assets demo"})
+        wall = time.perf_counter() - te
+        r.setdefault("runs", {})["embed_plate"] = (wall, step_seconds(instance, res.run_id))
         if not res.success:
             print(f"embed_plate FAILED for {key}: see the run in the Dagster UI")
             return False
-        print(f"embed_plate {key}: {time.perf_counter() - te:.0f} s")
+        print(f"embed_plate {key}: {wall:.0f} s")
     res = run("cluster_plates", run_config=demo_run_config("cluster_plates"), tags={"ssc/source": "ssc-assets demo"})
     if not res.success:
         print("cluster_plates FAILED: see the run in the Dagster UI")

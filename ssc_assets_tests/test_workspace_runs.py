@@ -15,19 +15,25 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import dagster as dg
     from ssc_assets.definitions import defs
+    from ssc_assets.defs.run_timing import step_seconds, timing_rows
     from ssc_assets.defs.workspace_runs import run_job, workspace_location
 
     def main():
+        import time
         instance = dg.DagsterInstance.get()
         instance.add_dynamic_partitions("plates", ["P1"])
         with workspace_location(instance) as (location, repo):
+            t0 = time.time()
             result = run_job(instance, location, repo, defs.resolve_job_def("process_plate"), "P1",
                              run_config={"execution": {"config": {"in_process": {}}}}, tags={"ssc/source": "test"})
+            window = (t0, time.time())
         run = instance.get_run_by_id(result.run_id)
+        steps = step_seconds(instance, result.run_id)
+        rows = timing_rows("P1", 4, {"process_plate": (window[1] - window[0], steps)})
         listed = [r.run_id for r in instance.get_runs(dg.RunsFilter(job_name="process_plate"))]
         print("RESULT " + json.dumps({"success": result.success, "run_id": result.run_id, "listed": listed,
             "location": run.remote_job_origin.location_name if run.remote_job_origin else None,
-            "tags": dict(run.tags)}))
+            "tags": dict(run.tags), "steps": steps, "window": window, "rows": rows}))
 
     if __name__ == "__main__":
         main()
@@ -52,3 +58,16 @@ def test_run_carries_the_code_location_origin_and_plate(tmp_path):
     assert out["location"] == "ssc_assets"  # listed under the code location (Overview, job page)
     assert out["tags"]["dagster/partition"] == "P1" and out["tags"]["ssc/source"] == "test"
     assert out["listed"] == [out["run_id"]]
+
+
+    # The demo's timing table: every step of the job, in order, timed inside the run's window.
+    steps = out["steps"]
+    assert [s["step"] for s in steps] == ["raw_sites", "site_qc", "illumination_profiles", "corrected_images", "masks"]
+    t0, t1 = out["window"]
+    for s in steps:
+        assert s["status"] == "STEP_SUCCESS" and t0 <= s["start"] <= s["end"] <= t1
+        assert abs(s["seconds"] - (s["end"] - s["start"])) < 1e-9
+    (row,) = out["rows"]
+    slowest = max(steps, key=lambda s: s["seconds"])
+    assert row["slowest_step"] == f"{slowest['step']} ({slowest['seconds']:.0f} s)"
+    assert row["s_per_site"] == round((t1 - t0) / 4, 2) and row["job"] == "process_plate"
