@@ -94,6 +94,18 @@ def pca_wells(table: pd.DataFrame, n_components: int = 16, size: int = 64) -> pd
     return well_embeddings(embedding_frame(table, "pca", Z.astype(np.float32)))
 
 
+def cell_pca_wells(data, n_components: int = 16) -> pd.DataFrame:
+    """PCA of the flattened, standardised cell crops (unsupervised, all cells), well medians."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    from ssc_assets.core.learn.cell_training import aggregate_cells
+
+    X = StandardScaler().fit_transform(data.crops.reshape(len(data), -1))
+    Z = PCA(n_components=n_components, random_state=0).fit_transform(X)
+    return aggregate_cells(data.table, Z.astype(np.float32), "cell_pca")[1]
+
+
 def evaluate(wells: pd.DataFrame, severity: dict[str, float], score_col: str | None, grouped_acc: float | None,
              n_permutations: int) -> dict:
     from ssc_assets.core.analysis import donor_scores as DS
@@ -133,6 +145,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--permutations", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", default="pca,cnn,ae,cellpca",
+                    help="comma list: pca (site), cnn (cell CNN out of fold), ae (cell autoencoder), cellpca (PCA of crops)")
+    ap.add_argument("--ae-seconds", type=float, default=240.0)
     args = ap.parse_args()
 
     import torch
@@ -165,10 +180,12 @@ def main() -> None:
               f"{args.threads} torch threads; simulate + correct + mask: {t_prep:.0f} s", flush=True)
 
         rows = []
-        t = time.perf_counter()
-        pw = pca_wells(sites)
-        r = evaluate(pw, severity, None, None, args.permutations)
-        rows.append(("PCA (site 64 px, 16 PCs)", r, time.perf_counter() - t))
+        methods = set(args.methods.split(","))
+        if "pca" in methods:
+            t = time.perf_counter()
+            pw = pca_wells(sites)
+            r = evaluate(pw, severity, None, None, args.permutations)
+            rows.append(("PCA (site 64 px, 16 PCs)", r, time.perf_counter() - t))
 
         t = time.perf_counter()
         cp = CropParams(size=args.crop, downsample=args.downsample, border=args.border, max_per_site=args.cap)
@@ -176,6 +193,28 @@ def main() -> None:
         t_crops = time.perf_counter() - t
         print(f"crops: {len(data)} of {cp.out_size}x{cp.out_size} px ({args.crop} px window / {args.downsample}) "
               f"in {t_crops:.0f} s; per donor: {data.table.groupby('Metadata_Donor').size().to_dict()}", flush=True)
+        if "cellpca" in methods:
+            t = time.perf_counter()
+            rows.append(("PCA of cell crops (16 PCs)", evaluate(cell_pca_wells(data), severity, None, None,
+                                                                args.permutations), time.perf_counter() - t))
+        if "ae" in methods:
+            from ssc_assets.core.learn.cell_autoencoder import (
+                CellAutoencoderParams,
+                embed_cells_autoencoder,
+                train_cell_autoencoder,
+            )
+
+            t = time.perf_counter()
+            res = train_cell_autoencoder(data, CellAutoencoderParams(max_seconds=args.ae_seconds, threads=args.threads),
+                                         on_epoch=lambda e, m: print(f"  AE epoch {e}: train {m['train_loss']:.4f} "
+                                                                     f"val {m['val_loss']:.4f} ({m['seconds']:.0f} s)",
+                                                                     flush=True))
+            _, aw = aggregate_cells(data.table, embed_cells_autoencoder(res, data.crops), "cell_autoencoder")
+            rows.append((f"cell autoencoder (best epoch {res.best_epoch}, {res.stopped})",
+                         evaluate(aw, severity, None, None, args.permutations), time.perf_counter() - t))
+        if "cnn" not in methods:
+            _print_rows(rows)
+            return
         params = CellTrainParams.cpu(max_seconds=args.max_seconds, epochs=args.epochs, threads=args.threads)
         cv = cross_validate_cells(
             data, params, n_folds=args.folds,
@@ -189,17 +228,20 @@ def main() -> None:
         cw_score = cw.drop(columns=[c for c in cw.columns if c.startswith("f0")]).rename(columns={"Metadata_Score": "score"})
         r = evaluate(cw_score, severity, "score", oof_acc, args.permutations)
         rows.append((f"cell CNN {args.crop}/{args.downsample} px (out-of-fold logit)", r, time.perf_counter() - t))
+        _print_rows(rows)
 
-        print("\n| method | donor-grouped acc | LODO acc | chance | perm. p (LODO) | donor acc | Spearman rho vs true severity (p) "
-              "| rho vs HC<SSC<SSCHL | time |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for name, r, sec in rows:
-            print(f"| {name} | {r['grouped']:.3f} | {r['lodo']:.3f} | {r['chance']:.3f} | {r['perm_p']:.3f} | "
-                  f"{r['donor_acc']:.2f} | {r['rho']:.2f} ({r['rho_p']:.3f}) | {r['rho_group']:.2f} | {sec:.0f} s |")
-        for name, r, _ in rows:
-            print(f"\n{name}: per-donor scores")
-            print(r["donors"][["Metadata_Donor", "Metadata_Group", "severity", "n_wells", "score", "score_low", "score_high",
-                               "rank", "correct"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+def _print_rows(rows: list) -> None:
+    print("\n| method | donor-grouped acc | LODO acc | chance | perm. p (LODO) | donor acc | Spearman rho vs true severity (p) "
+          "| rho vs HC<SSC<SSCHL | time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r, sec in rows:
+        print(f"| {name} | {r['grouped']:.3f} | {r['lodo']:.3f} | {r['chance']:.3f} | {r['perm_p']:.3f} | "
+              f"{r['donor_acc']:.2f} | {r['rho']:.2f} ({r['rho_p']:.3f}) | {r['rho_group']:.2f} | {sec:.0f} s |")
+    for name, r, _ in rows:
+        print(f"\n{name}: per-donor scores")
+        print(r["donors"][["Metadata_Donor", "Metadata_Group", "severity", "n_wells", "score", "score_low", "score_high",
+                           "rank", "correct"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,215 @@
+"""Convolutional autoencoder on single-cell crops (issue 11): the unsupervised learned method
+in the CPU regime. Pure torch: no Dagster, no MLflow.
+
+:class:`CellAutoencoder`: the encoder of :class:`~ssc_assets.core.learn.cell_models.CellCNN`
+(``n_blocks`` x (3x3 conv -> BN -> ReLU -> 2x2 max pool), ``width`` channels) flattened to a
+linear ``embedding_size``-d code; the decoder mirrors it (linear -> (width, S/2**n, S/2**n) ->
+``n_blocks`` x (2x nearest upsample -> 3x3 conv -> BN -> ReLU), last a 3x3 conv to C channels).
+Input and reconstruction float32 (B, C, S, S), S divisible by 2**n_blocks.
+
+Training (:func:`train_cell_autoencoder`) uses no labels: mean squared reconstruction error of
+per-channel standardised crops, the thesis' rotation/flip augmentation, early stopping on the
+reconstruction loss of held-out donors' crops, and a wall-time budget. Because it never sees a
+label, embedding every crop with one model trained on all donors does not leak labels (like
+PCA); the donor-grouped evaluation then happens on the well medians.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssc_assets.core.learn.augment import AugmentParams
+from ssc_assets.core.learn.cell_crops import CropDataset
+from ssc_assets.core.learn.cell_training import _augment_batch, _to_tensor, split_validation_donors, torch_threads
+from ssc_assets.core.learn.loop import set_seed
+
+
+class CellAutoencoder(nn.Module):
+    def __init__(self, in_channels: int = 3, size: int = 64, width: int = 32, n_blocks: int = 4,
+                 embedding_size: int = 16):
+        super().__init__()
+        if size % (2**n_blocks):
+            raise ValueError(f"crop size {size} must be divisible by 2**n_blocks = {2**n_blocks}")
+        enc: list[nn.Module] = []
+        c = in_channels
+        for _ in range(n_blocks):
+            enc += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2)]
+            c = width
+        self.encoder = nn.Sequential(*enc)
+        self.side = size // 2**n_blocks
+        self.to_code = nn.Linear(width * self.side * self.side, embedding_size)
+        self.from_code = nn.Linear(embedding_size, width * self.side * self.side)
+        dec: list[nn.Module] = []
+        for _ in range(n_blocks):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        dec.append(nn.Conv2d(width, in_channels, 3, padding=1))
+        self.decoder = nn.Sequential(*dec)
+        self.width = width
+        self.config = {"in_channels": in_channels, "size": size, "width": width, "n_blocks": n_blocks,
+                       "embedding_size": embedding_size}
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> code (B, embedding_size) float32."""
+        return self.to_code(self.encoder(x).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> reconstruction (B, C, S, S)."""
+        h = self.from_code(self.embed(x)).view(-1, self.width, self.side, self.side)
+        return self.decoder(h)
+
+
+@dataclass(frozen=True)
+class CellAutoencoderParams:
+    """CPU regime: at most ``epochs`` x ``crops_per_epoch`` crops, Adam ``lr`` with cosine
+    annealing, early stop after ``patience`` epochs without a lower held-out reconstruction
+    loss, ``max_seconds`` of wall time (checked after every batch)."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    patience: int | None = 3
+    max_seconds: float | None = 240.0
+    crops_per_epoch: int | None = 6000
+    augment: bool = True
+    threads: int | None = None
+    val_fraction: float = 0.25
+    width: int = 32
+    n_blocks: int = 4
+    embedding_size: int = 16
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CellAutoencoderResult:
+    model: CellAutoencoder
+    mean: np.ndarray  # (C,) float32 per-channel mean used for standardising crops
+    std: np.ndarray  # (C,) float32
+    history: list[dict]
+    best_epoch: int
+    best_val_loss: float
+    seconds: float
+    stopped: str
+    val_donors: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+
+def channel_stats(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (float32 (C,)) of crops (N, C, S, S); std floored at 1e-6."""
+    mean = crops.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+    std = crops.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+    return mean, np.maximum(std, 1e-6)
+
+
+def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32, copy=False)
+
+
+@torch.inference_mode()
+def _recon_loss(model: CellAutoencoder, crops: np.ndarray, mean, std, batch_size: int = 512) -> float:
+    model.eval()
+    tot, n = 0.0, 0
+    for i in range(0, len(crops), batch_size):
+        x = _to_tensor(_standardise(crops[i : i + batch_size], mean, std))
+        tot += float(F.mse_loss(model(x), x, reduction="sum"))
+        n += x.numel()
+    return tot / max(n, 1)
+
+
+def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = CellAutoencoderParams(),
+                           on_epoch: Callable[[int, dict], None] | None = None) -> CellAutoencoderResult:
+    """Train a :class:`CellAutoencoder` on ``data`` crops (N, C, S, S) float32, early-stopped on
+    the reconstruction loss of ``val_fraction`` of each condition's donors (held out of training;
+    labels are used only to pick validation donors of both conditions). Deterministic for a
+    seed and thread count."""
+    p = params
+    val_donors = split_validation_donors(data.table, p.val_fraction, p.seed)
+    is_val = data.table["Metadata_Donor"].astype(str).isin(val_donors).to_numpy()
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(train_idx) < 2 or len(val_idx) == 0:
+        raise ValueError(f"need training and validation crops, got {len(train_idx)} and {len(val_idx)}")
+    mean, std = channel_stats(data.crops[train_idx])
+    val_crops = data.crops[val_idx]
+    with torch_threads(p.threads):
+        set_seed(p.seed)
+        rng = np.random.default_rng([p.seed, 23])
+        model = CellAutoencoder(data.crops.shape[1], data.crops.shape[-1], p.width, p.n_blocks, p.embedding_size)
+        model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, p.epochs), eta_min=p.lr * 0.05)
+        n_epoch = int(min(p.crops_per_epoch or len(train_idx), len(train_idx)))
+        aug = AugmentParams()
+        best_state, best_loss, best_epoch, since_best = copy.deepcopy(model.state_dict()), math.inf, 0, 0
+        history: list[dict] = []
+        stopped = "epochs"
+        t0 = time.perf_counter()
+        for epoch in range(1, p.epochs + 1):
+            te = time.perf_counter()
+            order = rng.permutation(train_idx)[:n_epoch]
+            model.train()
+            tot, n_seen, out_of_time = 0.0, 0, False
+            for b in range(0, len(order), p.batch_size):
+                idx = np.sort(order[b : b + p.batch_size])
+                if len(idx) < 2:
+                    continue
+                x = data.crops[idx]
+                if p.augment:
+                    x = _augment_batch(x, rng, aug)
+                xt = _to_tensor(_standardise(x, mean, std))
+                loss = F.mse_loss(model(xt), xt)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += float(loss.detach()) * len(idx)
+                n_seen += len(idx)
+                if p.max_seconds is not None and time.perf_counter() - t0 > p.max_seconds:
+                    out_of_time = True
+                    break
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            m = {"epoch": epoch, "train_loss": tot / max(n_seen, 1), "train_crops": n_seen,
+                 "val_loss": _recon_loss(model, val_crops, mean, std), "lr": lr, "seconds": time.perf_counter() - te}
+            history.append(m)
+            if m["val_loss"] < best_loss:
+                best_loss, best_epoch, since_best = m["val_loss"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+            if on_epoch:
+                on_epoch(epoch, m)
+            if out_of_time:
+                stopped = "time"
+                break
+            if p.patience is not None and since_best >= p.patience:
+                stopped = "patience"
+                break
+        model.load_state_dict(best_state)
+        model.eval()
+    return CellAutoencoderResult(model, mean, std, history, best_epoch, best_loss, time.perf_counter() - t0, stopped,
+                                 val_donors, p.as_dict())
+
+
+@torch.inference_mode()
+def embed_cells_autoencoder(result: CellAutoencoderResult, crops: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Codes float32 (N, E) of crops float32 (N, C, S, S), standardised with the training
+    statistics, eval mode, ``batch_size`` crops at a time."""
+    model = result.model.eval()
+    out = [model.embed(_to_tensor(_standardise(crops[i : i + batch_size], result.mean, result.std))).float().numpy()
+           for i in range(0, len(crops), batch_size)]
+    if not out:
+        return np.zeros((0, model.config["embedding_size"]), np.float32)
+    return np.concatenate(out).astype(np.float32)
