@@ -64,6 +64,7 @@ CHILD = textwrap.dedent(
     from dagster import DagsterInstance
     from ssc_assets.definitions import build_definitions
     from ssc_assets.defs.partitions import plates
+    from ssc_assets.defs.run_timing import step_seconds
     job_name, key, run_config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     instance = DagsterInstance.get()  # persistent: DAGSTER_HOME is the benchmark's temp folder
     defs = build_definitions()
@@ -76,18 +77,7 @@ CHILD = textwrap.dedent(
     res = defs.resolve_job_def(job_name).execute_in_process(instance=instance, run_config=run_config or None,
                                                             raise_on_error=False, **kw)
     wall = time.perf_counter() - t
-    steps, order = {}, []
-    for e in instance.all_logs(res.run_id):
-        ev = e.dagster_event
-        if ev is None or not e.step_key:
-            continue
-        s = steps.setdefault(e.step_key, {})
-        if ev.event_type_value == "STEP_START":
-            s["start"] = e.timestamp
-            order.append(e.step_key)
-        elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-            s["end"], s["status"] = e.timestamp, ev.event_type_value
-    steps = [{"step": k, **steps[k]} for k in order]
+    steps = step_seconds(instance, res.run_id)
     print("RESULT " + json.dumps({"run_id": res.run_id, "success": res.success, "wall": wall, "steps": steps}))
     """
 )
