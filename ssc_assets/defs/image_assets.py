@@ -1,5 +1,6 @@
 """Per-plate image assets: ``illumination_profiles`` -> ``corrected_images`` -> ``masks``."""
 
+import dataclasses
 import io
 
 import dagster as dg
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from ssc_assets.core.image.backgrounds import SIDECAR_SUFFIX, background_settings, load_sidecar
 from ssc_assets.core.image.filters import ChannelPreprocess, PreprocessParams
 from ssc_assets.core.image.illumination import profile_from_backgrounds
 from ssc_assets.core.image.segmentation import DEFAULT_NUCLEUS_DIAMETER_PX, MaskParams, NucleiParams
@@ -96,6 +98,12 @@ def illumination_profiles(
     Files: ``$SSC_STORAGE_DIR/illumination_profiles/<plate>/<channel>.npy`` (float32 (H, W),
     mean 1). Corrected = (raw - darkfield) x (1 / flatfield). The manifest holds the paths,
     the darkfield (raw counts) and the profile's min/max ratio.
+
+    The per-image background grids come from ``site_qc``'s sidecar
+    (``site_qc/<plate>.backgrounds.npz``, computed while QC had the image in memory) when it
+    was computed with this config's ``n_iter`` / ``k_sd`` and the image is unchanged; other
+    images (or all, without a usable sidecar) are read again (see
+    :mod:`ssc_assets.core.image.backgrounds`). Either way the grids, so the profiles, are the same.
     """
     plate = context.partition_key
     rows = passed_images(raw_sites, site_qc)
@@ -104,6 +112,11 @@ def illumination_profiles(
                          allow_retries=False)
     shape = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
     manifest: dict = {"plate": plate, "shape": list(shape), "groups": {}}
+    cache, why = load_sidecar(storage.path("site_qc", f"{plate}{SIDECAR_SUFFIX}"),
+                              background_settings(config.n_iter, config.k_sd))
+    if cache is None:
+        context.log.info(f"background grids: reading the raw images ({why})")
+    n_cached = n_read = 0
     flatfields, summary_rows = {}, []
     for group, grows in rows.groupby(_group_column(rows), sort=False):
         slug = group_slug(str(group))
@@ -114,11 +127,16 @@ def illumination_profiles(
                                 f"profile (recommended >= {config.min_sites_per_group}); the profile is noisier")
         for ch in IMAGE_CHANNELS:
             paths = grows.loc[grows["channel"] == ch, "path"].tolist()
-            results = compute.map(illumination_background, [(p, shape, config.n_iter, config.k_sd) for p in paths])
-            grids = [r.value for r in results if r.ok]
-            for p, r in zip(paths, results):
+            cached = {p: g for p in paths if cache is not None and (g := cache.get(p, shape)) is not None}
+            todo = [p for p in paths if p not in cached]
+            results = compute.map(illumination_background, [(p, shape, config.n_iter, config.k_sd) for p in todo]) if todo else []
+            computed = dict(zip(todo, results))
+            for p, r in computed.items():
                 if not r.ok:
                     context.log.warning(f"illumination: skipped {p}: {r.error}")
+            # in the order of ``paths`` whichever way a grid was obtained: the same profile
+            grids = [cached[p] if p in cached else computed[p].value for p in paths if p in cached or computed[p].ok]
+            n_cached, n_read = n_cached + len(cached), n_read + len(todo)
             if not grids:
                 continue
             profile = profile_from_backgrounds(
@@ -146,6 +164,8 @@ def illumination_profiles(
             "n_acquisition_groups": len(manifest["groups"]),
             "min_max_ratio": dg.MetadataValue.json({f"{r['acquisition group']} / {r['channel']}": r["min/max ratio"] for r in summary_rows}),
             "folder": dg.MetadataValue.path(storage.path("illumination_profiles", plate)),
+            "n_grids_from_site_qc": n_cached,
+            "n_images_read": n_read,
         }
     )
     return manifest
@@ -265,6 +285,9 @@ def corrected_images(
     cleanup_stale_tmp(storage.path("corrected_images"))
     with HcsPlateWriter(store, plate, list(IMAGE_CHANNELS), uniform_fields=True,
                         placeholder_shape=_crop_shape(shape, params)) as writer:
+        if writer.workers_can_write(compute.backend):  # each worker writes its own site's arrays
+            tasks = [dataclasses.replace(t, out=writer.prepare_site(t.well, t.site), channel_names=tuple(IMAGE_CHANNELS))
+                     for t in tasks]
         sink = _CorrectedSink(context, writer, plate, tasks, info)
         for w, s_, px, qc_reason, group in no_profile:
             writer.write_placeholder(w, s_, "error", f"no illumination profile for acquisition group {group!r}",
@@ -310,8 +333,9 @@ def corrected_images(
 
 
 class _CorrectedSink:
-    """``on_result`` of the correction map: writes each corrected site to the store (a failed
-    one as an ``error`` placeholder), keeps the previews and the output shape, logs progress."""
+    """``on_result`` of the correction map: records each site its worker wrote to the store
+    (or writes the returned image), a failed one as an ``error`` placeholder; keeps the
+    previews and the output shape, logs progress."""
 
     def __init__(self, context: dg.AssetExecutionContext, writer: HcsPlateWriter, plate: str, tasks: list, info: list[dict]):
         self.context, self.writer, self.plate, self.tasks, self.info = context, writer, plate, tasks, info
@@ -324,10 +348,15 @@ class _CorrectedSink:
         md = {"plate": self.plate, "passed_qc": i["passed"], "pixel_size_um": i["pixel_size_um"],
               **({} if i["passed"] else {"qc_reason": i["qc_reason"]})}
         if r.ok:
-            self.writer.write_site(t.well, t.site, r.value["image"], metadata=md,
-                                   status="ok" if i["passed"] else "qc_failed", reason=i["qc_reason"])
+            status = "ok" if i["passed"] else "qc_failed"
+            if "written" in r.value:  # the worker wrote the pixels into the prepared field
+                self.writer.record_site(t.well, t.site, r.value["written"], metadata=md, status=status, reason=i["qc_reason"])
+                shape = tuple(r.value["written"]["shape"])
+            else:
+                self.writer.write_site(t.well, t.site, r.value["image"], metadata=md, status=status, reason=i["qc_reason"])
+                shape = r.value["image"].shape
             if i["passed"]:
-                self.out_shape = r.value["image"].shape
+                self.out_shape = shape
             if "raw_preview" in r.value:
                 self.previews.append((t, r.value["raw_preview"], r.value["corrected_preview"]))
         else:
@@ -482,14 +511,20 @@ def masks(
     summaries = []
     with HcsPlateWriter(masks_store, plate, ["weight_map"], uniform_fields=True,
                         placeholder_shape=(side, side) if side else None, placeholder_labels=MASK_LABELS) as writer:
+        if writer.workers_can_write(compute.backend):  # each worker writes its own site's masks
+            tasks = [dataclasses.replace(t, out=writer.prepare_site(t.well, t.site)) for t in tasks]
+
         def write(r) -> None:
             t = tasks[r.key]
             p = px.get((t.well, t.site), DEFAULT_PIXEL_SIZE_UM)
             md = {"plate": plate, "passed_qc": True, "pixel_size_um": p}
             if r.ok:
-                m = r.value["masks"]
-                writer.write_site(t.well, t.site, m["weight_map"][None],
-                                  labels={k: v for k, v in m.items() if k != "weight_map"}, metadata=md)
+                if "written" in r.value:
+                    writer.record_site(t.well, t.site, r.value["written"], metadata=md)
+                else:
+                    m = r.value["masks"]
+                    writer.write_site(t.well, t.site, m["weight_map"][None],
+                                      labels={k: v for k, v in m.items() if k != "weight_map"}, metadata=md)
                 summaries.append({"Metadata_Well": t.well, "Metadata_Site": t.site, **r.value["summary"]})
             else:
                 writer.write_placeholder(t.well, t.site, "error", f"masks raised: {r.error}", {**md, "error": r.error})

@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from ssc_assets.core.image.backgrounds import SIDECAR_SUFFIX, background_settings, write_sidecar
 from ssc_assets.core.ingest.acquisition import acquisition_summary, channel_exposures
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
 from ssc_assets.core.ingest.qc import CHANNEL_SEP, QC_HISTOGRAM_MEASURES, QcConfig, failure_counts, qc_thresholds
@@ -182,7 +183,8 @@ def _gallery(qc: pd.DataFrame, sites: pd.DataFrame, n: int) -> str:
 
 @dg.asset(check_specs=[dg.AssetCheckSpec("qc_failure_fraction", asset="site_qc", description=(
     "The fraction of sites failing QC stays below max_failed_fraction (warning)."))], **INGEST_KW)
-def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: pd.DataFrame, compute: SiteCompute):
+def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: pd.DataFrame, compute: SiteCompute,
+            storage: Storage):
     """QC per site x channel: artifacts fail a site, intensity outliers only flag it for review.
 
     Measures: CellProfiler focus score (PowerLogLogSlope), pixels at the camera maximum,
@@ -192,10 +194,14 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
     folder's ``qc_overrides.csv`` are applied last.
 
     Stored as ``$SSC_STORAGE_DIR/site_qc/<plate>.parquet``. Downstream assets skip sites with
-    ``passed_qc == False``.
+    ``passed_qc == False``. While each image is in memory, its worker also computes the
+    illumination background grids (default ``IlluminationConfig`` settings), written to
+    ``site_qc/<plate>.backgrounds.npz`` for ``illumination_profiles``, which then reads no raw
+    image again (see :mod:`ssc_assets.core.image.backgrounds`).
     """
     rows = qc_items(raw_sites, IMAGE_CHANNELS)
-    items = qc_work_items(rows)
+    bg_settings = background_settings()
+    items = [(*it, bg_settings) for it in qc_work_items(rows)]
     done = {"n": 0}
 
     def progress(result) -> None:
@@ -205,8 +211,12 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
 
     results = compute.map(qc_one_image, items, on_result=progress)
     measures = [
-        r.value if r.error is None else {"read_error": f"{items[i][0]}: {r.error}"} for i, r in enumerate(results)
+        {k: v for k, v in r.value.items() if not k.startswith("_")} if r.error is None
+        else {"read_error": f"{items[i][0]}: {r.error}"} for i, r in enumerate(results)
     ]
+    grids = {it[0]: (r.value["_background"], it[1], r.value.get("_stamp")) for it, r in zip(items, results)
+             if r.error is None and r.value.get("_background") is not None}
+    sidecar = write_sidecar(storage.path("site_qc", f"{context.partition_key}{SIDECAR_SUFFIX}"), grids, bg_settings)
     qc_config = config.to_core()
     qc = assemble_site_qc(rows, measures, qc_config)
     sites = site_table(qc)
@@ -236,6 +246,8 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
         "qc_histograms": dg.MetadataValue.md(figures.png_markdown(hist, "QC histograms")),
         "user_overrides": int((sites["qc_decision"] != "auto").sum()),
         "qc_rules": dg.MetadataValue.json(dataclasses.asdict(qc_config)),
+        "background_grids": dg.MetadataValue.path(sidecar),
+        "n_background_grids": len(grids),
     }
     yield dg.Output(qc, metadata=metadata)
     yield dg.AssetCheckResult(

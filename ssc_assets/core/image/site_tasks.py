@@ -1,7 +1,10 @@
 """Per-site work units of the image assets (picklable tasks for :func:`parallel.map_sites`).
 
 Each function takes one small, picklable task, reads what it needs from disk (so that a Dask
-worker on another machine can run it), and returns arrays to the caller, which writes them.
+worker on another machine can run it). A correction or mask task with ``out`` (a field group
+that :meth:`HcsPlateWriter.prepare_site` created in the plate's temp store) writes its site's
+pixels there itself and returns only small results (summary, previews, display ranges);
+without ``out`` it returns the arrays and the caller writes them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 from ssc_assets.core.image.filters import PreprocessParams, preprocess_channel
 from ssc_assets.core.image.illumination import IlluminationProfile, apply_illumination, image_background
 from ssc_assets.core.image.segmentation import MaskParams, compute_masks, mask_summary
-from ssc_assets.core.io.ome_zarr_store import read_site_image, read_site_labels
+from ssc_assets.core.io.ome_zarr_store import read_site_image, read_site_labels, write_field
 from ssc_assets.core.io.tiff import read_image
 from ssc_assets.core.plots.figures import downsample
 
@@ -43,7 +46,9 @@ class CorrectSiteTask:
     """One site to correct and preprocess.
 
     ``paths``: (channel, raw TIFF path) in output channel order; ``profiles``: (channel,
-    flatfield .npy path, darkfield in raw units); ``shape``: expected raw (H, W).
+    flatfield .npy path, darkfield in raw units); ``shape``: expected raw (H, W). ``out``:
+    field group to write the image to (then ``channel_names``, the store's channels, default
+    those of ``paths``), or None to return it.
     """
 
     well: str
@@ -53,13 +58,16 @@ class CorrectSiteTask:
     shape: tuple[int, int]
     params: PreprocessParams
     preview: bool = False
+    out: str | None = None
+    channel_names: tuple[str, ...] = ()
 
 
 def correct_site(task: CorrectSiteTask) -> dict:
     """Illumination correction then the thesis preprocessing chain, per channel.
 
     Returns ``image``: float32 (C, h, w) after the centre crop, channels in ``task.paths``
-    order, and, if ``task.preview``, small ``raw_preview`` / ``corrected_preview`` (C, <=128, <=128)
+    order (with ``task.out``: ``written``, the :func:`write_field` summary, instead), and,
+    if ``task.preview``, small ``raw_preview`` / ``corrected_preview`` (C, <=128, <=128)
     float32 thumbnails for the before/after montage.
     """
     profiles = {ch: _load_profile(p, d) for ch, p, d in task.profiles}
@@ -72,7 +80,11 @@ def correct_site(task: CorrectSiteTask) -> dict:
         if task.preview:
             raw_prev.append(downsample(raw, PREVIEW_SIDE))
             cor_prev.append(downsample(pre, PREVIEW_SIDE))
-    result = {"image": np.stack(out).astype(np.float32, copy=False)}
+    image = np.stack(out).astype(np.float32, copy=False)
+    if task.out is not None:
+        result = {"written": write_field(task.out, image, channel_names=task.channel_names or [ch for ch, _ in task.paths])}
+    else:
+        result = {"image": image}
     if task.preview:
         result["raw_preview"] = np.stack(raw_prev)
         result["corrected_preview"] = np.stack(cor_prev)
@@ -81,21 +93,31 @@ def correct_site(task: CorrectSiteTask) -> dict:
 
 @dataclass(frozen=True)
 class MaskSiteTask:
-    """One site to segment: read from the corrected OME-Zarr store (channels in store order)."""
+    """One site to segment: read from the corrected OME-Zarr store (channels in store order).
+    ``out``: masks-store field group to write to (weight map image + labels), or None to return the masks."""
 
     store: str
     well: str
     site: int
     channel_names: tuple[str, ...]
     params: MaskParams = MaskParams()
+    out: str | None = None
 
 
 def mask_site(task: MaskSiteTask) -> dict:
-    """Masks of one site (see :func:`segmentation.compute_masks`) plus its summary counts."""
+    """Masks of one site (see :func:`segmentation.compute_masks`) plus its summary counts:
+    ``{"masks", "summary"}``, or with ``task.out`` ``{"written", "summary"}`` (the masks are
+    written there: image ``weight_map``, the other masks as labels)."""
     image = read_site_image(task.store, task.well, task.site)
     ch = {name: image[i] for i, name in enumerate(task.channel_names)}
     masks = compute_masks(ch["nuclei"], ch["borders"], ch["actin"], task.params)
-    return {"masks": masks, "summary": mask_summary(masks)}
+    summary = mask_summary(masks)
+    if task.out is None:
+        return {"masks": masks, "summary": summary}
+    written = write_field(task.out, masks["weight_map"][None], labels={k: v for k, v in masks.items() if k != "weight_map"},
+                          channel_names=("weight_map",))
+    return {"written": written, "summary": summary}
+
 
 
 @dataclass(frozen=True)

@@ -220,11 +220,22 @@ SITE_KEY = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
 def qc_one_image(item: tuple) -> dict:
     """QC measures of one image file (:func:`~ssc_assets.core.ingest.qc.image_qc`).
 
-    ``item`` = (path, expected (H, W) or None[, channel, pixel size um, bit depth]). Never
-    raises for bad images: returns ``{"read_error": "<path>: ..."}`` instead.
+    ``item`` = (path, expected (H, W) or None[, channel, pixel size um, bit depth[, background
+    settings]]). Never raises for bad images: returns ``{"read_error": "<path>: ..."}`` instead.
+
+    With background settings (a dict of :func:`~ssc_assets.core.image.illumination.image_background`
+    keyword arguments, see :func:`~ssc_assets.core.image.backgrounds.background_settings`), the
+    image's illumination grids are computed too, while it is in memory, and returned under
+    ``"_background"`` with the file's ``"_stamp"`` (size, mtime) as QC read it; keys starting
+    with ``_`` are not QC measures (the caller pops them).
     """
     path, shape, *rest = item
-    channel, pixel_size, bits = (list(rest) + [None, None, None])[:3]
+    channel, pixel_size, bits, bg_settings = (list(rest) + [None, None, None, None])[:4]
+    stamp = None
+    if bg_settings is not None:
+        from ssc_assets.core.image.backgrounds import file_stamp
+
+        stamp = file_stamp(path)  # before the read: a file rewritten meanwhile never matches
     try:
         img = read_image(path, expected_shape=shape)
     except ImageReadError as exc:
@@ -232,6 +243,11 @@ def qc_one_image(item: tuple) -> dict:
     sat = float(2 ** int(bits) - 1) if bits and 8 <= int(bits) <= 16 else 65535.0
     out = image_qc(img, channel=channel, pixel_size_um=pixel_size, saturation_level=sat)
     out["read_error"] = None
+    if bg_settings is not None:
+        from ssc_assets.core.image.illumination import image_background
+
+        out["_background"] = image_background(img, **bg_settings)
+        out["_stamp"] = stamp
     return out
 
 

@@ -54,6 +54,19 @@ puts it in place only when every site is written:
   it) and the complete backup, which the next writer of that store, or
   :func:`cleanup_stale_tmp` on its folder, copies back.
 
+Who writes. The job process creates the temp store and, before dispatching the sites, every
+field group (:meth:`HcsPlateWriter.prepare_site`); each site worker writes its own field's
+image and label arrays into the temp store (:func:`write_field`) and returns a small summary
+(shape, display ranges, label dtypes); the job writes the field's ``ssc`` flags, the
+placeholders, the well and plate metadata, and commits. Zarr v3 keeps every array's metadata
+and chunks in its own files, so fields of different workers never share a file, and no two
+processes write the same group's ``zarr.json``. Workers open the field group with ``mode="r+"``,
+so a late worker never re-creates a temp store its (dead) job's recovery already removed; the
+store is still committed only by the job, so a crash anywhere leaves the previous version
+(workers' files sit in a temp store nobody commits and recovery removes). A store bound for
+an fsspec URL is built in a local directory of the job's host: with a ``dask`` backend its
+workers return arrays and the job writes them (:meth:`HcsPlateWriter.workers_can_write`).
+
 Temp stores and backups are removed only once their owner is gone (PID dead on this host, or
 no write for ``storage.STALE_AFTER_SECONDS`` from another host), so runs of different plates,
 or of the same plate, never delete each other's work in progress.
@@ -79,10 +92,10 @@ from ssc_assets.core.io.ome_zarr_store.reader import (
     site_group_path,
 )
 from ssc_assets.core.io.ome_zarr_store.recovery import cleanup_stale_tmp, recover_store
-from ssc_assets.core.io.ome_zarr_store.writer import HcsPlateWriter
+from ssc_assets.core.io.ome_zarr_store.writer import HcsPlateWriter, site_ranges, write_field
 
 __all__ = [
     "CHUNK", "FIELD_OK", "FIELD_STATUSES", "HEARTBEAT_SECONDS", "LOCAL_BUILD_PREFIX", "OLD_MARK", "PLACEHOLDER_SHAPE",
     "SCALE_FACTORS", "TMP_MARK", "HcsPlateWriter", "cleanup_stale_tmp", "field_flags", "list_sites", "open_reader",
-    "read_site_image", "read_site_labels", "recover_store", "site_group_path",
+    "read_site_image", "read_site_labels", "recover_store", "site_group_path", "site_ranges", "write_field",
 ]

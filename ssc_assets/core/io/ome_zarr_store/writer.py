@@ -32,6 +32,55 @@ from ssc_assets.core.io.ome_zarr_store.common import (
 from ssc_assets.core.io.ome_zarr_store.recovery import recover_store
 
 
+def site_ranges(image: np.ndarray) -> list[list[float]]:
+    """Per-channel 0.5 / 99.5 percentiles of a (C, H, W) image (the ``omero`` display window's inputs)."""
+    return [[float(v) for v in np.percentile(image[i], [0.5, 99.5])] for i in range(image.shape[0])]
+
+
+def _validate(image: np.ndarray, labels: dict[str, np.ndarray] | None, channel_names) -> None:
+    if image.ndim != 3 or image.shape[0] != len(channel_names):
+        raise ValueError(f"expected (C={len(channel_names)}, H, W), got {image.shape}")
+    for name, arr in (labels or {}).items():
+        if not np.issubdtype(np.asarray(arr).dtype, np.integer):
+            raise ValueError(f"label image {name!r} must be integer, got {np.asarray(arr).dtype}")
+
+
+def _write_pixels(field: zarr.Group, image: np.ndarray, labels: dict[str, np.ndarray] | None,
+                  channel_names, placeholder: bool = False) -> None:
+    """The image pyramid and label pyramids of one field group (no ``ssc`` attributes)."""
+    with warnings.catch_warnings():
+        if placeholder:  # downsampling an all-NaN image warns "All-NaN slice"
+            warnings.simplefilter("ignore", RuntimeWarning)
+        write_image(
+            image.astype(np.float32, copy=False), field, scale_factors=SCALE_FACTORS, axes="cyx",
+            storage_options={"chunks": (1, CHUNK, CHUNK)},
+            omero=_omero(list(channel_names)),
+        )
+    for name, arr in (labels or {}).items():
+        # ``source`` points readers back to the image (without it ome_zarr warns "no parent found")
+        write_labels(np.asarray(arr), field, name=name, axes="yx", scaler=None, scale_factors=SCALE_FACTORS,
+                     storage_options={"chunks": (CHUNK, CHUNK)}, label_metadata={"source": {"image": "../../"}})
+
+
+def write_field(field_path: str, image: np.ndarray, labels: dict[str, np.ndarray] | None = None,
+                channel_names: list[str] | tuple[str, ...] = ()) -> dict:
+    """Write one site's pixels into a field group that :meth:`HcsPlateWriter.prepare_site`
+    created (run it in the worker that computed the site); returns the small summary
+    :meth:`HcsPlateWriter.record_site` takes: ``shape`` (C, H, W), per-channel ``ranges`` and
+    the ``label_dtypes``.
+
+    The field group must exist (``mode="r+"``): a worker never re-creates a temp store that its
+    job already removed (job crashed, store cleaned up). Each field's arrays are distinct zarr
+    v3 arrays and chunks, so workers write their fields concurrently; group and plate/well
+    metadata are the job process's (see the module docstring of ``ome_zarr_store``)."""
+    image = np.asarray(image)
+    _validate(image, labels, channel_names)
+    field = zarr.open_group(field_path, mode="r+")
+    _write_pixels(field, image, labels, channel_names)
+    return {"shape": tuple(int(v) for v in image.shape), "ranges": site_ranges(image),
+            "label_dtypes": {k: np.asarray(v).dtype.str for k, v in (labels or {}).items()}}
+
+
 class HcsPlateWriter:
     """Context manager that writes one plate's images into a fresh OME-Zarr HCS store.
 
@@ -46,6 +95,17 @@ class HcsPlateWriter:
     plate), filling the gaps with ``missing`` placeholders, so that every NGFF plate reader
     opens the store. ``placeholder_shape`` (H, W) and ``placeholder_labels`` (name -> dtype)
     are used for placeholders when no site with real data was written.
+
+    Worker writes: ``path = prepare_site(well, site)`` creates the (empty) field group in the
+    temp store and returns its path; a worker (process pool or Dask, on a filesystem shared
+    with the job) writes the pixels there with :func:`write_field` and returns its small
+    summary, which the job passes to ``record_site``. The store is committed by the job on
+    exit as before, so it stays atomic; a prepared site never recorded (its worker failed) is
+    given a placeholder with ``write_placeholder`` (which first clears what the worker left),
+    or, if the caller does nothing, an ``error`` placeholder on exit. ``workers_can_write(backend)``:
+    False only for a store bound for an fsspec URL (built in a local directory of this host)
+    with a ``dask`` backend, whose workers may be elsewhere; then workers return arrays and
+    ``write_site`` writes them here.
     """
 
     def __init__(self, final_path: str | os.PathLike, plate_name: str, channel_names: list[str], *,
@@ -65,6 +125,7 @@ class HcsPlateWriter:
         self.fields: dict[str, list[int]] = {}
         self.flags: dict[tuple[str, int], dict] = {}  # (well, site) -> the field's ssc attributes
         self._pending: dict[tuple[str, int], dict] = {}  # placeholders, written on exit
+        self._prepared: set[tuple[str, int]] = set()  # field groups created for a worker, not yet recorded
         self._image_hw: tuple[int, int] | None = None
         self._label_dtypes: dict[str, np.dtype] = {}
         self.ranges: list[list[float]] = [[np.inf, -np.inf] for _ in channel_names]  # ok fields only
@@ -92,6 +153,37 @@ class HcsPlateWriter:
             raise ValueError(f"site numbers start at 1, got {site}")
         if (well, site) in self.flags or (well, site) in self._pending:
             raise ValueError(f"{well} s{site} written twice")
+        self._prepared.discard((well, site))
+
+    def workers_can_write(self, backend: str) -> bool:
+        """Whether site workers of ``backend`` can reach the temp store (see the class docstring)."""
+        return not (self.remote and backend == "dask")
+
+    def prepare_site(self, well: str, site: int) -> str:
+        """Create the empty field group of (``well``, ``site``) in the temp store; returns its
+        path, where a worker writes the pixels with :func:`write_field`."""
+        if (well, site) in self._prepared:
+            raise ValueError(f"{well} s{site} prepared twice")
+        self._claim(well, site)
+        row, col = _well_path(well)
+        self.root.require_group(row).require_group(col).require_group(str(site - 1))
+        self._prepared.add((well, site))
+        return str(self._field_dir(well, site))
+
+    def _field_dir(self, well: str, site: int) -> Path:
+        row, col = _well_path(well)
+        return Path(self.tmp, row, col, str(site - 1))
+
+    def _add_ranges(self, ranges: list, status: str) -> None:
+        for i, (lo, hi) in enumerate(ranges):
+            if np.isfinite(lo) and np.isfinite(hi):
+                targets = [self._any_ranges] + ([self.ranges] if status == FIELD_OK else [])
+                for r in targets:
+                    r[i] = [min(r[i][0], lo), max(r[i][1], hi)]
+
+    def _check_status(self, status: str) -> None:
+        if status not in FIELD_STATUSES:
+            raise ValueError(f"unknown field status {status!r} (known: {list(FIELD_STATUSES)})")
 
     def write_site(
         self, well: str, site: int, image: np.ndarray, labels: dict[str, np.ndarray] | None = None,
@@ -101,20 +193,10 @@ class HcsPlateWriter:
 
         ``metadata`` goes to the field's ``attrs["ssc"]`` with ``status`` (see
         :data:`FIELD_STATUSES`; real data is ``ok`` or ``qc_failed``) and ``reason``."""
-        if image.ndim != 3 or image.shape[0] != len(self.channel_names):
-            raise ValueError(f"expected (C={len(self.channel_names)}, H, W), got {image.shape}")
-        if status not in FIELD_STATUSES:
-            raise ValueError(f"unknown field status {status!r} (known: {list(FIELD_STATUSES)})")
-        for name, arr in (labels or {}).items():
-            if not np.issubdtype(np.asarray(arr).dtype, np.integer):
-                raise ValueError(f"label image {name!r} must be integer, got {np.asarray(arr).dtype}")
+        _validate(image, labels, self.channel_names)
+        self._check_status(status)
         self._claim(well, site)
-        for i in range(image.shape[0]):
-            lo, hi = (float(v) for v in np.percentile(image[i], [0.5, 99.5]))
-            if np.isfinite(lo) and np.isfinite(hi):
-                targets = [self._any_ranges] + ([self.ranges] if status == FIELD_OK else [])
-                for r in targets:
-                    r[i] = [min(r[i][0], lo), max(r[i][1], hi)]
+        self._add_ranges(site_ranges(image), status)
         if self._image_hw is None:
             self._image_hw = tuple(int(v) for v in image.shape[-2:])
         for name, arr in (labels or {}).items():
@@ -122,9 +204,33 @@ class HcsPlateWriter:
         self._write_field(well, site, image, labels, {**(metadata or {}), "status": status, "placeholder": False,
                                                       **({"reason": reason} if reason else {})})
 
+    def record_site(self, well: str, site: int, written: dict, metadata: dict | None = None, *,
+                    status: str = FIELD_OK, reason: str | None = None) -> None:
+        """Record a site a worker wrote with :func:`write_field` into the field group of
+        :meth:`prepare_site`: ``written`` is what ``write_field`` returned. Same flags as
+        :meth:`write_site`, written to the field's ``attrs["ssc"]`` here, in the job process."""
+        if (well, site) not in self._prepared:
+            raise ValueError(f"{well} s{site} was not prepared (prepare_site) or is already recorded")
+        self._check_status(status)
+        shape = tuple(written["shape"])
+        if len(shape) != 3 or shape[0] != len(self.channel_names):
+            raise ValueError(f"expected (C={len(self.channel_names)}, H, W), got {shape}")
+        self._prepared.discard((well, site))
+        self._add_ranges(written["ranges"], status)
+        if self._image_hw is None:
+            self._image_hw = tuple(int(v) for v in shape[-2:])
+        for name, dt in (written.get("label_dtypes") or {}).items():
+            self._label_dtypes.setdefault(name, np.dtype(dt))
+        self._heartbeat()
+        row, col = _well_path(well)
+        field = self.root[row][col][str(site - 1)]
+        self._set_flags(field, well, site, {**(metadata or {}), "status": status, "placeholder": False,
+                                            **({"reason": reason} if reason else {})})
+
     def write_placeholder(self, well: str, site: int, status: str, reason: str, metadata: dict | None = None) -> None:
         """Record a field without real data (``status`` not ``ok``), written on exit as a NaN
-        image of the plate's image shape and empty labels, flagged with ``status`` and ``reason``."""
+        image of the plate's image shape and empty labels, flagged with ``status`` and ``reason``
+        (replacing whatever a failed worker left in a prepared field)."""
         if status == FIELD_OK or status not in FIELD_STATUSES:
             raise ValueError(f"a placeholder needs a non-ok status of {list(FIELD_STATUSES)}, got {status!r}")
         self._claim(well, site)
@@ -133,26 +239,26 @@ class HcsPlateWriter:
     def _write_field(self, well: str, site: int, image: np.ndarray, labels: dict[str, np.ndarray] | None, flags: dict) -> None:
         self._heartbeat()
         row, col = _well_path(well)
+        d = self._field_dir(well, site)
+        if d.exists():  # prepared for a worker that failed: drop whatever it wrote
+            shutil.rmtree(d)
         field = self.root.require_group(row).require_group(col).require_group(str(site - 1))
-        with warnings.catch_warnings():
-            if flags.get("placeholder"):  # downsampling an all-NaN image warns "All-NaN slice"
-                warnings.simplefilter("ignore", RuntimeWarning)
-            write_image(
-                image.astype(np.float32, copy=False), field, scale_factors=SCALE_FACTORS, axes="cyx",
-                storage_options={"chunks": (1, CHUNK, CHUNK)},
-                omero=_omero(self.channel_names),
-            )
-        for name, arr in (labels or {}).items():
-            # ``source`` points readers back to the image (without it ome_zarr warns "no parent found")
-            write_labels(np.asarray(arr), field, name=name, axes="yx", scaler=None, scale_factors=SCALE_FACTORS,
-                         storage_options={"chunks": (CHUNK, CHUNK)}, label_metadata={"source": {"image": "../../"}})
+        _write_pixels(field, image, labels, self.channel_names, placeholder=bool(flags.get("placeholder")))
+        self._set_flags(field, well, site, flags)
+
+    def _set_flags(self, field: zarr.Group, well: str, site: int, flags: dict) -> None:
         flags = _jsonable({"well": well, "site": int(site), **flags})
         field.attrs["ssc"] = flags
         self.flags[(well, site)] = flags
         self.fields.setdefault(well, []).append(site)
 
     def _write_placeholders(self) -> None:
-        """Pending placeholders, then (``uniform_fields``) a ``missing`` one for every gap."""
+        """Pending placeholders (and an ``error`` one for each prepared site never recorded),
+        then (``uniform_fields``) a ``missing`` one for every gap."""
+        for well, site in sorted(self._prepared):
+            self._pending[(well, site)] = {"status": "error", "placeholder": True,
+                                           "reason": "prepared for a worker, never recorded"}
+        self._prepared.clear()
         if self.uniform_fields:
             every = sorted({s for w, s in [*self.flags, *self._pending]})
             wells = sorted({w for w, _ in [*self.flags, *self._pending]})
