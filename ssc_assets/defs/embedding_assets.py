@@ -175,8 +175,12 @@ def _champion_donors(mlflow_tracking: MlflowTracking, info: dict, context) -> se
 class ProfilesConfig(dg.Config):
     level: int = core_field("ssc_assets.core.image.site_tasks:ProfileSiteTask.level",
                             "OME-Zarr pyramid level measured (0 = full resolution; 1 = 2x down, ~4x faster).")
+    feature_set: str = core_field("ssc_assets.core.image.site_tasks:ProfileSiteTask.feature_set",
+                                  "Per-cell features: 'curated' (156 CellProfiler-style features from vectorised "
+                                  "per-object sums, ~0.5 core-s per 2048² site) or 'cp_measure' (the full "
+                                  "CellProfiler port, ~850 features, ~20 core-s per site).")
     fast: bool = core_field("ssc_assets.core.image.site_tasks:ProfileSiteTask.fast",
-                            "Skip texture, granularity and Costes colocalization (~4x faster).")
+                            "cp_measure only: skip texture, granularity and Costes colocalization (~4x faster).")
     max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
 
 
@@ -184,18 +188,23 @@ class ProfilesConfig(dg.Config):
 @fail_fast
 def site_embeddings_profiles(context: dg.AssetExecutionContext, config: ProfilesConfig, corrected_images: dict,
                              masks: dict, raw_sites: pd.DataFrame, compute: SiteCompute) -> pd.DataFrame:
-    """CellProfiler-style profiles: per-cell cp_measure features (nuclei and cells: intensity,
-    size/shape, texture, granularity, correlation of the three channels), median per site.
+    """CellProfiler-style profiles: per-cell features, median per site. ``feature_set: curated``
+    (default; :mod:`ssc_assets.core.analysis.profile_features`): nuclei, cells and cytoplasm
+    shape, intensity, texture, radial distribution, cell-border band (junction / cortex) and
+    channel correlations from vectorised per-object sums; ``feature_set: cp_measure``: the full
+    cp_measure set (intensity, size/shape, texture, granularity, correlation of the three channels).
 
     Raw medians; normalization against the plate's HC wells and feature selection
     (pycytominer) happen in ``clusterings``, across all plates.
     """
-    from ssc_assets.core.image.site_tasks import ProfileSiteTask, profile_site
+    from ssc_assets.core.image.site_tasks import PROFILE_FEATURE_SETS, ProfileSiteTask, profile_site
 
+    if config.feature_set not in PROFILE_FEATURE_SETS:
+        raise ValueError(f"feature_set must be one of {list(PROFILE_FEATURE_SETS)}, got {config.feature_set!r}")
     table = _plate_table(context, corrected_images, raw_sites, masks)
     table = table[table["masks_store"].notna()].reset_index(drop=True)
     tasks = [ProfileSiteTask(r.store, r.masks_store, r.Metadata_Well, int(r.Metadata_Site), tuple(IMAGE_CHANNELS),
-                             config.level, config.fast) for r in table.itertuples()]
+                             config.level, config.fast, config.feature_set) for r in table.itertuples()]
     results = compute.map(profile_site, tasks)
     failures = site_failures(results, tasks, context, "profiles")
     check_failure_fraction(failures, len(tasks), config.max_failed_fraction, "site_embeddings_profiles")

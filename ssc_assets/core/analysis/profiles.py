@@ -116,9 +116,14 @@ def _common_labels(nuclei_labels: np.ndarray, cell_labels: np.ndarray) -> tuple[
     Returns ``(ids int64 (N,) original labels sorted, nuclei int32 (H, W), cells int32 (H, W))``;
     row ``i`` of every measurement is then object ``ids[i]``.
     """
-    ids = np.intersect1d(np.unique(nuclei_labels), np.unique(cell_labels))
-    ids = ids[ids > 0].astype(np.int64)
     top = int(max(nuclei_labels.max(initial=0), cell_labels.max(initial=0)))
+    if top <= 4 * nuclei_labels.size:  # label counts: much faster than np.unique
+        both = ((np.bincount(nuclei_labels.ravel().astype(np.intp, copy=False), minlength=top + 1) > 0)
+                & (np.bincount(cell_labels.ravel().astype(np.intp, copy=False), minlength=top + 1) > 0))
+        ids = np.flatnonzero(both)
+    else:
+        ids = np.intersect1d(np.unique(nuclei_labels), np.unique(cell_labels))
+    ids = ids[ids > 0].astype(np.int64)
     lut = np.zeros(top + 1, dtype=np.int32)
     lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
     return ids, lut[nuclei_labels], lut[cell_labels]

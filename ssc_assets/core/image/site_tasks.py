@@ -119,10 +119,19 @@ def mask_site(task: MaskSiteTask) -> dict:
     return {"written": written, "summary": summary}
 
 
+#: Per-cell feature sets of the profiles: ``curated`` (:mod:`ssc_assets.core.analysis.profile_features`,
+#: 156 features, ~0.5 core-s per 2048² site) or ``cp_measure`` (the full CellProfiler port,
+#: :func:`ssc_assets.core.analysis.profiles.cell_features`, ~850 features, ~20 core-s).
+PROFILE_FEATURE_SETS = ("curated", "cp_measure")
+
 
 @dataclass(frozen=True)
 class ProfileSiteTask:
-    """One site to profile: corrected image store + masks store (nuclei and cells labels)."""
+    """One site to profile: corrected image store + masks store (nuclei and cells labels).
+
+    ``feature_set``: one of :data:`PROFILE_FEATURE_SETS`; ``fast`` only applies to
+    ``cp_measure`` (skips texture, granularity and Costes).
+    """
 
     store: str
     masks_store: str
@@ -131,19 +140,27 @@ class ProfileSiteTask:
     channel_names: tuple[str, ...]
     level: int = 0
     fast: bool = False
+    feature_set: str = "curated"
 
 
 def profile_site(task: ProfileSiteTask) -> dict:
-    """CellProfiler-style per-cell measurements (cp_measure) of one site, as the site median.
+    """CellProfiler-style per-cell measurements of one site (``task.feature_set``), as the site median.
 
-    Returns ``{"profile": {feature: float}, "n_cells": int, "errors": [str]}``.
+    Returns ``{"profile": {feature: float}, "n_cells": int, "errors": [str]}``; ValueError
+    for an unknown feature set.
     """
+    from ssc_assets.core.analysis.profile_features import curated_cell_features
     from ssc_assets.core.analysis.profiles import cell_features, site_profile
 
+    if task.feature_set not in PROFILE_FEATURE_SETS:
+        raise ValueError(f"unknown feature_set {task.feature_set!r} (known: {list(PROFILE_FEATURE_SETS)})")
     image = read_site_image(task.store, task.well, task.site, task.level)
     nuclei = read_site_labels(task.masks_store, task.well, task.site, "nuclei", task.level)
     cells = read_site_labels(task.masks_store, task.well, task.site, "cells", task.level)
-    df = cell_features(image, nuclei, cells, channels=task.channel_names, fast=task.fast)
+    if task.feature_set == "curated":
+        df = curated_cell_features(image, nuclei, cells, channels=task.channel_names, downsample=2.0**task.level)
+    else:
+        df = cell_features(image, nuclei, cells, channels=task.channel_names, fast=task.fast)
     errors = df.attrs.get("errors", [])
     prof = site_profile(df)
     return {"profile": {k: float(v) for k, v in prof.items()}, "n_cells": int(len(df)), "errors": list(errors)}
