@@ -209,7 +209,7 @@ def main() -> None:
                                          on_epoch=lambda e, m: print(f"  AE epoch {e}: train {m['train_loss']:.4f} "
                                                                      f"val {m['val_loss']:.4f} ({m['seconds']:.0f} s)",
                                                                      flush=True))
-            _, aw = aggregate_cells(data.table, embed_cells_autoencoder(res, data.crops), "cell_autoencoder")
+            _, aw = aggregate_cells(data.table, embed_cells_autoencoder(res.model, data.crops), "cell_autoencoder")
             rows.append((f"cell autoencoder (best epoch {res.best_epoch}, {res.stopped})",
                          evaluate(aw, severity, None, None, args.permutations), time.perf_counter() - t))
         if "cnn" not in methods:

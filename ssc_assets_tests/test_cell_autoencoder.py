@@ -43,7 +43,7 @@ def test_channel_stats_match_numpy():
 def _well_accuracy(signal: float) -> tuple[float, object]:
     data = planted_crops(n_hc=4, n_ssc=4, wells=3, cells=16, seed=3, signal=signal)
     res = train_cell_autoencoder(data, FAST)
-    codes = embed_cells_autoencoder(res, data.crops)
+    codes = embed_cells_autoencoder(res.model, data.crops)
     _, wells = aggregate_cells(data.table, codes, "cell_autoencoder")
     X = wells.filter(regex=r"^f\d{4}$").to_numpy()
     y = (wells["Metadata_Condition"] == "SSc").to_numpy()
@@ -65,6 +65,21 @@ def test_codes_separate_planted_phenotype_on_held_out_donors_and_not_without_it(
 def test_deterministic_for_a_seed():
     data = planted_crops(n_hc=2, n_ssc=2, wells=1, cells=8, seed=1)
     p = CellAutoencoderParams(epochs=1, batch_size=16, n_blocks=3, width=8, embedding_size=4, threads=1)
-    a = embed_cells_autoencoder(train_cell_autoencoder(data, p), data.crops)
-    b = embed_cells_autoencoder(train_cell_autoencoder(data, p), data.crops)
+    a = embed_cells_autoencoder(train_cell_autoencoder(data, p).model, data.crops)
+    b = embed_cells_autoencoder(train_cell_autoencoder(data, p).model, data.crops)
     np.testing.assert_array_equal(a, b)
+
+
+def test_standardisation_travels_with_the_model():
+    data = planted_crops(n_hc=2, n_ssc=2, wells=1, cells=8, seed=2)
+    p = CellAutoencoderParams(epochs=1, batch_size=16, n_blocks=3, width=8, embedding_size=4, threads=1)
+    res = train_cell_autoencoder(data, p)
+    train = ~data.table["Metadata_Donor"].isin(res.val_donors).to_numpy()
+    mean, std = channel_stats(data.crops[train])
+    np.testing.assert_allclose(res.model.mean.flatten().numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(res.model.std.flatten().numpy(), std, rtol=1e-6)
+    # a copy loaded from its state dict (as MLflow does) embeds raw crops identically
+    clone = CellAutoencoder(3, 32, width=8, n_blocks=3, embedding_size=4)
+    clone.load_state_dict(res.model.state_dict())
+    np.testing.assert_allclose(embed_cells_autoencoder(clone, data.crops), embed_cells_autoencoder(res.model, data.crops),
+                               atol=1e-5)

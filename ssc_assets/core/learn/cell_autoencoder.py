@@ -5,7 +5,9 @@ in the CPU regime. Pure torch: no Dagster, no MLflow.
 (``n_blocks`` x (3x3 conv -> BN -> ReLU -> 2x2 max pool), ``width`` channels) flattened to a
 linear ``embedding_size``-d code; the decoder mirrors it (linear -> (width, S/2**n, S/2**n) ->
 ``n_blocks`` x (2x nearest upsample -> 3x3 conv -> BN -> ReLU), last a 3x3 conv to C channels).
-Input and reconstruction float32 (B, C, S, S), S divisible by 2**n_blocks.
+Input float32 (B, C, S, S) crops as cut (S divisible by 2**n_blocks); the model standardises
+them per channel with its own ``mean`` / ``std`` buffers (set from the training crops), so a
+saved model embeds raw crops; the reconstruction is in standardised units.
 
 Training (:func:`train_cell_autoencoder`) uses no labels: mean squared reconstruction error of
 per-channel standardised crops, the thesis' rotation/flip augmentation, early stopping on the
@@ -56,15 +58,25 @@ class CellAutoencoder(nn.Module):
         dec.append(nn.Conv2d(width, in_channels, 3, padding=1))
         self.decoder = nn.Sequential(*dec)
         self.width = width
+        self.register_buffer("mean", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, in_channels, 1, 1))
         self.config = {"in_channels": in_channels, "size": size, "width": width, "n_blocks": n_blocks,
                        "embedding_size": embedding_size}
 
+    def set_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Per-channel mean and std (C,) of the training crops, in crop units."""
+        self.mean.copy_(torch.as_tensor(np.asarray(mean, np.float32)).view_as(self.mean))
+        self.std.copy_(torch.as_tensor(np.asarray(std, np.float32)).view_as(self.std))
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> code (B, embedding_size) float32."""
-        return self.to_code(self.encoder(x).flatten(1))
+        """Crops (B, C, S, S) -> code (B, embedding_size) float32."""
+        return self.to_code(self.encoder(self.standardise(x)).flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> reconstruction (B, C, S, S)."""
+        """Crops (B, C, S, S) -> reconstruction of ``standardise(x)`` (B, C, S, S)."""
         h = self.from_code(self.embed(x)).view(-1, self.width, self.side, self.side)
         return self.decoder(h)
 
@@ -96,9 +108,7 @@ class CellAutoencoderParams:
 
 @dataclass
 class CellAutoencoderResult:
-    model: CellAutoencoder
-    mean: np.ndarray  # (C,) float32 per-channel mean used for standardising crops
-    std: np.ndarray  # (C,) float32
+    model: CellAutoencoder  # best held-out weights, eval mode, standardisation inside
     history: list[dict]
     best_epoch: int
     best_val_loss: float
@@ -115,17 +125,18 @@ def channel_stats(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.maximum(std, 1e-6)
 
 
-def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32, copy=False)
+def reconstruction_loss(model: CellAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the reconstruction and the standardised crops."""
+    return F.mse_loss(model(x), model.standardise(x))
 
 
 @torch.inference_mode()
-def _recon_loss(model: CellAutoencoder, crops: np.ndarray, mean, std, batch_size: int = 512) -> float:
+def _recon_loss(model: CellAutoencoder, crops: np.ndarray, batch_size: int = 512) -> float:
     model.eval()
     tot, n = 0.0, 0
     for i in range(0, len(crops), batch_size):
-        x = _to_tensor(_standardise(crops[i : i + batch_size], mean, std))
-        tot += float(F.mse_loss(model(x), x, reduction="sum"))
+        x = _to_tensor(crops[i : i + batch_size])
+        tot += float(reconstruction_loss(model, x)) * x.numel()
         n += x.numel()
     return tot / max(n, 1)
 
@@ -148,6 +159,7 @@ def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = Ce
         set_seed(p.seed)
         rng = np.random.default_rng([p.seed, 23])
         model = CellAutoencoder(data.crops.shape[1], data.crops.shape[-1], p.width, p.n_blocks, p.embedding_size)
+        model.set_standardisation(mean, std)
         model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, p.epochs), eta_min=p.lr * 0.05)
@@ -169,8 +181,7 @@ def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = Ce
                 x = data.crops[idx]
                 if p.augment:
                     x = _augment_batch(x, rng, aug)
-                xt = _to_tensor(_standardise(x, mean, std))
-                loss = F.mse_loss(model(xt), xt)
+                loss = reconstruction_loss(model, _to_tensor(x))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -182,7 +193,7 @@ def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = Ce
             lr = opt.param_groups[0]["lr"]
             sched.step()
             m = {"epoch": epoch, "train_loss": tot / max(n_seen, 1), "train_crops": n_seen,
-                 "val_loss": _recon_loss(model, val_crops, mean, std), "lr": lr, "seconds": time.perf_counter() - te}
+                 "val_loss": _recon_loss(model, val_crops), "lr": lr, "seconds": time.perf_counter() - te}
             history.append(m)
             if m["val_loss"] < best_loss:
                 best_loss, best_epoch, since_best = m["val_loss"], epoch, 0
@@ -199,16 +210,15 @@ def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = Ce
                 break
         model.load_state_dict(best_state)
         model.eval()
-    return CellAutoencoderResult(model, mean, std, history, best_epoch, best_loss, time.perf_counter() - t0, stopped,
+    return CellAutoencoderResult(model, history, best_epoch, best_loss, time.perf_counter() - t0, stopped,
                                  val_donors, p.as_dict())
 
 
 @torch.inference_mode()
-def embed_cells_autoencoder(result: CellAutoencoderResult, crops: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Codes float32 (N, E) of crops float32 (N, C, S, S), standardised with the training
-    statistics, eval mode, ``batch_size`` crops at a time."""
-    model = result.model.eval()
-    out = [model.embed(_to_tensor(_standardise(crops[i : i + batch_size], result.mean, result.std))).float().numpy()
+def embed_cells_autoencoder(model: CellAutoencoder, crops: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Codes float32 (N, E) of crops float32 (N, C, S, S), eval mode, ``batch_size`` crops at a time."""
+    model = model.eval()
+    out = [model.embed(_to_tensor(crops[i : i + batch_size])).float().numpy()
            for i in range(0, len(crops), batch_size)]
     if not out:
         return np.zeros((0, model.config["embedding_size"]), np.float32)
