@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 from skimage.draw import ellipse
-from skimage.segmentation import relabel_sequential
+from skimage.segmentation import find_boundaries, relabel_sequential
 
 from ssc_assets.core.image import segmentation as S
 from ssc_assets.core.simulate import render_site
@@ -71,7 +71,7 @@ def voronoi_phantom(size=200, seed=1):
     yy, xx = np.mgrid[0:size, 0:size]
     d = (yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2
     cells = d.argmin(-1).astype(np.int32) + 1
-    edges = S.find_boundaries(cells, mode="thick")
+    edges = find_boundaries(cells, mode="thick")
     borders = gaussian_filter(edges * 1.0, 1.0) + rng.normal(0, 0.02, cells.shape)
     nuclei = np.zeros_like(cells)
     for k, (cy, cx) in enumerate(seeds, start=1):
@@ -158,3 +158,80 @@ def test_nuclei_on_simulated_site_through_preprocessing():
         scores.append(matched_f1(S.segment_nuclei(pre), gt))
     # edge cases differ only where a nucleus is cut by the crop
     assert np.mean(scores) >= 0.9 and min(scores) >= 0.8
+
+
+def _simulated_nuclei(seed, size=1024, severity=0.4):
+    from skimage.segmentation import clear_border
+
+    from ssc_assets.core.image.filters import preprocess_channel
+
+    imgs, truth = render_site(seed, size, severity)
+    pre = preprocess_channel(imgs["nuclei"].astype(np.float32) - 100.0, "nuclei")
+    gt = truth["nuclei_labels"]
+    off = (gt.shape[0] - pre.shape[0]) // 2
+    gt = relabel_sequential(clear_border(gt[off : off + pre.shape[0], off : off + pre.shape[1]]))[0]
+    return pre, gt
+
+
+def test_half_resolution_nuclei_agree_with_full_resolution():
+    """Splitting at half resolution (labels enlarged and snapped to the full-resolution
+    foreground) matches full resolution at IoU >= 0.95, and both match the ground truth."""
+    pre, gt = _simulated_nuclei(6)
+    full = S.segment_nuclei(pre, S.NucleiParams(), scale=1)
+    half = S.segment_nuclei(pre, S.NucleiParams(), scale=2)
+    assert gt.max() >= 20
+    a = S.label_agreement(full, half)
+    assert a["mean_iou"] >= 0.95 and a["matched"] >= 0.95 and a["pixels"] >= 0.99
+    assert ((full > 0) == (half > 0)).mean() > 0.999  # same foreground (up to cleared border objects)
+    assert matched_f1(full, gt) >= 0.9 and matched_f1(half, gt) >= 0.9
+    # too-small nuclei (binned images) fall back to full resolution
+    small = S.NucleiParams(expected_diameter_px=S.MIN_SPLIT_DIAMETER_PX * 1.5)
+    assert (S.segment_nuclei(pre, small, scale=2) == S.segment_nuclei(pre, small, scale=1)).all()
+
+
+def test_windowed_steps_equal_whole_image_reference():
+    """The per-component and neighbour-difference fast paths give the whole-image results."""
+    import scipy.ndimage as ndi
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import disk, h_maxima
+    from skimage.segmentation import clear_border, watershed
+
+    pre, _ = _simulated_nuclei(8, size=768)
+    p = S.NucleiParams()
+    fg0 = pre > threshold_otsu(pre)
+    ref_fg = ndi.binary_fill_holes(ndi.binary_opening(fg0, structure=disk(p.opening_px)))
+    assert (S._open_and_fill_per_component(fg0, p.opening_px) == ref_fg).all()
+    fg = S.nuclei_foreground(pre, p)
+    ref_dist = ndi.gaussian_filter(ndi.distance_transform_edt(fg), p.smoothing_sigma)
+    dist, comp8, objects = S._edt_per_component(fg)
+    assert (dist == ndi.distance_transform_edt(fg)).all()
+    smooth = S._gaussian_on_components(dist, comp8, p.smoothing_sigma, objects)
+    assert (smooth[fg] == ref_dist[fg]).all()
+    markers = ndi.label(h_maxima(ref_dist, p.h).astype(bool) & fg)[0]
+    assert ((S._h_maxima_markers(smooth, fg, p.h, comp8, objects) > 0) == (markers > 0)).all()
+    labels = watershed(-ref_dist, markers, mask=fg)
+    assert (S._clear_border_and_relabel(labels) == relabel_sequential(clear_border(labels))[0]).all()
+    cells = S.segment_cells(np.random.default_rng(0).random(pre.shape), S.segment_nuclei(pre), 0.05, 2)
+    assert (S.borders_mask(cells, 3) == find_boundaries(cells, mode="thick")).all()
+    assert (S._thick_boundaries(np.where(cells % 3 == 0, 0, cells)) == find_boundaries(np.where(cells % 3 == 0, 0, cells), mode="thick")).all()
+    # weight map: the tiling path (one EDT per cell box) == the general path within 4 sigma
+    s_fast = S.distance_to_other_instance(cells, 20.0)
+    d1, d2 = S.two_nearest_distances(cells, 20.0)
+    near = (d1 + d2) <= 20.0
+    assert (s_fast[near] == (d1 + d2)[near]).all() and not np.isfinite(s_fast[~near]).any()
+    one = S.unet_weight_map(np.zeros((5, 5), bool), np.ones((5, 5), np.int32))  # one cell: no border term
+    assert np.allclose(one, 1.0)
+
+
+def test_label_agreement_hand_values():
+    ref = np.zeros((10, 10), np.int32)
+    ref[:, :5] = 1
+    ref[:, 5:] = 2
+    out = np.zeros_like(ref)
+    out[:, :4] = 7  # IoU 40 / 50 with object 1
+    out[:, 4:] = 3  # object 2 inside a 60-px label: IoU 50 / 60
+    a = S.label_agreement(ref, out)
+    assert a["matched"] == 1.0 and a["n"] == 2
+    assert a["mean_iou"] == pytest.approx((0.8 + 50 / 60) / 2)
+    assert a["pixels"] == pytest.approx(0.9)  # column 4 maps to object 2
+    assert S.label_agreement(ref, ref) == {"mean_iou": 1.0, "matched": 1.0, "pixels": 1.0, "n": 2}
