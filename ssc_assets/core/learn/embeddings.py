@@ -37,14 +37,14 @@ def feature_names(n: int) -> list[str]:
     return [f"f{i:04d}" for i in range(n)]
 
 
-def inference_threads(workers: int | None = None) -> int:
-    """Torch intra-op threads for one worker process: ``max(1, cores // workers)``, with
-    ``workers`` from ``SSC_MAX_WORKERS`` (default: one per core, so 1 thread each and the
-    processes running side by side do not oversubscribe the cores)."""
-    cores = os.cpu_count() or 1
-    if workers is None:
-        workers = int(os.environ.get("SSC_MAX_WORKERS", "") or cores)
-    return max(1, cores // max(1, workers))
+def inference_threads(workers: int = 1) -> int:
+    """Torch intra-op threads for one of ``workers`` processes embedding side by side:
+    ``max(1, cores // workers)``. The per-plate jobs run their steps in one process, one after
+    the other (``in_process_first_executor``), so the default is all cores; steps in parallel
+    processes (the multiprocess executor) should pass their number, or ``threads=1``: measured
+    under load, two processes with 2 threads each on 2 cores ran DenseNet-121 2x slower than
+    with 1 thread each."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 @contextmanager
