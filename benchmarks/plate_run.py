@@ -56,6 +56,7 @@ TRAIN_CONFIG = {
     "pca_model": {"n_components": 8, "size": 16},
     "cell_classifier_model": {"epochs": 2, "batch_size": 16, "crop_size": 32, "max_crops_per_site": 8,
                               "oof_folds": 2, "budget_seconds": 60.0, "width": 8},
+    "cell_autoencoder_model": {"epochs": 2, "batch_size": 16, "crop_size": 32, "max_crops_per_site": 8, "max_seconds": 30.0},
 }
 
 CHILD = textwrap.dedent(

@@ -208,7 +208,7 @@ def _demo_models(run) -> bool:
     t0 = time.perf_counter()
     result = run("train_models", run_config=demo_run_config(), tags={"ssc/source": "ssc-assets demo"})
     print(f"\nmodels ({time.perf_counter() - t0:.0f} s; whole-site models: demo settings from ssc_assets/demo_config.py, "
-          "cell model: the cpu preset):")
+          "cell models: the cpu preset):")
     print(f"{'asset':<28} {'registered model':<24} {'version':>7} {'champion':>8}  test metrics")
     for ev in result.get_asset_materialization_events():
         key = ev.asset_key.to_user_string()
@@ -223,6 +223,8 @@ def _demo_models(run) -> bool:
                 shown = "out-of-fold: well AUC {:.3f}, well acc {:.3f}, donor acc {:.3f}".format(
                     m["oof"].get("well_auc", float("nan")), m["oof"].get("well_accuracy", float("nan")),
                     m["oof"].get("donor_accuracy", float("nan")))
+            if not shown and m.get("model") == "ssc-cell_autoencoder":
+                shown = f"held-out donors' reconstruction MSE {m.get('best_val_loss', float('nan')):.3f} (standardised units)"
             if not shown and "svm" in m:
                 shown = "SVM CV acc (donor-grouped) {:.3f}, (ungrouped) {:.3f}".format(
                     m["svm"]["cv_grouped"]["accuracy"], m["svm"]["cv_ungrouped"]["accuracy"])

@@ -9,8 +9,9 @@ from ssc_assets.definitions import build_definitions
 from ssc_assets.defs.partitions import plates
 
 PER_PLATE_UPSTREAM = ["raw_sites", "site_qc", "illumination_profiles", "corrected_images", "masks"]
-MODELS = ["segmentation_model", "autoencoder_models", "classifier_model", "densenet_model", "pca_model", "cell_classifier_model"]
-EMBEDDINGS = [f"site_embeddings_{m}" for m in ("pca", "autoencoder", "classifier", "densenet", "cells", "profiles")]
+MODELS = ["segmentation_model", "autoencoder_models", "classifier_model", "densenet_model", "pca_model", "cell_classifier_model",
+          "cell_autoencoder_model"]
+EMBEDDINGS = [f"site_embeddings_{m}" for m in ("pca", "autoencoder", "classifier", "densenet", "cells", "cell_autoencoder", "profiles")]
 
 
 def _mat(instance, key, partition=None):

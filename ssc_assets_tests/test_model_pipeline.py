@@ -21,6 +21,8 @@ TINY_CONFIG = {
     "pca_model": {"n_components": 8, "size": 16},
     "cell_classifier_model": {"epochs": 2, "batch_size": 16, "crop_size": 32, "max_crops_per_site": 8, "oof_folds": 2,
                               "budget_seconds": 120.0, "width": 8},
+    "cell_autoencoder_model": {"epochs": 2, "batch_size": 16, "crop_size": 32, "max_crops_per_site": 8,
+                               "embedding_size": 6, "max_seconds": 60.0},
 }
 
 
@@ -103,7 +105,8 @@ def test_densenet_offline_fallback_is_recorded(trained):
 
 def test_every_family_registered_with_champion(trained):
     client = trained["tracking"].client()
-    names = ["ssc-classifier", "ssc-densenet", "ssc-unet", "ssc-pca", "ssc-cells"] + [f"ssc-autoencoder-{c}" for c in ("actin", "borders", "nuclei")]
+    names = ["ssc-classifier", "ssc-densenet", "ssc-unet", "ssc-pca", "ssc-cells", "ssc-cell_autoencoder",
+             *[f"ssc-autoencoder-{c}" for c in ("actin", "borders", "nuclei")]]
     for name in names:
         assert int(client.get_model_version_by_alias(name, "champion").version) == 1, name
     ae = trained["values"]["autoencoder_models"]
@@ -131,6 +134,24 @@ def test_cell_model_scores_every_well_out_of_fold(trained):
     assert client.get_metric_history(man["run_id"], "fold0_val_loss") and "final_oof_well_auc" in run.data.metrics
     model = mlflow.pytorch.load_model(trained["tracking"].champion_uri("ssc-cells"))
     assert model.embed(torch.zeros(2, 3, 16, 16)).shape == (2, 16)
+
+
+def test_cell_autoencoder_is_tracked_and_embeds_raw_crops(trained):
+    """Per-epoch held-out reconstruction loss in its run, held-out donors in splits.csv, and the
+    registered model standardises raw crops itself (its buffers are the training crops' stats)."""
+    man = trained["values"]["cell_autoencoder_model"]
+    client = trained["tracking"].client()
+    run = client.get_run(man["run_id"])
+    assert run.data.params["crop_size"] == "32" and run.data.params["embedding_size"] == "6"
+    assert [m.step for m in client.get_metric_history(man["run_id"], "val_loss")][:1] == [1]
+    assert run.data.metrics["best_val_loss"] == pytest.approx(man["best_val_loss"])
+    splits = pd.read_csv(client.download_artifacts(man["run_id"], "splits.csv"))
+    assert set(splits["split"]) == {"train", "val"}
+    model = mlflow.pytorch.load_model(trained["tracking"].champion_uri("ssc-cell_autoencoder"))
+    x = torch.rand(3, 3, 16, 16)
+    assert model.embed(x).shape == (3, 6) and float(model.std.min()) > 0
+    # standardisation inside: shifting a crop by the stored mean is the same as standardising it
+    assert torch.allclose(model.standardise(model.mean.expand(1, 3, 16, 16)), torch.zeros(1, 3, 16, 16))
 
 
 def test_champion_moves_only_on_better_validation_loss(trained):
@@ -172,7 +193,7 @@ def clustered(trained):
     return {"emb": emb, "res": res,
             "wells": defs.load_asset_value("well_embeddings", partition_key=key, instance=instance),
             "sites": {m: defs.load_asset_value(f"site_embeddings_{m}", partition_key=key, instance=instance)
-                      for m in ("pca", "autoencoder", "classifier", "densenet", "cells", "profiles")},
+                      for m in ("pca", "autoencoder", "classifier", "densenet", "cells", "cell_autoencoder", "profiles")},
             "clusterings": defs.load_asset_value("clusterings", instance=instance),
             "donor_scores": defs.load_asset_value("donor_scores", instance=instance)}
 
@@ -222,7 +243,7 @@ def test_clusterings_report_and_mlflow(trained, clustered):
 
     out = clustered["clusterings"]
     comp = pd.read_csv(__import__("io").StringIO(out["comparison_csv"]))
-    assert set(comp["method"]) == {"pca", "autoencoder", "classifier", "densenet", "cells", "profiles"}
+    assert set(comp["method"]) == {"pca", "autoencoder", "classifier", "densenet", "cells", "cell_autoencoder", "profiles"}
     assert "thesis_homogeneity" in comp.columns
     assert comp.loc[comp["method"] == "classifier", "thesis_homogeneity"].iloc[0] == pytest.approx(0.2171)
     assert os.path.exists(out["report"]) and "<img" in open(out["report"]).read()

@@ -148,3 +148,79 @@ def cell_classifier_model(context: dg.AssetExecutionContext, config: CellModelCo
     context.add_output_metadata(md)
     return {**fit_manifest(run, reg, fit, preset[0]), "oof_wells": oof_path, "oof": res.metrics,
             "crop": data.params.as_dict()}
+
+
+_AP = "ssc_assets.core.learn.cell_autoencoder:CellAutoencoderParams"
+
+
+class CellAutoencoderConfig(dg.Config):
+    """The CPU regime of the cell autoencoder (:class:`CellAutoencoderParams` and :class:`CropParams` defaults)."""
+
+    crop_size: int = core_field(f"{_CP}.size", "Crop side around each nucleus centroid (px at full resolution).")
+    downsample: int = core_field(f"{_CP}.downsample", "Block-mean downsampling of the crops (crop_size / downsample px input).")
+    max_crops_per_site: int = core_field(f"{_CP}.max_per_site", "At most this many cells per site (deterministic draw).")
+    border: str = core_field(f"{_CP}.border", "'skip' nuclei whose crop leaves the image, or 'pad' with 0.")
+    normalize: str = core_field(f"{_CP}.normalize", "Intensity standardisation: 'site', 'crop' or 'none'.")
+    epochs: int = core_field(f"{_AP}.epochs", "Upper bound of epochs.")
+    batch_size: int = core_field(f"{_AP}.batch_size", "Batch size.")
+    lr: float = core_field(f"{_AP}.lr", "Adam learning rate (cosine annealed).")
+    patience: int | None = core_field(f"{_AP}.patience", "Early stop after this many epochs without a lower held-out loss.")
+    crops_per_epoch: int | None = core_field(f"{_AP}.crops_per_epoch", "Training crops drawn per epoch.")
+    embedding_size: int = core_field(f"{_AP}.embedding_size", "Code size (the `cell_autoencoder` site embedding).")
+    max_seconds: float | None = core_field(f"{_AP}.max_seconds", "Wall-time cap of the training (s).")
+    seed: int = core_field(f"{_AP}.seed", "Seed for validation donors, crops, sampling and initialisation.")
+    register_model: bool = Field(True, description="Register the model in the MLflow registry.")
+
+    def crop_params(self) -> CropParams:
+        return CropParams(size=self.crop_size, downsample=self.downsample, border=self.border,
+                          max_per_site=self.max_crops_per_site, seed=self.seed, normalize=self.normalize)
+
+    def to_core(self):
+        import dataclasses
+
+        from ssc_assets.core.learn.cell_autoencoder import CellAutoencoderParams
+
+        names = {f.name for f in dataclasses.fields(CellAutoencoderParams)} & set(type(self).model_fields)
+        return CellAutoencoderParams(**{n: getattr(self, n) for n in names})
+
+
+@dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+def cell_autoencoder_model(context: dg.AssetExecutionContext, config: CellAutoencoderConfig, corrected_images: dict,
+                           masks: dict, raw_sites: dict, mlflow_tracking: MlflowTracking) -> dict:
+    """Convolutional autoencoder on nucleus-centred crops (16-d code), trained without labels,
+    early-stopped on held-out donors' reconstruction loss: the registered ``ssc-cell_autoencoder``.
+
+    Output: manifest (run, registered version, crop settings).
+    """
+    from ssc_assets.core.learn.cell_autoencoder import train_cell_autoencoder
+
+    family = FAMILIES["cell_autoencoder"]
+    table = training_sites(all_plate_images(corrected_images), raw_sites, all_plate_masks(masks))
+    table = table[table["masks_store"].notna()].reset_index(drop=True)
+    if table.empty:
+        raise dg.Failure("no sites with masks: materialize corrected_images and masks for at least one plate first",
+                         allow_retries=False)
+    data = build_crop_dataset(table, config.crop_params())
+    context.log.info(f"{len(data)} cell crops of {len(table)} sites, {table['Metadata_Donor'].nunique()} donors")
+    preset = settings_preset(context.asset_key.to_user_string(), config)
+    with mlflow_tracking.start_run(context, family.experiment, f"cell autoencoder {config.crop_size}/{config.downsample}",
+                                   plate_partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
+        try:
+            res = train_cell_autoencoder(data, config.to_core(), on_epoch=epoch_logger(context))
+        except ValueError as exc:
+            raise dg.Failure(f"cell autoencoder: {exc}", allow_retries=False) from exc
+        fit = FitOutput(
+            model=res.model, history=res.history, best_epoch=res.best_epoch, best_val_loss=res.best_val_loss,
+            metrics={"val": {"loss": res.best_val_loss}},
+            figures={"learning_curves.png": training_plots.curves_png(res.history, "cell autoencoder")},
+            input_example=data.crops[:2], seconds=res.seconds,
+            params={**{f"crop_{k}": v for k, v in data.params.as_dict().items()}, "n_crops": len(data),
+                    "stopped": res.stopped})
+        split = _split_table(table, res.val_donors)
+        run, reg = log_fit(context, mlflow_tracking, family.registered_model(), fit, config, split,
+                           flavor=family.flavor, register=config.register_model)
+    md = fit_metadata(mlflow_tracking, run, reg, fit, split, preset)
+    md["n_crops"] = len(data)
+    context.add_output_metadata(md)
+    return {**fit_manifest(run, reg, fit, preset[0]), "crop": data.params.as_dict()}

@@ -1,7 +1,7 @@
 """Embeddings (group ``embeddings``, per plate) and clusterings (group ``clusterings``, all plates).
 
 One site-embedding asset per method (``site_embeddings_pca``, ``_autoencoder``,
-``_classifier``, ``_densenet``, ``_cells``, ``_profiles``): each has its own lineage (its model ->
+``_classifier``, ``_densenet``, ``_cells``, ``_cell_autoencoder``, ``_profiles``): each has its own lineage (its model ->
 its embeddings) and can be re-materialized alone, e.g. after a new champion. Models come
 from the MLflow registry (alias ``champion``); the version used is in the metadata.
 """
@@ -129,16 +129,14 @@ def site_embeddings_cells(context: dg.AssetExecutionContext, config: CellEmbeddi
                           masks: dict, raw_sites: pd.DataFrame, mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """Single-cell CNN (``ssc-cells@champion``): the 16-d embedding of each cell crop, median per
     site, plus ``Metadata_Score`` (median cell logit, > 0 = SSc-like) and ``Metadata_n_cells``."""
-    from ssc_assets.core.learn.cell_crops import CropParams, build_crop_dataset
+    from ssc_assets.core.learn.cell_crops import build_crop_dataset
     from ssc_assets.core.learn.cell_training import aggregate_cells, cell_logits, embed_cells
 
     table = _plate_table(context, corrected_images, raw_sites, masks)
     table = table[table["masks_store"].notna()].reset_index(drop=True)
     family = FAMILIES["cells"]
     model, info = mlflow_tracking.load_champion(family.registered_model(), flavor=family.flavor)
-    p = info["params"]
-    crop = CropParams(size=int(p["crop_size"]), downsample=int(p["crop_downsample"]), border=p["crop_border"],
-                      normalize=p["crop_normalize"], max_per_site=config.max_crops_per_site, seed=int(p.get("seed", 0)))
+    crop = _crop_params(info, config.max_crops_per_site)
     parts, n_cells = [], 0
     for start in range(0, len(table), SITES_PER_BATCH):  # a batch of sites' crops in memory at a time
         data = build_crop_dataset(table.iloc[start:start + SITES_PER_BATCH], crop)
@@ -148,9 +146,7 @@ def site_embeddings_cells(context: dg.AssetExecutionContext, config: CellEmbeddi
             n_cells += len(data)
     md = {**_model_metadata(mlflow_tracking, [info]), "n_cells": n_cells}
     if not parts:  # no masks or no nuclei: the other methods of this plate still go on
-        context.log.warning(f"plate {context.partition_key}: no cell crops (no masks or no nuclei): no cells embedding")
-        md["warning"] = "no cell crops on this plate (no masks or no nuclei): no `cells` embedding"
-        return _emit(context, pd.DataFrame(columns=[*SITE_META, METHOD]), md)
+        return _no_crops(context, md, "cells")
     sites = pd.concat(parts, ignore_index=True)
     trained = _champion_donors(mlflow_tracking, info, context)
     sites[DONOR_TRAINED] = sites[DONOR].astype(str).isin(trained) if trained is not None else pd.NA
@@ -160,6 +156,51 @@ def site_embeddings_cells(context: dg.AssetExecutionContext, config: CellEmbeddi
 
 #: Sites whose cell crops are embedded together (bounds memory: ~48 KiB per 64-px crop).
 SITES_PER_BATCH = 16
+
+
+def _crop_params(info: dict, max_per_site: int):
+    """The champion's crop settings (its run's ``crop_*`` params), ``max_per_site`` cells per site."""
+    from ssc_assets.core.learn.cell_crops import CropParams
+
+    p = info["params"]
+    return CropParams(size=int(p["crop_size"]), downsample=int(p["crop_downsample"]), border=p["crop_border"],
+                      normalize=p["crop_normalize"], max_per_site=max_per_site, seed=int(p.get("seed", 0)))
+
+
+def _no_crops(context, md: dict, method: str) -> pd.DataFrame:
+    context.log.warning(f"plate {context.partition_key}: no cell crops (no masks or no nuclei): no {method} embedding")
+    md["warning"] = f"no cell crops on this plate (no masks or no nuclei): no `{method}` embedding"
+    return _emit(context, pd.DataFrame(columns=[*SITE_META, METHOD]), md)
+
+
+@dg.asset(deps=["cell_autoencoder_model"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+@fail_fast
+def site_embeddings_cell_autoencoder(context: dg.AssetExecutionContext, config: CellEmbeddingConfig,
+                                     corrected_images: dict, masks: dict, raw_sites: pd.DataFrame,
+                                     mlflow_tracking: MlflowTracking) -> pd.DataFrame:
+    """Cell autoencoder (``ssc-cell_autoencoder@champion``): the 16-d code of each cell crop,
+    median per site, plus ``Metadata_n_cells``. Trained without labels, so no donor was "seen"."""
+    from ssc_assets.core.learn.cell_autoencoder import embed_cells_autoencoder
+    from ssc_assets.core.learn.cell_crops import build_crop_dataset
+    from ssc_assets.core.learn.cell_training import aggregate_cells
+
+    table = _plate_table(context, corrected_images, raw_sites, masks)
+    table = table[table["masks_store"].notna()].reset_index(drop=True)
+    family = FAMILIES["cell_autoencoder"]
+    model, info = mlflow_tracking.load_champion(family.registered_model(), flavor=family.flavor)
+    crop = _crop_params(info, config.max_crops_per_site)
+    parts, n_cells = [], 0
+    for start in range(0, len(table), SITES_PER_BATCH):
+        data = build_crop_dataset(table.iloc[start:start + SITES_PER_BATCH], crop)
+        if len(data):
+            parts.append(aggregate_cells(data.table, embed_cells_autoencoder(model, data.crops), "cell_autoencoder")[0])
+            n_cells += len(data)
+    md = {**_model_metadata(mlflow_tracking, [info]), "n_cells": n_cells}
+    if not parts:
+        return _no_crops(context, md, "cell_autoencoder")
+    sites = pd.concat(parts, ignore_index=True)
+    md["cells_per_site_median"] = float(sites["Metadata_n_cells"].median())
+    return _emit(context, sites, md)
 
 
 def _champion_donors(mlflow_tracking: MlflowTracking, info: dict, context) -> set[str] | None:
@@ -223,7 +264,8 @@ def site_embeddings_profiles(context: dg.AssetExecutionContext, config: Profiles
 @fail_fast
 def well_embeddings(context: dg.AssetExecutionContext, site_embeddings_pca: pd.DataFrame, site_embeddings_autoencoder: pd.DataFrame,
                     site_embeddings_classifier: pd.DataFrame, site_embeddings_densenet: pd.DataFrame,
-                    site_embeddings_cells: pd.DataFrame, site_embeddings_profiles: pd.DataFrame) -> pd.DataFrame:
+                    site_embeddings_cells: pd.DataFrame, site_embeddings_cell_autoencoder: pd.DataFrame,
+                    site_embeddings_profiles: pd.DataFrame) -> pd.DataFrame:
     """Median over each well's QC-passed sites, per method (the thesis' sample embedding).
 
     Columns: ``Metadata_Plate, Metadata_Well, Metadata_Donor, Metadata_Condition,
@@ -231,7 +273,8 @@ def well_embeddings(context: dg.AssetExecutionContext, site_embeddings_pca: pd.D
     CellProfiler names for profiles; NaN where a method has fewer features).
     """
     frames = [df for df in (site_embeddings_pca, site_embeddings_autoencoder, site_embeddings_classifier,
-                            site_embeddings_densenet, site_embeddings_cells, site_embeddings_profiles) if len(df)]
+                            site_embeddings_densenet, site_embeddings_cells, site_embeddings_cell_autoencoder,
+                            site_embeddings_profiles) if len(df)]
     wells = aggregate_wells(pd.concat(frames, ignore_index=True))
     summary = wells.groupby(METHOD).agg(n_wells=(WELL, "nunique"), sites_per_well=(N_SITES, "median"))
     feats = feature_columns(wells)

@@ -94,6 +94,11 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
         "well scores (donor-grouped folds, `fold<k>_*` curves) and the final model.",
         ("best_val_loss", "final_oof_well_auc", "final_oof_well_accuracy", "final_oof_donor_accuracy",
          "best_epoch"), ("crop_size", "downsample", "n_crops", "oof_folds_used"), primary_metric="best_val_loss"),
+    FAMILIES["cell_autoencoder"].experiment: ExperimentSpec(
+        "Autoencoder of nucleus-centred cell crops (asset `cell_autoencoder_model`, the CPU regime, no labels): "
+        "reconstruction loss of held-out donors' crops per epoch.",
+        ("best_val_loss", "best_epoch"), ("crop_size", "downsample", "n_crops", "embedding_size"),
+        primary_metric="best_val_loss"),
     FAMILIES["pca"].experiment: ExperimentSpec(
         "PCA baseline embedding + SVM (asset `pca_model`), SVM accuracy with donor-grouped and ungrouped folds.",
         ("final_cv_grouped_accuracy", "final_cv_ungrouped_accuracy", "final_cv_grouped_f1", "final_pca_explained_variance"),

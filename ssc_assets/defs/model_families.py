@@ -20,11 +20,11 @@ CLUSTERING_EXPERIMENT = f"{PREFIX}-clustering"
 class ModelFamily:
     """One model family (see the module docstring)."""
 
-    family: str  # registry key: unet, autoencoder, classifier, densenet, cells, pca
+    family: str  # registry key: unet, autoencoder, classifier, densenet, cells, cell_autoencoder, pca
     asset: str  # the training asset
     flavor: str  # MLflow flavour: pytorch or sklearn
     about: str  # markdown: what the model is (``{channel}`` for per-channel families)
-    fit: str  # the core fitting function (core.learn.fit, or core.learn.cell_training for cells)
+    fit: str  # the core fitting function (core.learn.fit, core.learn.cell_training, core.learn.cell_autoencoder)
     fit_kwargs: Callable[[object], dict]  # asset Config -> keyword arguments of ``fit`` (besides data and TrainParams)
     per_channel: bool = False  # one registered model per channel (``ssc-autoencoder-<channel>``)
     default_preset: str = "thesis"  # what the Config defaults are: the thesis' settings, or the CPU regime
@@ -65,6 +65,10 @@ def _cells_kwargs(config) -> dict:
     return {"n_folds": config.oof_folds, "budget_seconds": config.budget_seconds, "seed": config.seed}
 
 
+def _cell_autoencoder_kwargs(config) -> dict:
+    return {}
+
+
 def _unet_kwargs(config) -> dict:
     return {"tile_size": config.tile_size, "model_kwargs": {"base_channels": config.base_channels, "depth": config.depth}}
 
@@ -100,6 +104,12 @@ FAMILIES: dict[str, ModelFamily] = {f.family: f for f in (
         "per nucleus-centred crop of actin, borders and nuclei (the CPU regime); the median over a site's cells of its "
         "16-d embedding is the `cells` site embedding, the median cell logit the site's SSc-likeness score.",
         "fit_with_out_of_fold", _cells_kwargs, default_preset="cpu"),
+    ModelFamily(
+        "cell_autoencoder", "cell_autoencoder_model", "pytorch",
+        "Convolutional autoencoder (4 conv blocks x 32 channels, 16-d code) of nucleus-centred crops of actin, borders "
+        "and nuclei, trained without labels (the CPU regime); the median over a site's cells of its code is the "
+        "`cell_autoencoder` site embedding.",
+        "train_cell_autoencoder", _cell_autoencoder_kwargs, default_preset="cpu"),
     ModelFamily(
         "pca", "pca_model", "sklearn",
         "Standardize + PCA of flattened, downsampled sites (actin, borders, nuclei): the `pca` baseline site "

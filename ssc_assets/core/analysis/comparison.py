@@ -33,6 +33,7 @@ THESIS_METHOD_NAMES: dict[str, str | None] = {
     "densenet": "DenseNet classifier",
     "profiles": None,
     "cells": None,
+    "cell_autoencoder": None,
 }
 
 _OURS = [
@@ -273,6 +274,7 @@ METHOD_MODELS: dict[str, tuple[str, ...]] = {
     "classifier": ("ssc-classifier",),
     "densenet": ("ssc-densenet",),
     "cells": ("ssc-cells",),
+    "cell_autoencoder": ("ssc-cell_autoencoder",),
     "profiles": (),
 }
 

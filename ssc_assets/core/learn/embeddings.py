@@ -30,7 +30,7 @@ from ssc_assets.core.schema import (
     site_meta,
 )
 
-METHODS = ("pca", "autoencoder", "classifier", "densenet", "cells", "profiles")
+METHODS = ("pca", "autoencoder", "classifier", "densenet", "cells", "cell_autoencoder", "profiles")
 
 
 def feature_names(n: int) -> list[str]:
