@@ -7,7 +7,10 @@ well (the ``profiles`` embedding method). Not the illumination (flat-field) mode
 Three steps, each usable on its own:
 
 1. :func:`cell_features` - one row per cell, measured with ``cp_measure`` (a port of
-   CellProfiler's measurement modules) on the nucleus and cell masks of a site.
+   CellProfiler's measurement modules) on the nucleus and cell masks of a site. The
+   pipeline's default is the much faster curated set of the same contract,
+   :func:`ssc_assets.core.analysis.profile_features.curated_cell_features`; this one is
+   ``feature_set: cp_measure``.
 2. :func:`site_profile` - median over the cells of a site.
 3. :func:`select_and_normalize` - per-plate standardisation against the HC wells with
    ``pycytominer.normalize``, then ``pycytominer.feature_select``.
