@@ -254,7 +254,8 @@ def site_embeddings_profiles(context: dg.AssetExecutionContext, config: Profiles
     errors = sorted({e for i in ok for e in results[i].value["errors"]})
     df = pd.concat([table.loc[ok, site_meta(table)].reset_index(drop=True).assign(**{METHOD: "profiles"}),
                     prof.reset_index(drop=True)], axis=1)
-    md = {"n_failed": len(failures), "failed_sites": dg.MetadataValue.md(md_table(failures)),
+    md = {"feature_set": config.feature_set, "n_features": int(prof.shape[1]) - 1 if len(prof) else 0,
+          "n_failed": len(failures), "failed_sites": dg.MetadataValue.md(md_table(failures)),
           "cells_per_site_median": float(np.median([results[i].value["n_cells"] for i in ok])) if ok else 0.0,
           "measurement_errors": dg.MetadataValue.md("\n".join(f"- {e}" for e in errors[:30]) or "_none_")}
     return _emit(context, df, md)
