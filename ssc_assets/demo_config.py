@@ -17,7 +17,6 @@ DEMO_MODEL_CONFIG: dict[str, dict] = {
     "autoencoder_models": {**DEMO_TRAIN, "patch_size": 64, "widths": [64, 32, 16, 8]},
     "segmentation_model": {**DEMO_TRAIN, "tile_size": 128, "base_channels": 8, "depth": 3},
     "pca_model": {"n_components": 64, "size": 32},
-    "site_embeddings_profiles": {"level": 1},
     "clusterings": {"null_size": 2000},
 }
 

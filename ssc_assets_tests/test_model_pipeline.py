@@ -184,7 +184,7 @@ def test_augmentation_sweep_logs_one_run_per_factor(trained):
 @pytest.fixture(scope="module")
 def clustered(trained):
     defs, instance, key = trained["defs"], trained["instance"], trained["key"]
-    run_config = {"ops": {"site_embeddings_profiles": {"config": {"fast": True}}}}
+    run_config = {}  # profiles: the curated default set at full resolution
     emb = defs.resolve_job_def("embed_plate").execute_in_process(instance=instance, partition_key=key, run_config=run_config)
     assert emb.success
     res = defs.resolve_job_def("cluster_plates").execute_in_process(
