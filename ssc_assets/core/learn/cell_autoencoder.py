@@ -18,8 +18,6 @@ PCA); the donor-grouped evaluation then happens on the well medians.
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,7 +29,14 @@ from torch import nn
 
 from ssc_assets.core.learn.augment import AugmentParams
 from ssc_assets.core.learn.cell_crops import CropDataset
-from ssc_assets.core.learn.cell_training import _augment_batch, _to_tensor, split_validation_donors, torch_threads
+from ssc_assets.core.learn.cell_models import conv_blocks
+from ssc_assets.core.learn.cell_training import (
+    BestEpoch,
+    _augment_batch,
+    _to_tensor,
+    split_validation_donors,
+    torch_threads,
+)
 from ssc_assets.core.learn.loop import set_seed
 
 
@@ -41,13 +46,7 @@ class CellAutoencoder(nn.Module):
         super().__init__()
         if size % (2**n_blocks):
             raise ValueError(f"crop size {size} must be divisible by 2**n_blocks = {2**n_blocks}")
-        enc: list[nn.Module] = []
-        c = in_channels
-        for _ in range(n_blocks):
-            enc += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                    nn.MaxPool2d(2)]
-            c = width
-        self.encoder = nn.Sequential(*enc)
+        self.encoder = nn.Sequential(*conv_blocks(in_channels, width, n_blocks))
         self.side = size // 2**n_blocks
         self.to_code = nn.Linear(width * self.side * self.side, embedding_size)
         self.from_code = nn.Linear(embedding_size, width * self.side * self.side)
@@ -165,9 +164,8 @@ def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = Ce
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, p.epochs), eta_min=p.lr * 0.05)
         n_epoch = int(min(p.crops_per_epoch or len(train_idx), len(train_idx)))
         aug = AugmentParams()
-        best_state, best_loss, best_epoch, since_best = copy.deepcopy(model.state_dict()), math.inf, 0, 0
+        best = BestEpoch(model, p.patience)
         history: list[dict] = []
-        stopped = "epochs"
         t0 = time.perf_counter()
         for epoch in range(1, p.epochs + 1):
             te = time.perf_counter()
@@ -195,22 +193,13 @@ def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = Ce
             m = {"epoch": epoch, "train_loss": tot / max(n_seen, 1), "train_crops": n_seen,
                  "val_loss": _recon_loss(model, val_crops), "lr": lr, "seconds": time.perf_counter() - te}
             history.append(m)
-            if m["val_loss"] < best_loss:
-                best_loss, best_epoch, since_best = m["val_loss"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
+            stop = best.update(model, epoch, m["val_loss"], out_of_time)
             if on_epoch:
                 on_epoch(epoch, m)
-            if out_of_time:
-                stopped = "time"
+            if stop:
                 break
-            if p.patience is not None and since_best >= p.patience:
-                stopped = "patience"
-                break
-        model.load_state_dict(best_state)
-        model.eval()
-    return CellAutoencoderResult(model, history, best_epoch, best_loss, time.perf_counter() - t0, stopped,
+        best.restore(model)
+    return CellAutoencoderResult(model, history, best.epoch, best.loss, time.perf_counter() - t0, best.stopped,
                                  val_donors, p.as_dict())
 
 

@@ -19,17 +19,23 @@ import torch
 from torch import nn
 
 
+def conv_blocks(in_channels: int, width: int, n_blocks: int) -> list[nn.Module]:
+    """``n_blocks`` x (3x3 conv, no bias -> BatchNorm -> ReLU -> 2x2 max pool), ``width`` channels:
+    (B, in_channels, S, S) -> (B, width, S / 2**n_blocks, S / 2**n_blocks) (pooling floors)."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for _ in range(n_blocks):
+        layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                   nn.MaxPool2d(2)]
+        c = width
+    return layers
+
+
 class CellCNN(nn.Module):
     def __init__(self, in_channels: int = 3, width: int = 32, n_blocks: int = 4, embedding_size: int = 16,
                  dropout: float = 0.2):
         super().__init__()
-        layers: list[nn.Module] = []
-        c = in_channels
-        for _ in range(n_blocks):
-            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
-            c = width
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*conv_blocks(in_channels, width, n_blocks))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.embedding = nn.Linear(width, embedding_size)

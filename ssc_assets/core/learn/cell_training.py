@@ -167,6 +167,33 @@ def split_validation_donors(table: pd.DataFrame, fraction: float = 0.25, seed: i
     return sorted(out)
 
 
+class BestEpoch:
+    """Early-stopping bookkeeping of one training: the best validation loss so far, its epoch
+    and a copy of its weights; why training stopped (``epochs`` | ``patience`` | ``time``)."""
+
+    def __init__(self, model: torch.nn.Module, patience: int | None):
+        self.state, self.loss, self.epoch, self.since = copy.deepcopy(model.state_dict()), math.inf, 0, 0
+        self.patience, self.stopped = patience, "epochs"
+
+    def update(self, model: torch.nn.Module, epoch: int, val_loss: float, out_of_time: bool) -> bool:
+        """Record epoch ``epoch``'s validation loss; True when training should stop."""
+        if val_loss < self.loss:
+            self.loss, self.epoch, self.since = val_loss, epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.since += 1
+        if out_of_time:
+            self.stopped = "time"
+        elif self.patience is not None and self.since >= self.patience:
+            self.stopped = "patience"
+        return self.stopped != "epochs"
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Load the best weights into ``model`` and put it in eval mode."""
+        model.load_state_dict(self.state)
+        model.eval()
+
+
 def _augment_batch(x: np.ndarray, rng: np.random.Generator, aug: AugmentParams) -> np.ndarray:
     out = np.empty_like(x)
     for i in range(len(x)):
@@ -246,9 +273,8 @@ def train_cell_classifier(train: CropDataset, val: CropDataset, params: CellTrai
         y_all = train.table["label"].to_numpy().astype(np.float32)
         n_epoch = int(min(p.crops_per_epoch or len(train), len(train)))  # an epoch draws at most len(train) crops
         aug = AugmentParams()
-        best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
+        best = BestEpoch(model, p.patience)
         history: list[dict] = []
-        stopped, since_best = "epochs", 0
         t0 = time.perf_counter()
         for epoch in range(1, p.epochs + 1):
             te = time.perf_counter()
@@ -284,24 +310,15 @@ def train_cell_classifier(train: CropDataset, val: CropDataset, params: CellTrai
                  **_val_metrics(model, val, p.eval_batch_size), "lr": lr,
                  "seconds": time.perf_counter() - te}
             history.append(m)
-            if m["val_loss"] < best_loss:
-                best_loss, best_epoch, since_best = m["val_loss"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
+            stop = best.update(model, epoch, m["val_loss"], out_of_time)
             if on_epoch:
                 on_epoch(epoch, m)
-            if out_of_time:
-                stopped = "time"
+            if stop:
                 break
-            if p.patience is not None and since_best >= p.patience:
-                stopped = "patience"
-                break
-        if best_epoch == 0:
+        if best.epoch == 0:
             raise ValueError("no epoch had a finite validation loss: nothing to keep (check the validation crops)")
-        model.load_state_dict(best_state)
-        model.eval()
-    return CellTrainResult(model, history, best_epoch, best_loss, time.perf_counter() - t0, stopped,
+        best.restore(model)
+    return CellTrainResult(model, history, best.epoch, best.loss, time.perf_counter() - t0, best.stopped,
                            sorted(train.table["Metadata_Donor"].astype(str).unique()),
                            sorted(val.table["Metadata_Donor"].astype(str).unique()), p.as_dict())
 
