@@ -88,9 +88,9 @@ def normalize_wells(wells: pd.DataFrame, features: list[str] | None = None, *, c
         raise ValueError("no feature columns")
     by = list(by) if by is not None else [schema.PLATE] + ([batch_column(wells)] if batch_column(wells) else [])
     meta = [c for c in wells.columns if c not in feats]
-    df = wells.reset_index(drop=True).copy()
-    df[feats] = df[feats].astype(np.float64).replace([np.inf, -np.inf], np.nan)
-    df["_row"] = np.arange(len(df))
+    values = wells[feats].reset_index(drop=True).astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    df = pd.concat([wells[meta].reset_index(drop=True), values,
+                    pd.DataFrame({"_row": np.arange(len(wells))})], axis=1)[[*wells.columns, "_row"]]
     notes: list[str] = []
     parts = []
     for key, sub in df.groupby(by, sort=False, dropna=False):
