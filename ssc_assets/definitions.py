@@ -13,7 +13,14 @@ from ssc_assets.defs import (
 )
 from ssc_assets.defs.automation import automation_sensor, nightly_retrain
 from ssc_assets.defs.io_managers import ManifestIOManager, ParquetIOManager
-from ssc_assets.defs.jobs import augmentation_sweep_job, cluster_plates, embed_plate, process_plate, train_models
+from ssc_assets.defs.jobs import (
+    augmentation_sweep_job,
+    cluster_plates,
+    embed_plate,
+    in_process_first_executor,
+    process_plate,
+    train_models,
+)
 from ssc_assets.defs.mlflow_tracking import MlflowTracking
 from ssc_assets.defs.resources import default_resources
 from ssc_assets.defs.sensors import plate_sensor
@@ -34,6 +41,7 @@ def build_definitions(**resource_overrides) -> dg.Definitions:
         sensors=[plate_sensor, automation_sensor],
         schedules=[nightly_retrain],
         resources=resources,
+        executor=in_process_first_executor,  # also UI materializations and automation runs; training jobs set their own
     )
 
 

@@ -83,3 +83,11 @@ def test_standardisation_travels_with_the_model():
     clone.load_state_dict(res.model.state_dict())
     np.testing.assert_allclose(embed_cells_autoencoder(clone, data.crops), embed_cells_autoencoder(res.model, data.crops),
                                atol=1e-5)
+
+
+def test_no_finite_validation_loss_is_an_error_not_a_random_model():
+    data = planted_crops(n_hc=2, n_ssc=2, wells=1, cells=8, seed=3)
+    data.crops[0, 0, 0, 0] = np.nan  # NaN standardisation -> NaN losses in every epoch
+    p = CellAutoencoderParams(epochs=2, batch_size=16, n_blocks=3, width=8, embedding_size=4, threads=1)
+    with pytest.raises(ValueError, match="finite validation loss"):
+        train_cell_autoencoder(data, p)

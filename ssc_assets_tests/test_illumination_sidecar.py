@@ -96,3 +96,14 @@ def test_sidecar_settings_must_match(tmp_path):
     assert cache.get(str(p), (8, 8)) is None and cache.get(str(tmp_path / "other.tif"), (4, 4)) is None
     assert load_sidecar(str(tmp_path / "s.npz"), background_settings(k_sd=2.5))[0] is None
     assert load_sidecar(str(tmp_path / "missing.npz"), background_settings())[0] is None
+
+
+def test_a_grid_without_file_stamp_is_never_reused(tmp_path):
+    """A URL (no size/mtime to compare) may have been rewritten in place: re-read it."""
+    from ssc_assets.core.image.backgrounds import write_sidecar
+
+    url = "s3://bucket/plate/x.tif"
+    grid = np.ones((2, 2, 2), np.float32)
+    write_sidecar(str(tmp_path / "s.npz"), {url: (grid, (4, 4), None)}, background_settings())
+    cache, why = load_sidecar(str(tmp_path / "s.npz"), background_settings())
+    assert why == "" and len(cache) == 1 and cache.get(url, (4, 4)) is None

@@ -334,3 +334,22 @@ def test_position_blocklist():
              "Cells_Intensity_MeanIntensity_actin", "Nuclei_Location_MaxIntensity_X_actin"]
     assert profiles.position_blocklist(feats) == [
         "Cells_Location_Center_X", "Nuclei_AreaShape_Center_Y", "Nuclei_Location_MaxIntensity_X_actin"]
+
+
+def test_plates_profiled_with_different_feature_sets_are_refused():
+    from ssc_assets.core.analysis.profiles import feature_set_mismatch
+
+    def plate(name, cols):
+        return pd.DataFrame({"Metadata_Plate": name, "Metadata_Well": ["A01", "A02"],
+                             **{c: [1.0, 2.0] for c in cols}})
+
+    curated = [f"Cells_Intensity_Mean_{i}" for i in range(10)]
+    cp = [f"Cells_Texture_Contrast_{i}" for i in range(10)] + curated[:2]
+    same = pd.concat([plate("P1", curated), plate("P2", curated)], ignore_index=True)
+    assert feature_set_mismatch(same) is None
+    mixed = pd.concat([plate("P1", curated), plate("P2", cp)], ignore_index=True)
+    msg = feature_set_mismatch(mixed)
+    assert msg and "P1 (10 features)" in msg and "P2 (12 features)" in msg and "re-materialize" in msg
+    # a plate that lost a few features (all-NaN there) is still the same set
+    few = pd.concat([plate("P1", curated), plate("P2", curated).assign(**{curated[0]: np.nan})], ignore_index=True)
+    assert feature_set_mismatch(few) is None

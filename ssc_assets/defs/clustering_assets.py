@@ -46,8 +46,11 @@ class ClusteringConfig(dg.Config):
 
 def _normalize_profiles(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Per-plate standardization against HC wells + feature selection (pycytominer)."""
-    from ssc_assets.core.analysis.profiles import select_and_normalize
+    from ssc_assets.core.analysis.profiles import feature_set_mismatch, select_and_normalize
 
+    problem = feature_set_mismatch(df)
+    if problem:
+        raise dg.Failure(problem, allow_retries=False)
     feats = feature_columns(df, drop_all_nan=True)
     tmp = df[metadata_columns(df) + feats]
     with warnings.catch_warnings():  # all-NaN features of a plate warn in sklearn; they are dropped by selection

@@ -83,6 +83,12 @@ def donor_scores(context: dg.AssetExecutionContext, config: DonorScoresConfig, w
 
     wells = pd.concat([df for df in well_embeddings.values() if len(df)], ignore_index=True)
     tables = {m: df.reset_index(drop=True) for m, df in wells.groupby(METHOD, sort=False) if m != "cells"}
+    if "profiles" in tables:
+        from ssc_assets.core.analysis.profiles import feature_set_mismatch
+
+        problem = feature_set_mismatch(tables["profiles"])
+        if problem:
+            raise dg.Failure(problem, allow_retries=False)
     score_cols = {}
     cells = _cells_with_oof(wells, cell_classifier_model, context)
     if cells is not None:

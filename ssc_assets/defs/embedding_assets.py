@@ -225,7 +225,7 @@ class ProfilesConfig(dg.Config):
     max_failed_fraction: float = Field(0.05, description="The asset fails if more sites than this fraction raise.")
 
 
-@dg.asset(kinds={"python"}, **EMBED_KW)
+@dg.asset(kinds={"python"}, **{**EMBED_KW, "code_version": "2"})  # 2: curated feature set by default
 @fail_fast
 def site_embeddings_profiles(context: dg.AssetExecutionContext, config: ProfilesConfig, corrected_images: dict,
                              masks: dict, raw_sites: pd.DataFrame, compute: SiteCompute) -> pd.DataFrame:

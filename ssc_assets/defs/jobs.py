@@ -30,10 +30,11 @@ def in_process_first_executor(init_context):
 
 def _group_job(name: str, group: str, description: str, per_plate: bool = False, in_process: bool = False):
     """A job materializing one asset group; per-plate jobs carry :data:`PER_PLATE_MAX_RUNTIME`;
-    ``in_process`` gives it :func:`in_process_first_executor`."""
+    ``in_process`` gives it :func:`in_process_first_executor`, else Dagster's multiprocess default
+    (model trainings: a step process per model isolates memory and crashes)."""
     return dg.define_asset_job(name, selection=dg.AssetSelection.groups(group), description=description,
                                tags=PER_PLATE_MAX_RUNTIME if per_plate else None,
-                               executor_def=in_process_first_executor if in_process else None)
+                               executor_def=in_process_first_executor if in_process else dg.multi_or_in_process_executor)
 
 
 process_plate = dg.define_asset_job(

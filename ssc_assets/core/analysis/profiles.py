@@ -406,3 +406,28 @@ def _select_features(normed: pd.DataFrame, feats: list[str], meta_cols: list[str
         dropped[op] = [f for f in kept if f not in sel.columns]
         kept = left
     return kept, dropped
+
+
+def feature_set_mismatch(wells: pd.DataFrame, min_overlap: float = 0.5) -> str | None:
+    """Why profile wells of several plates cannot be analysed together, or None.
+
+    Plates profiled with different feature sets (``curated`` vs ``cp_measure``, or different
+    settings) have few measured (non-NaN) columns in common; after concatenation each set's
+    columns are NaN on the other plates and feature selection would silently drop nearly all
+    of them. Flags any two plates whose measured-column sets overlap (Jaccard) below
+    ``min_overlap``.
+    """
+    from ssc_assets.core import schema
+
+    feats = feature_columns(wells)
+    measured = {p: frozenset(c for c in feats if sub[c].notna().any())
+                for p, sub in wells.groupby(schema.PLATE, sort=True)}
+    plates = list(measured)
+    for i, a in enumerate(plates):
+        for b in plates[i + 1:]:
+            union = measured[a] | measured[b]
+            if union and len(measured[a] & measured[b]) / len(union) < min_overlap:
+                return (f"profiles of plates {a} ({len(measured[a])} features) and {b} ({len(measured[b])} features) "
+                        f"were measured with different feature sets; re-materialize site_embeddings_profiles and "
+                        f"well_embeddings for every plate with the same feature_set")
+    return None

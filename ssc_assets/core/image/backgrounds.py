@@ -91,7 +91,7 @@ class BackgroundCache:
         e = self._entries.get(str(path))
         if e is None or e["shape"] is None or tuple(e["shape"]) != tuple(shape):
             return None
-        if e["stamp"] != file_stamp(path):
+        if e["stamp"] is None or e["stamp"] != file_stamp(path):  # no stamp (e.g. a URL): cannot tell, so re-read
             return None
         return np.asarray(self._npz[e["key"]])
 

@@ -198,6 +198,8 @@ def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = Ce
                 on_epoch(epoch, m)
             if stop:
                 break
+        if best.epoch == 0:
+            raise ValueError("no epoch had a finite validation loss: nothing to keep (check the crops for NaN)")
         best.restore(model)
     return CellAutoencoderResult(model, history, best.epoch, best.loss, time.perf_counter() - t0, best.stopped,
                                  val_donors, p.as_dict())
