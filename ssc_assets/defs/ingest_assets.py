@@ -216,7 +216,11 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
     ]
     grids = {it[0]: (r.value["_background"], it[1], r.value.get("_stamp")) for it, r in zip(items, results)
              if r.error is None and r.value.get("_background") is not None}
-    sidecar = write_sidecar(storage.path("site_qc", f"{context.partition_key}{SIDECAR_SUFFIX}"), grids, bg_settings)
+    try:  # only a cache: illumination_profiles reads the images when it is missing
+        sidecar = write_sidecar(storage.path("site_qc", f"{context.partition_key}{SIDECAR_SUFFIX}"), grids, bg_settings)
+    except OSError as exc:
+        context.log.warning(f"background grids not saved ({exc}); illumination_profiles will read the images")
+        sidecar = None
     qc_config = config.to_core()
     qc = assemble_site_qc(rows, measures, qc_config)
     sites = site_table(qc)
@@ -246,7 +250,7 @@ def site_qc(context: dg.AssetExecutionContext, config: SiteQcConfig, raw_sites: 
         "qc_histograms": dg.MetadataValue.md(figures.png_markdown(hist, "QC histograms")),
         "user_overrides": int((sites["qc_decision"] != "auto").sum()),
         "qc_rules": dg.MetadataValue.json(dataclasses.asdict(qc_config)),
-        "background_grids": dg.MetadataValue.path(sidecar),
+        "background_grids": dg.MetadataValue.path(sidecar) if sidecar else "not saved (see the run log)",
         "n_background_grids": len(grids),
     }
     yield dg.Output(qc, metadata=metadata)

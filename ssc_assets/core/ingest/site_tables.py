@@ -246,8 +246,11 @@ def qc_one_image(item: tuple) -> dict:
     if bg_settings is not None:
         from ssc_assets.core.image.illumination import image_background
 
-        out["_background"] = image_background(img, **bg_settings)
-        out["_stamp"] = stamp
+        try:  # a cache for illumination_profiles: never a reason to fail the image's QC
+            out["_background"] = image_background(img, **bg_settings)
+            out["_stamp"] = stamp
+        except Exception:  # noqa: BLE001 - illumination_profiles then reads the image itself
+            out["_background"] = None
     return out
 
 
