@@ -409,9 +409,11 @@ def curated_cell_features(
             buf = np.empty(nuc.size)
             first = {}
             for c, ch in enumerate(channels):
+                ch_cols: dict = {}  # merged only if the whole channel succeeds (no partial columns)
                 try:
                     first[ch] = _channel_features(comp, counts, coarse, centroid, scaled[c], ch, step * downsample,
-                                                  buf, cols)
+                                                  buf, ch_cols)
+                    cols.update(ch_cols)
                 except Exception as exc:  # noqa: BLE001 - reported to the caller, other channels kept
                     errors.append(f"channel {ch}: {type(exc).__name__}: {exc}")
             _correlations(comp, counts, scaled, channels, first, buf, errors, cols)
