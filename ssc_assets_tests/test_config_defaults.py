@@ -29,6 +29,7 @@ ASSET_ONLY = {
     "TrainConfig": {"register_model"},
     "PcaConfig": {"register_model"},
     "CellModelConfig": {"register_model"},
+    "CellAutoencoderConfig": {"register_model"},
     "SweepConfig": {"model", "factors", "register_model"},
 }
 
