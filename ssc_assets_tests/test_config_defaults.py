@@ -28,8 +28,7 @@ ASSET_ONLY = {
     "SiteQcConfig": {"max_failed_fraction", "n_gallery"},
     "TrainConfig": {"register_model"},
     "PcaConfig": {"register_model"},
-    "CellModelConfig": {"register_model"},
-    "CellAutoencoderConfig": {"register_model"},
+    "CropConfig": {"register_model"},
     "SweepConfig": {"model", "factors", "register_model"},
 }
 

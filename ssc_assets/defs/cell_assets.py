@@ -46,14 +46,31 @@ _CP = "ssc_assets.core.learn.cell_crops:CropParams"
 _CT = "ssc_assets.core.learn.cell_training"
 
 
-class CellModelConfig(dg.Config):
-    """The ``cpu`` preset (:meth:`CellTrainParams.cpu` and :class:`CropParams` defaults)."""
+class CropConfig(dg.Config):
+    """Cell crops (:class:`CropParams` defaults), shared by the cell models' Configs."""
 
     crop_size: int = core_field(f"{_CP}.size", "Crop side around each nucleus centroid (px at full resolution).")
     downsample: int = core_field(f"{_CP}.downsample", "Block-mean downsampling of the crops (crop_size / downsample px input).")
     max_crops_per_site: int = core_field(f"{_CP}.max_per_site", "At most this many cells per site (deterministic draw).")
     border: str = core_field(f"{_CP}.border", "'skip' nuclei whose crop leaves the image, or 'pad' with 0.")
     normalize: str = core_field(f"{_CP}.normalize", "Intensity standardisation: 'site', 'crop' or 'none'.")
+    register_model: bool = Field(True, description="Register the model in the MLflow registry.")
+
+    def crop_params(self) -> CropParams:
+        return CropParams(size=self.crop_size, downsample=self.downsample, border=self.border,
+                          max_per_site=self.max_crops_per_site, seed=getattr(self, "seed", 0), normalize=self.normalize)
+
+    def core_params(self, cls):
+        """An instance of the core dataclass ``cls`` from the fields both have, by keyword."""
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(cls)} & set(type(self).model_fields)
+        return cls(**{n: getattr(self, n) for n in names})
+
+
+class CellModelConfig(CropConfig):
+    """The ``cpu`` preset (:meth:`CellTrainParams.cpu` and :class:`CropParams` defaults)."""
+
     epochs: int = core_field(f"{_TP}.epochs", "Upper bound of epochs per training.")
     batch_size: int = core_field(f"{_TP}.batch_size", "Batch size.")
     lr: float = core_field(f"{_TP}.lr", "Adam learning rate (cosine annealed).")
@@ -72,18 +89,10 @@ class CellModelConfig(dg.Config):
     oof_folds: int = core_field(f"{_CT}:OOF_FOLDS", "Donor-grouped folds for the out-of-fold scores.")
     budget_seconds: float = core_field(f"{_CT}:MODEL_BUDGET_SECONDS",
                                        "Wall-time budget of the whole asset (folds + final model), split evenly (s).")
-    register_model: bool = Field(True, description="Register the model in the MLflow registry.")
-
-    def crop_params(self) -> CropParams:
-        return CropParams(size=self.crop_size, downsample=self.downsample, border=self.border,
-                          max_per_site=self.max_crops_per_site, seed=self.seed, normalize=self.normalize)
 
     def to_core(self) -> CellTrainParams:
         """The core training parameters, by keyword (the fields both have)."""
-        import dataclasses
-
-        names = {f.name for f in dataclasses.fields(CellTrainParams)} & set(type(self).model_fields)
-        return CellTrainParams(**{n: getattr(self, n) for n in names})
+        return self.core_params(CellTrainParams)
 
 
 def _fold_logger():
@@ -153,14 +162,9 @@ def cell_classifier_model(context: dg.AssetExecutionContext, config: CellModelCo
 _AP = "ssc_assets.core.learn.cell_autoencoder:CellAutoencoderParams"
 
 
-class CellAutoencoderConfig(dg.Config):
+class CellAutoencoderConfig(CropConfig):
     """The CPU regime of the cell autoencoder (:class:`CellAutoencoderParams` and :class:`CropParams` defaults)."""
 
-    crop_size: int = core_field(f"{_CP}.size", "Crop side around each nucleus centroid (px at full resolution).")
-    downsample: int = core_field(f"{_CP}.downsample", "Block-mean downsampling of the crops (crop_size / downsample px input).")
-    max_crops_per_site: int = core_field(f"{_CP}.max_per_site", "At most this many cells per site (deterministic draw).")
-    border: str = core_field(f"{_CP}.border", "'skip' nuclei whose crop leaves the image, or 'pad' with 0.")
-    normalize: str = core_field(f"{_CP}.normalize", "Intensity standardisation: 'site', 'crop' or 'none'.")
     epochs: int = core_field(f"{_AP}.epochs", "Upper bound of epochs.")
     batch_size: int = core_field(f"{_AP}.batch_size", "Batch size.")
     lr: float = core_field(f"{_AP}.lr", "Adam learning rate (cosine annealed).")
@@ -169,19 +173,11 @@ class CellAutoencoderConfig(dg.Config):
     embedding_size: int = core_field(f"{_AP}.embedding_size", "Code size (the `cell_autoencoder` site embedding).")
     max_seconds: float | None = core_field(f"{_AP}.max_seconds", "Wall-time cap of the training (s).")
     seed: int = core_field(f"{_AP}.seed", "Seed for validation donors, crops, sampling and initialisation.")
-    register_model: bool = Field(True, description="Register the model in the MLflow registry.")
-
-    def crop_params(self) -> CropParams:
-        return CropParams(size=self.crop_size, downsample=self.downsample, border=self.border,
-                          max_per_site=self.max_crops_per_site, seed=self.seed, normalize=self.normalize)
 
     def to_core(self):
-        import dataclasses
-
         from ssc_assets.core.learn.cell_autoencoder import CellAutoencoderParams
 
-        names = {f.name for f in dataclasses.fields(CellAutoencoderParams)} & set(type(self).model_fields)
-        return CellAutoencoderParams(**{n: getattr(self, n) for n in names})
+        return self.core_params(CellAutoencoderParams)
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
