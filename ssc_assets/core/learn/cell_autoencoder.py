@@ -32,10 +32,10 @@ from ssc_assets.core.learn.cell_crops import CropDataset
 from ssc_assets.core.learn.cell_models import conv_blocks
 from ssc_assets.core.learn.cell_training import (
     BestEpoch,
-    _augment_batch,
     _to_tensor,
     split_validation_donors,
     torch_threads,
+    train_epoch,
 )
 from ssc_assets.core.learn.loop import set_seed
 
@@ -170,24 +170,10 @@ def train_cell_autoencoder(data: CropDataset, params: CellAutoencoderParams = Ce
         for epoch in range(1, p.epochs + 1):
             te = time.perf_counter()
             order = rng.permutation(train_idx)[:n_epoch]
-            model.train()
-            tot, n_seen, out_of_time = 0.0, 0, False
-            for b in range(0, len(order), p.batch_size):
-                idx = np.sort(order[b : b + p.batch_size])
-                if len(idx) < 2:
-                    continue
-                x = data.crops[idx]
-                if p.augment:
-                    x = _augment_batch(x, rng, aug)
-                loss = reconstruction_loss(model, _to_tensor(x))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tot += float(loss.detach()) * len(idx)
-                n_seen += len(idx)
-                if p.max_seconds is not None and time.perf_counter() - t0 > p.max_seconds:
-                    out_of_time = True
-                    break
+            deadline = t0 + p.max_seconds if p.max_seconds is not None else None
+            tot, n_seen, out_of_time = train_epoch(model, opt, data.crops, order, p.batch_size,
+                                                   lambda idx, x: reconstruction_loss(model, x),
+                                                   rng if p.augment else None, aug, deadline)
             lr = opt.param_groups[0]["lr"]
             sched.step()
             m = {"epoch": epoch, "train_loss": tot / max(n_seen, 1), "train_crops": n_seen,

@@ -201,6 +201,34 @@ def _augment_batch(x: np.ndarray, rng: np.random.Generator, aug: AugmentParams) 
     return out
 
 
+def train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, crops: np.ndarray, order: np.ndarray,
+                batch_size: int, batch_loss: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
+                rng: np.random.Generator | None, aug: AugmentParams, deadline: float | None) -> tuple[float, int, bool]:
+    """One epoch over ``crops[order]`` (float32 (N, C, S, S)) in batches of ``batch_size`` (sorted
+    indices; a last batch of 1 is skipped: BatchNorm needs 2), augmented with ``rng`` unless it is
+    None, one optimiser step per batch on ``batch_loss(indices, batch tensor)``; stops after the
+    batch that passes ``deadline`` (``time.perf_counter()`` value). Returns (summed loss x batch
+    size, crops seen, out of time)."""
+    model.train()
+    tot, n_seen = 0.0, 0
+    for b in range(0, len(order), batch_size):
+        idx = np.sort(order[b : b + batch_size])
+        if len(idx) < 2:
+            continue
+        x = crops[idx]
+        if rng is not None:
+            x = _augment_batch(x, rng, aug)
+        loss = batch_loss(idx, _to_tensor(x))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot += float(loss.detach()) * len(idx)
+        n_seen += len(idx)
+        if deadline is not None and time.perf_counter() > deadline:
+            return tot, n_seen, True
+    return tot, n_seen, False
+
+
 def _to_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).contiguous(memory_format=torch.channels_last)
 
@@ -284,26 +312,14 @@ def train_cell_classifier(train: CropDataset, val: CropDataset, params: CellTrai
                 order = rng.permutation(len(train))
                 if n_epoch < len(order):
                     order = order[:n_epoch]
-            model.train()
-            tot, n_seen, out_of_time = 0.0, 0, False
-            for b in range(0, len(order), p.batch_size):
-                idx = np.sort(order[b : b + p.batch_size])
-                if len(idx) < 2:  # BatchNorm needs 2 samples
-                    continue
-                x = train.crops[idx]
-                if p.augment:
-                    x = _augment_batch(x, rng, aug)
+            def batch_loss(idx: np.ndarray, x: torch.Tensor) -> torch.Tensor:
                 yb = torch.from_numpy(y_all[idx])
-                logits = model(_to_tensor(x))
-                loss = _balanced_bce(logits, yb) if p.balance == "loss" else F.binary_cross_entropy_with_logits(logits, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tot += float(loss.detach()) * len(idx)
-                n_seen += len(idx)
-                if p.max_seconds is not None and time.perf_counter() - t0 > p.max_seconds:
-                    out_of_time = True
-                    break
+                logits = model(x)
+                return _balanced_bce(logits, yb) if p.balance == "loss" else F.binary_cross_entropy_with_logits(logits, yb)
+
+            deadline = t0 + p.max_seconds if p.max_seconds is not None else None
+            tot, n_seen, out_of_time = train_epoch(model, opt, train.crops, order, p.batch_size, batch_loss,
+                                                   rng if p.augment else None, aug, deadline)
             lr = opt.param_groups[0]["lr"]
             sched.step()
             m = {"epoch": epoch, "train_loss": tot / max(n_seen, 1), "train_crops": n_seen,
