@@ -105,6 +105,19 @@ def _fold_logger():
     return on_fold_epoch
 
 
+def _training_crops(context, config: CropConfig, corrected_images: dict, masks: dict, raw_sites: dict):
+    """(site table of every plate's masked sites, their cell crops, (preset, detail)); fails
+    clearly when no plate has masks yet."""
+    table = training_sites(all_plate_images(corrected_images), raw_sites, all_plate_masks(masks))
+    table = table[table["masks_store"].notna()].reset_index(drop=True)
+    if table.empty:
+        raise dg.Failure("no sites with masks: materialize corrected_images and masks for at least one plate first",
+                         allow_retries=False)
+    data = build_crop_dataset(table, config.crop_params())
+    context.log.info(f"{len(data)} cell crops of {len(table)} sites, {table['Metadata_Donor'].nunique()} donors")
+    return table, data, settings_preset(context.asset_key.to_user_string(), config)
+
+
 def _split_table(table: pd.DataFrame, val_donors: list[str]) -> pd.DataFrame:
     out = table.copy()
     out["split"] = np.where(out["Metadata_Donor"].astype(str).isin(val_donors), "val", "train")
@@ -121,14 +134,7 @@ def cell_classifier_model(context: dg.AssetExecutionContext, config: CellModelCo
     Output: manifest (run, registered version, ``oof_wells`` parquet path, out-of-fold metrics).
     """
     family = FAMILIES["cells"]
-    table = training_sites(all_plate_images(corrected_images), raw_sites, all_plate_masks(masks))
-    table = table[table["masks_store"].notna()].reset_index(drop=True)
-    if table.empty:
-        raise dg.Failure("no sites with masks: materialize corrected_images and masks for at least one plate first",
-                         allow_retries=False)
-    data = build_crop_dataset(table, config.crop_params())
-    context.log.info(f"{len(data)} cell crops of {len(table)} sites, {table['Metadata_Donor'].nunique()} donors")
-    preset = settings_preset(context.asset_key.to_user_string(), config)
+    table, data, preset = _training_crops(context, config, corrected_images, masks, raw_sites)
     with mlflow_tracking.start_run(context, family.experiment, f"cells {config.crop_size}/{config.downsample}",
                                    plate_partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
         try:
@@ -192,14 +198,7 @@ def cell_autoencoder_model(context: dg.AssetExecutionContext, config: CellAutoen
     from ssc_assets.core.learn.cell_autoencoder import train_cell_autoencoder
 
     family = FAMILIES["cell_autoencoder"]
-    table = training_sites(all_plate_images(corrected_images), raw_sites, all_plate_masks(masks))
-    table = table[table["masks_store"].notna()].reset_index(drop=True)
-    if table.empty:
-        raise dg.Failure("no sites with masks: materialize corrected_images and masks for at least one plate first",
-                         allow_retries=False)
-    data = build_crop_dataset(table, config.crop_params())
-    context.log.info(f"{len(data)} cell crops of {len(table)} sites, {table['Metadata_Donor'].nunique()} donors")
-    preset = settings_preset(context.asset_key.to_user_string(), config)
+    table, data, preset = _training_crops(context, config, corrected_images, masks, raw_sites)
     with mlflow_tracking.start_run(context, family.experiment, f"cell autoencoder {config.crop_size}/{config.downsample}",
                                    plate_partitions(table), preset=preset[0], preset_detail=preset[1]) as run:
         try:
