@@ -119,18 +119,18 @@ def test_headline_rows_from_the_donor_summary():
     new = ["acc. leave-one-donor-out", "LODO permutation p", "ρ donors vs HC<SSc<SSCHL"]
     i = labels.index("acc. ungrouped (leaky)")
     assert labels[i + 1:i + 4] == new
-    j = labels.index("V-measure (KMeans)")
-    assert labels[j + 1:j + 4] == ["V-measure vs plate", "V-measure vs objective", "V-measure vs condition"]
+    j = labels.index("V-measure (2 PCs)")
+    assert labels[j + 1:j + 4] == [f"V-measure* vs {f}" for f in ("plate", "objective", "condition")]
     t = t.set_index("metric")
     assert t.at["acc. leave-one-donor-out", "pca"] == "0.813"
     assert t.at["LODO permutation p", "pca"] == "0.0476"
     assert t.at["ρ donors vs HC<SSc<SSCHL", "pca"] == "0.612, p=0.031"
     assert t.at["ρ donors vs HC<SSc<SSCHL", "cells"] == "-0.5, p<0.001"
-    assert t.at["V-measure vs plate", "pca"] == "0.4"
-    assert t.at["V-measure vs objective", "pca"] == "n/a"
-    assert t.at["V-measure vs condition", "pca"] == "0.123"
+    assert t.at["V-measure* vs plate", "pca"] == "0.4"
+    assert t.at["V-measure* vs objective", "pca"] == "n/a"
+    assert t.at["V-measure* vs condition", "pca"] == "0.123"
     assert t.at["LODO permutation p", "cells"] == "0.00498"
-    for label in [*new, "V-measure vs plate", "V-measure vs objective"]:
+    for label in [*new, "V-measure* vs plate", "V-measure* vs objective"]:
         assert t.at[label, "classifier"] == "n/a"  # a method without donor scores: n/a, never nan
 
     md = cmp.headline_markdown(results)
@@ -263,3 +263,14 @@ def test_real_donor_report_end_to_end():
     assert f"Shown: {best}" in html
     for d in donors["Metadata_Donor"].unique():
         assert f">{d}<" in html
+
+
+def test_demo_plates_get_the_banner_even_with_cpu_preset_models():
+    from ssc_assets.core.analysis.comparison import DEMO_NOTE, SYNTHETIC_NOTE
+
+    results = {"cells": {"svm_chance": 0.625}}
+    assert not any(n.startswith(DEMO_NOTE) for n in cmp.trust_notes(results))
+    first = cmp.trust_notes(results, synthetic=True)[0]
+    assert first.startswith(DEMO_NOTE) and SYNTHETIC_NOTE in first
+    both = cmp.trust_notes(results, ["ssc-pca v1: trained with the demo preset"], synthetic=True)
+    assert sum(n.startswith(DEMO_NOTE) for n in both) == 1 and "ssc-pca" in both[0] and SYNTHETIC_NOTE in both[0]

@@ -182,9 +182,10 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
     preset = preset_reasons(_champions(mlflow_tracking, list(results), context))
     if preset:
         context.log.warning("demo preset / few epochs: " + "; ".join(preset))
-    notes = trust_notes(results, preset)
+    synthetic = context.run.tags.get("ssc/source") == "ssc-assets demo"  # the demo's simulated plates
+    notes = trust_notes(results, preset, synthetic=synthetic)
     report_path, runs["comparison"] = _report_run(context, mlflow_tracking, storage, results, wells, comp, preset, runs,
-                                                  donor_scores)
+                                                  donor_scores, synthetic)
 
     headline, text = _comparison_markdown(results, notes)
     context.add_output_metadata({
@@ -192,6 +193,8 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
         **({"demo_preset": dg.MetadataValue.text(f"demo preset: not meaningful ({len(preset)} model"
                                                   f"{'s' if len(preset) > 1 else ''}: demo tag or < 10 epochs)")}
            if preset else {}),
+        **({"synthetic_plates": dg.MetadataValue.text("ssc-assets demo: simulated plates, every column")}
+           if synthetic else {}),
         "report_mlflow": dg.MetadataValue.url(runs["comparison"]["report"]),
         "report": dg.MetadataValue.path(report_path),
         "mlflow_comparison_run": dg.MetadataValue.url(runs["comparison"]["link"]),
@@ -233,7 +236,7 @@ def _cluster_and_log(context: dg.AssetExecutionContext, config: ClusteringConfig
 
 def _report_run(context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracking, storage: Storage, results: dict,
                 wells: pd.DataFrame, comp: pd.DataFrame, preset: list[str], runs: dict,
-                donor_scores: dict) -> tuple[str, dict]:
+                donor_scores: dict, synthetic: bool = False) -> tuple[str, dict]:
     """Write the HTML report (timestamped and ``-latest``) and log it with the comparison table
     as the ``comparison`` MLflow run: ``(report path, run)``."""
     import mlflow
@@ -248,7 +251,7 @@ def _report_run(context: dg.AssetExecutionContext, mlflow_tracking: MlflowTracki
                                    {"ssc.method": "comparison", "ssc.preset_detected": "demo" if preset else "none"}) as run:
         report_html = clustering_report_html(
             results, wells, qc_by_plate=qc_by_plate, examples=examples, examples_note=examples_note, preset=preset,
-            comparison=_by_metric(comp.drop(columns=["thesis_source"], errors="ignore")), guide=READING_GUIDE,
+            synthetic=synthetic, comparison=_by_metric(comp.drop(columns=["thesis_source"], errors="ignore")), guide=READING_GUIDE,
             context=[f"Dagster run {context.run.run_id}; MLflow comparison run {run.info.run_id}."],
             run_links={m: r["link"] for m, r in runs.items()},
             footer=f"Generated {stamp} by ssc-assets; MLflow experiment ssc-clustering.",

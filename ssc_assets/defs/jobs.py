@@ -40,7 +40,9 @@ def _group_job(name: str, group: str, description: str, per_plate: bool = False,
 process_plate = dg.define_asset_job(
     "process_plate",
     selection=dg.AssetSelection.groups(*PER_PLATE_GROUPS),
-    description="Every per-plate asset of one plate: index, QC, illumination, corrected images, masks.",
+    description="Every per-plate asset of one plate: index, QC, illumination, corrected images, masks. Steps run in "
+                "the run's process by default (per-site work in worker processes); one process per step: "
+                "`execution: config: multiprocess: {}`.",
     tags=PER_PLATE_MAX_RUNTIME,
     executor_def=in_process_first_executor,
 )
@@ -50,7 +52,8 @@ augmentation_sweep_job = _group_job(
     "Classifier (or DenseNet) at several augmentation factors, one MLflow run each (Figures C.1.1/C.1.2).")
 embed_plate = _group_job(
     "embed_plate", "embeddings",
-    "Site embeddings of every method (champion models) and well embeddings of one plate.", per_plate=True,
+    "Site embeddings of every method (champion models) and well embeddings of one plate. Steps run in the run's "
+    "process by default; one process per step: `execution: config: multiprocess: {}`.", per_plate=True,
     in_process=True)
 cluster_plates = _group_job("cluster_plates", "clusterings", "Clusterings, metrics, comparison table and HTML report over all plates.",
                             in_process=True)

@@ -157,7 +157,7 @@ HEADLINE_ROWS: list[tuple[str, object]] = [
     ("mAP SSc/HC chance", "map_condition_chance"),
     ("mAP donor replicates", "map_donor_replicate"),
     ("mAP donor p", "map_donor_replicate_p"),
-    ("V-measure (KMeans)", "kmeans_v_measure"),
+    ("V-measure (2 PCs)", "kmeans_v_measure"),
     ("silhouette", "kmeans_silhouette"),
     ("Davies-Bouldin", "kmeans_davies_bouldin"),
     ("cluster sizes", lambda r: _sizes_str(r.get("kmeans_cluster_sizes")) or "n/a"),
@@ -170,9 +170,9 @@ DONOR_ROWS: list[tuple[str, object, tuple[str, ...], str]] = [
     ("acc. leave-one-donor-out", "lodo_accuracy", ("lodo_accuracy",), "acc. ungrouped (leaky)"),
     ("LODO permutation p", "permutation_p", ("permutation_p",), "acc. ungrouped (leaky)"),
     ("ρ donors vs HC<SSc<SSCHL", rho_cell, ("rho_group",), "acc. ungrouped (leaky)"),
-    ("V-measure vs plate", "vmeasure_plate", ("vmeasure_plate",), "V-measure (KMeans)"),
-    ("V-measure vs objective", "vmeasure_acquisition", ("vmeasure_acquisition",), "V-measure (KMeans)"),
-    ("V-measure vs condition", "vmeasure_condition", ("vmeasure_condition",), "V-measure (KMeans)"),
+    ("V-measure* vs plate", "vmeasure_plate", ("vmeasure_plate",), "V-measure (2 PCs)"),
+    ("V-measure* vs objective", "vmeasure_acquisition", ("vmeasure_acquisition",), "V-measure (2 PCs)"),
+    ("V-measure* vs condition", "vmeasure_condition", ("vmeasure_condition",), "V-measure (2 PCs)"),
 ]
 #: The keys a donor summary row brings into a method's results.
 DONOR_SUMMARY_KEYS = ("lodo_accuracy", "chance", "permutation_p", "rho_group", "rho_group_p", "vmeasure_plate",
@@ -308,10 +308,15 @@ def preset_reasons(champions: dict[str, dict]) -> list[str]:
 DEMO_NOTE = "Demo preset: not meaningful."
 
 
-def trust_notes(results: dict[str, dict], preset: list[str] | None = None) -> list[str]:
+#: Added to the demo warning when the run comes from ``ssc-assets demo`` (synthetic plates).
+SYNTHETIC_NOTE = ("These are the simulator's demo plates: every column, including the cpu-preset cell models and "
+                  "the profiles, describes simulated cells, not patients.")
+
+
+def trust_notes(results: dict[str, dict], preset: list[str] | None = None, synthetic: bool = False) -> list[str]:
     """Plain sentences on how far to trust the headline numbers (chance levels, sample size,
     p-value resolution, demo models). The first one is the demo warning (starting with
-    :data:`DEMO_NOTE`) when ``preset``."""
+    :data:`DEMO_NOTE`) when ``preset`` or ``synthetic`` (a run of ``ssc-assets demo``)."""
     notes = []
     if preset:
         by_why: dict[str, list[str]] = {}
@@ -320,7 +325,14 @@ def trust_notes(results: dict[str, dict], preset: list[str] | None = None) -> li
             by_why.setdefault(why or who, []).append(who if why else "")
         what = "; ".join(f"{', '.join(w for w in who if w)}: {why}" for why, who in by_why.items())
         notes.append(DEMO_NOTE + f" The models behind these embeddings are a smoke test ({what}); the numbers show "
-                     "that the pipeline runs, not whether an embedding separates SSc from HC.")
+                     "that the pipeline runs, not whether an embedding separates SSc from HC."
+                     + (" " + SYNTHETIC_NOTE if synthetic else ""))
+    elif synthetic:
+        notes.append(DEMO_NOTE + " " + SYNTHETIC_NOTE)
+    if any("vmeasure_condition" in r for r in results.values()):
+        notes.append("V-measure (2 PCs): KMeans (k = 2) on the first 2 principal components, the thesis' setting; "
+                     "V-measure* rows: KMeans (k = 2) on all normalised features, scored against plate, objective "
+                     "and condition, so the two can differ.")
     r0 = next(iter(results.values()), {})
     chance = [_num(r, "svm_chance") for r in results.values()]
     chance = [c for c in chance if np.isfinite(c)]

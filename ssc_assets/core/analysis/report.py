@@ -340,6 +340,7 @@ def clustering_report_html(
     examples: bytes | None = None,
     examples_note: str = "",
     preset: list[str] | None = None,
+    synthetic: bool = False,
     comparison: pd.DataFrame | None = None,
     guide: list[str] | None = None,
     context: list[str] | None = None,
@@ -354,6 +355,7 @@ def clustering_report_html(
     ``report_figures`` or ``figures``); ``wells``: all methods' well embeddings; ``qc_by_plate``:
     plate -> site_qc table or None; ``examples``: PNG of example images per condition (None:
     ``examples_note`` says why not); ``preset``: reasons the models are a demo (a banner);
+    ``synthetic``: the plates are the simulator's demo plates (the banner says so for every column);
     ``comparison``: the full comparison table (one row per metric) for the details.
     ``donors`` / ``donor_summary``: the two tables of
     :func:`ssc_assets.core.analysis.donor_scores.donor_report`; with ``donors``, right after
@@ -363,7 +365,7 @@ def clustering_report_html(
     """
     from ssc_assets.core.analysis.comparison import DEMO_NOTE, trust_notes
 
-    notes = trust_notes(results, preset)
+    notes = trust_notes(results, preset, synthetic=synthetic)
     banner = [n for n in notes if n.startswith(DEMO_NOTE)]
     trust = [n for n in notes if not n.startswith(DEMO_NOTE)]
     intro = _report_intro(results, wells, context)
