@@ -124,3 +124,15 @@ def test_fit_embed_and_wall_time_stop():
     sites, wells = aggregate_cells(data.table.iloc[:10], emb)
     assert len(sites) == 1 and wells.filter(like="f00").shape == (1, 16)
     np.testing.assert_allclose(wells.filter(like="f00").to_numpy()[0], np.median(emb, axis=0), rtol=1e-5)
+
+
+def test_cell_outputs_equal_the_separate_calls_in_one_pass():
+    from ssc_assets.core.learn.cell_models import CellCNN
+    from ssc_assets.core.learn.cell_training import cell_outputs
+
+    model = CellCNN(3, 8, 3, 4).eval()
+    crops = planted_crops(n_hc=1, n_ssc=1, wells=1, cells=5).crops
+    e, z = cell_outputs(model, crops)
+    np.testing.assert_array_equal(e, embed_cells(model, crops))
+    np.testing.assert_array_equal(z, cell_logits(model, crops))
+    assert e.shape == (10, 4) and z.shape == (10,)

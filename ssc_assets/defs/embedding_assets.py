@@ -129,33 +129,48 @@ def site_embeddings_cells(context: dg.AssetExecutionContext, config: CellEmbeddi
                           masks: dict, raw_sites: pd.DataFrame, mlflow_tracking: MlflowTracking) -> pd.DataFrame:
     """Single-cell CNN (``ssc-cells@champion``): the 16-d embedding of each cell crop, median per
     site, plus ``Metadata_Score`` (median cell logit, > 0 = SSc-like) and ``Metadata_n_cells``."""
+    from ssc_assets.core.learn.cell_training import cell_outputs
+
+    sites, md, info = _cell_embeddings(context, config, corrected_images, masks, raw_sites, mlflow_tracking, "cells",
+                                       cell_outputs)  # embedding and logit from one forward pass
+    if sites is None:  # no masks or no nuclei: the other methods of this plate still go on
+        return _no_crops(context, md, "cells")
+    trained = _champion_donors(mlflow_tracking, info, context)
+    sites[DONOR_TRAINED] = sites[DONOR].astype(str).isin(trained) if trained is not None else pd.NA
+    return _emit(context, sites, md)
+
+
+#: Sites whose cell crops are embedded together (bounds memory: ~48 KiB per 64-px crop).
+SITES_PER_BATCH = 16
+
+
+def _cell_embeddings(context, config: CellEmbeddingConfig, corrected_images: dict, masks: dict, raw_sites: pd.DataFrame,
+                     mlflow_tracking: MlflowTracking, method: str, embed):
+    """Cell crops of the plate's masked sites, :data:`SITES_PER_BATCH` sites at a time, embedded
+    by the ``method`` family's champion: ``embed(model, crops) -> (codes (N, E), logits (N,) or
+    None)``, then the median per site (:func:`aggregate_cells`). Returns ``(sites or None if no
+    crops, metadata, champion info)``."""
     from ssc_assets.core.learn.cell_crops import build_crop_dataset
-    from ssc_assets.core.learn.cell_training import aggregate_cells, cell_logits, embed_cells
+    from ssc_assets.core.learn.cell_training import aggregate_cells
 
     table = _plate_table(context, corrected_images, raw_sites, masks)
     table = table[table["masks_store"].notna()].reset_index(drop=True)
-    family = FAMILIES["cells"]
+    family = FAMILIES[method]
     model, info = mlflow_tracking.load_champion(family.registered_model(), flavor=family.flavor)
     crop = _crop_params(info, config.max_crops_per_site)
     parts, n_cells = [], 0
     for start in range(0, len(table), SITES_PER_BATCH):  # a batch of sites' crops in memory at a time
         data = build_crop_dataset(table.iloc[start:start + SITES_PER_BATCH], crop)
         if len(data):
-            parts.append(aggregate_cells(data.table, embed_cells(model, data.crops), "cells",
-                                         logits=cell_logits(model, data.crops))[0])
+            codes, logits = embed(model, data.crops)
+            parts.append(aggregate_cells(data.table, codes, method, logits=logits)[0])
             n_cells += len(data)
     md = {**_model_metadata(mlflow_tracking, [info]), "n_cells": n_cells}
-    if not parts:  # no masks or no nuclei: the other methods of this plate still go on
-        return _no_crops(context, md, "cells")
+    if not parts:
+        return None, md, info
     sites = pd.concat(parts, ignore_index=True)
-    trained = _champion_donors(mlflow_tracking, info, context)
-    sites[DONOR_TRAINED] = sites[DONOR].astype(str).isin(trained) if trained is not None else pd.NA
     md["cells_per_site_median"] = float(sites["Metadata_n_cells"].median())
-    return _emit(context, sites, md)
-
-
-#: Sites whose cell crops are embedded together (bounds memory: ~48 KiB per 64-px crop).
-SITES_PER_BATCH = 16
+    return sites, md, info
 
 
 def _crop_params(info: dict, max_per_site: int):
@@ -181,25 +196,11 @@ def site_embeddings_cell_autoencoder(context: dg.AssetExecutionContext, config: 
     """Cell autoencoder (``ssc-cell_autoencoder@champion``): the 16-d code of each cell crop,
     median per site, plus ``Metadata_n_cells``. Trained without labels, so no donor was "seen"."""
     from ssc_assets.core.learn.cell_autoencoder import embed_cells_autoencoder
-    from ssc_assets.core.learn.cell_crops import build_crop_dataset
-    from ssc_assets.core.learn.cell_training import aggregate_cells
 
-    table = _plate_table(context, corrected_images, raw_sites, masks)
-    table = table[table["masks_store"].notna()].reset_index(drop=True)
-    family = FAMILIES["cell_autoencoder"]
-    model, info = mlflow_tracking.load_champion(family.registered_model(), flavor=family.flavor)
-    crop = _crop_params(info, config.max_crops_per_site)
-    parts, n_cells = [], 0
-    for start in range(0, len(table), SITES_PER_BATCH):
-        data = build_crop_dataset(table.iloc[start:start + SITES_PER_BATCH], crop)
-        if len(data):
-            parts.append(aggregate_cells(data.table, embed_cells_autoencoder(model, data.crops), "cell_autoencoder")[0])
-            n_cells += len(data)
-    md = {**_model_metadata(mlflow_tracking, [info]), "n_cells": n_cells}
-    if not parts:
+    sites, md, _ = _cell_embeddings(context, config, corrected_images, masks, raw_sites, mlflow_tracking,
+                                    "cell_autoencoder", lambda m, x: (embed_cells_autoencoder(m, x), None))
+    if sites is None:
         return _no_crops(context, md, "cell_autoencoder")
-    sites = pd.concat(parts, ignore_index=True)
-    md["cells_per_site_median"] = float(sites["Metadata_n_cells"].median())
     return _emit(context, sites, md)
 
 

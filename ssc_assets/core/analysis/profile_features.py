@@ -97,7 +97,7 @@ import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
 
-from ssc_assets.core.analysis.profiles import _check_inputs, _common_labels, scale_channels
+from ssc_assets.core.analysis.profiles import prepare_site
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS
 
 log = logging.getLogger(__name__)
@@ -378,11 +378,7 @@ def curated_cell_features(
     label) then float64 features. ``df.attrs["errors"]`` (list[str]) lists failed steps
     (their columns are absent), ``df.attrs["channel_scale"]`` the divisors used.
     """
-    image = np.asarray(image)
-    channels = tuple(channels)
-    _check_inputs(image, nuclei_labels, cell_labels, channels)
-    scaled, scales = scale_channels(image, channel_scale)
-    ids, nuc, cel = _common_labels(nuclei_labels, cell_labels)
+    channels, scaled, scales, ids, nuc, cel = prepare_site(image, nuclei_labels, cell_labels, channels, channel_scale)
     n = int(ids.size)
     errors: list[str] = []
     cols: dict[str, np.ndarray] = {"ObjectNumber": ids}

@@ -147,6 +147,19 @@ def _check_inputs(image: np.ndarray, nuclei_labels: np.ndarray, cell_labels: np.
         raise ValueError(f"channel names must be unique: {channels}")
 
 
+def prepare_site(image, nuclei_labels: np.ndarray, cell_labels: np.ndarray, channels: Sequence[str],
+                 channel_scale: Sequence[float] | None = None):
+    """The common start of both per-cell feature sets: checked inputs, channels scaled to
+    [0, 1] (:func:`scale_channels`) and the labels present in both masks relabelled 1..N
+    (:func:`_common_labels`). Returns ``(channels tuple, scaled (C, H, W) float64, scales (C,),
+    ids (N,) int64, nuclei int32 (H, W), cells int32 (H, W))``."""
+    image = np.asarray(image)
+    channels = tuple(channels)
+    _check_inputs(image, nuclei_labels, cell_labels, channels)
+    scaled, scales = scale_channels(image, channel_scale)
+    return (channels, scaled, scales, *_common_labels(nuclei_labels, cell_labels))
+
+
 def _measure(fn, args: tuple, kwargs: dict, n: int, where: str, errors: list[str]) -> dict[str, np.ndarray]:
     """Call one cp_measure function; on failure record it in ``errors`` and return {}.
 
@@ -217,11 +230,7 @@ def cell_features(
     """
     from cp_measure.bulk import get_core_measurements, get_correlation_measurements
 
-    image = np.asarray(image)
-    channels = tuple(channels)
-    _check_inputs(image, nuclei_labels, cell_labels, channels)
-    scaled, scales = scale_channels(image, channel_scale)
-    ids, nuc, cel = _common_labels(nuclei_labels, cell_labels)
+    channels, scaled, scales, ids, nuc, cel = prepare_site(image, nuclei_labels, cell_labels, channels, channel_scale)
     n = int(ids.size)
     errors: list[str] = []
     cols: dict[str, np.ndarray] = {"ObjectNumber": ids}

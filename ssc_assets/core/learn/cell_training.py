@@ -247,6 +247,11 @@ def _forward_all(model: CellCNN, crops: np.ndarray, batch_size: int = 512) -> tu
     return np.concatenate(emb).astype(np.float32), np.concatenate(logit).astype(np.float32)
 
 
+def cell_outputs(model: CellCNN, crops: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings float32 (N, E), logits float32 (N,)) of crops (N, C, S, S) in one forward pass."""
+    return _forward_all(model, crops, batch_size)
+
+
 def embed_cells(model: CellCNN, crops: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Embeddings float32 (N, E) (E = 16 by default) of crops float32 (N, C, S, S), eval mode,
     no autograd, ``batch_size`` crops at a time."""
