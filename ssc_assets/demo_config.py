@@ -11,11 +11,14 @@ from ssc_assets.defs.model_families import TRAINING_ASSETS
 
 DEMO_TRAIN = {"epochs": 4, "augmentation_factor": 2, "batch_size": 8, "lr": 1e-3}
 
+# Wall-time caps (s) of the whole-site trainings, so that the demo's time does not grow with
+# the number of plates and wells (a training that reaches its cap validates the epoch it is in
+# and stops; MLflow param `stopped` says "time"). The autoencoders' cap is per channel.
 DEMO_MODEL_CONFIG: dict[str, dict] = {
-    "classifier_model": {**DEMO_TRAIN, "crop_size": 128, "n_blocks": 5, "first_width": 64},
-    "densenet_model": {**DEMO_TRAIN, "epochs": 2, "crop_size": 96},
-    "autoencoder_models": {**DEMO_TRAIN, "patch_size": 64, "widths": [64, 32, 16, 8]},
-    "segmentation_model": {**DEMO_TRAIN, "tile_size": 128, "base_channels": 8, "depth": 3},
+    "classifier_model": {**DEMO_TRAIN, "crop_size": 128, "n_blocks": 5, "first_width": 64, "max_seconds": 90.0},
+    "densenet_model": {**DEMO_TRAIN, "epochs": 2, "crop_size": 96, "max_seconds": 90.0},
+    "autoencoder_models": {**DEMO_TRAIN, "patch_size": 64, "widths": [64, 32, 16, 8], "max_seconds": 30.0},
+    "segmentation_model": {**DEMO_TRAIN, "tile_size": 128, "base_channels": 8, "depth": 3, "max_seconds": 60.0},
     "pca_model": {"n_components": 64, "size": 32},
     "clusterings": {"null_size": 2000},
 }

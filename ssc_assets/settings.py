@@ -61,6 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
             "`$SSC_STORAGE_DIR/mlflow/artifacts`"),
     Setting("SSC_CODE_VERSION", None, "code version tagged on MLflow runs (set it where there is no git checkout)",
             "git SHA of the checkout"),
+    Setting("SSC_TRAIN_THREADS", None,
+            "torch threads of one training step (the `training` pool runs 2 at once, see `dagster.yaml`)",
+            "`max(1, cores // 2)`"),
     Setting("SSC_IMAGE_THREADS", None, "threads per process for the image filters (read by the core)", "`min(2, cores)`"),
     Setting("SSC_EXIT_WITH_PARENT", "1",
             "a step whose run worker was killed stops its per-site work (`0`: keep computing; read by the core)"),
@@ -138,6 +141,13 @@ def compute_backend() -> str:
 
 def max_workers() -> int:
     return int(os.environ.get("SSC_MAX_WORKERS", str(os.cpu_count() or 1)))
+
+
+def train_threads() -> int:
+    """Torch threads per training step: ``SSC_TRAIN_THREADS``, else half the cores (two
+    training steps share the machine; ``concurrency.pools`` in ``dagster.yaml``)."""
+    value = _set("SSC_TRAIN_THREADS")
+    return max(1, int(value)) if value else max(1, (os.cpu_count() or 1) // 2)
 
 
 def dask_address() -> str | None:

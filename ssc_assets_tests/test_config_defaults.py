@@ -100,8 +100,9 @@ def test_default_configs_build_the_default_core_objects():
     from ssc_assets.defs.image_assets import MasksConfig, PreprocessConfig
     from ssc_assets.defs.ingest_assets import SiteQcConfig
     from ssc_assets.defs.model_assets import TrainConfig
+    from ssc_assets.settings import train_threads
 
-    assert TrainConfig().to_core() == TrainParams()
+    assert TrainConfig().to_core() == TrainParams(threads=train_threads())  # threads: SSC_TRAIN_THREADS
     assert SiteQcConfig().to_core() == QcConfig()
     assert PreprocessConfig().to_core() == PreprocessParams()
     masks = MasksConfig().to_core()
@@ -113,11 +114,26 @@ def test_cell_model_config_builds_the_cpu_preset():
     from ssc_assets.core.learn.cell_crops import CropParams
     from ssc_assets.core.learn.cell_training import CellTrainParams
     from ssc_assets.defs.cell_assets import CellModelConfig
+    from ssc_assets.settings import train_threads
 
     config = CellModelConfig()
-    assert config.to_core() == CellTrainParams.cpu()
+    assert config.to_core() == CellTrainParams.cpu(threads=train_threads())
     assert config.crop_params() == CropParams()
     assert CellModelConfig(lr=1e-3).to_core().lr == 1e-3  # by keyword, not by position
+
+
+def test_training_threads_come_from_ssc_train_threads(monkeypatch):
+    from ssc_assets.defs.cell_assets import CellAutoencoderConfig, CellModelConfig
+    from ssc_assets.defs.model_assets import TrainConfig
+
+    monkeypatch.setenv("SSC_TRAIN_THREADS", "3")
+    assert TrainConfig().to_core().threads == 3
+    assert CellModelConfig().to_core().threads == 3
+    assert CellAutoencoderConfig().to_core().threads == 3
+    monkeypatch.delenv("SSC_TRAIN_THREADS")
+    import os
+
+    assert TrainConfig().to_core().threads == max(1, (os.cpu_count() or 1) // 2)
 
 
 def test_core_default_resolves_every_kind_of_reference():

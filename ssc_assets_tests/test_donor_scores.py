@@ -90,6 +90,20 @@ def test_permutation_pvalue_small_vs_large():
     assert null["p_value"] > 0.1
 
 
+def test_permutation_pvalue_same_in_parallel_and_lodo_equals_the_sklearn_pipeline():
+    w = DS.normalize_wells(planted_wells(noise=1.0))
+    one = DS.permutation_pvalue(w, n_permutations=40, seed=2, n_jobs=1)
+    two = DS.permutation_pvalue(w, n_permutations=40, seed=2, n_jobs=2)
+    assert one == two
+    # the numpy-scaled LODO is the StandardScaler + SVC pipeline of _svm, fold by fold
+    X, y, donors = DS._xy(w, None, DS.CONTROL)
+    ref = np.full(len(y), np.nan)
+    for d in np.unique(donors):
+        te = donors == d
+        ref[te] = DS._svm(1.0).fit(X[~te], y[~te]).decision_function(X[te])
+    np.testing.assert_allclose(DS._lodo(X, y, donors, 1.0), ref, rtol=1e-9, atol=1e-9)
+
+
 def test_donor_scores_rank_planted_donors():
     w = DS.normalize_wells(planted_wells(noise=0.3))
     d = DS.donor_scores(w, n_boot=300)

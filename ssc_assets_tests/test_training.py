@@ -60,6 +60,29 @@ def test_same_seed_same_history():
     assert runs[0] == runs[1]
 
 
+def test_time_budget_cuts_the_epoch_that_crosses_it_and_stops(monkeypatch):
+    clock = iter(range(10_000))  # a fake clock: +1 s per reading
+    monkeypatch.setattr(T.time, "perf_counter", lambda: float(next(clock)))
+    batches = []
+    params = T.TrainParams(epochs=5, batch_size=4, lr=1e-3, max_seconds=6.0)
+    res = T.train(_clf(), "classify", _toy(n=32), _toy(n=8, seed=1), params,
+                  on_epoch=lambda e, m: batches.append(e))
+    # start at t=0, deadline 6: one reading per batch, the 6th batch of epoch 1 reads t=6 and stops;
+    # that epoch is validated (on_epoch called once) and is the last
+    assert res.stopped == "time" and len(res.history) == 1 and batches == [1]
+    assert np.isfinite(res.history[0]["val_loss"]) and res.best_epoch == 1
+    free = T.train(_clf(), "classify", _toy(n=32), _toy(n=8, seed=1), T.TrainParams(epochs=2, batch_size=4))
+    assert free.stopped == "epochs" and len(free.history) == 2
+
+
+def test_threads_are_set_during_training_and_restored():
+    seen = []
+    before = torch.get_num_threads()
+    T.train(_clf(), "classify", _toy(n=8), _toy(n=8, seed=1), T.TrainParams(epochs=1, batch_size=4, threads=1),
+            on_epoch=lambda e, m: seen.append(torch.get_num_threads()))
+    assert seen == [1] and torch.get_num_threads() == before
+
+
 def test_reconstruct_and_segment_tasks():
     x = torch.rand(8, 1, 32, 32)
     ae = ChannelAutoencoder(patch_size=32, embedding_size=8, widths=(8, 8, 4, 4), hidden=16, dropout=0.0)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from ssc_assets import settings
 from ssc_assets.core.io.storage import write_parquet
 from ssc_assets.core.learn.cell_crops import CropParams, build_crop_dataset
 from ssc_assets.core.learn.cell_training import CellTrainParams, fit_with_out_of_fold
@@ -61,11 +62,12 @@ class CropConfig(dg.Config):
                           max_per_site=self.max_crops_per_site, seed=getattr(self, "seed", 0), normalize=self.normalize)
 
     def core_params(self, cls):
-        """An instance of the core dataclass ``cls`` from the fields both have, by keyword."""
+        """An instance of the core dataclass ``cls`` from the fields both have, by keyword, with
+        ``SSC_TRAIN_THREADS`` torch threads."""
         import dataclasses
 
         names = {f.name for f in dataclasses.fields(cls)} & set(type(self).model_fields)
-        return cls(**{n: getattr(self, n) for n in names})
+        return cls(**{n: getattr(self, n) for n in names}, threads=settings.train_threads())
 
 
 class CellModelConfig(CropConfig):

@@ -56,12 +56,16 @@ class TrainConfig(dg.Config):
     split_by: str = core_field(f"{_FIT}:assign_splits.group_by",
                                "'donor' (no donor in two splits) or 'well' (the thesis; leaks donors).")
     device: str = core_field(f"{_LOOP}.device", "'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    max_seconds: float | None = core_field(f"{_LOOP}.max_seconds",
+                                           "Wall-time budget of one training (s; None = none): the epoch that "
+                                           "crosses it is the last. The autoencoders: per channel.")
     register_model: bool = Field(True, description="Register the model in the MLflow registry.")
 
     def to_core(self) -> TrainParams:
-        """The core training parameters, by keyword (fields TrainParams has and this Config sets)."""
+        """The core training parameters, by keyword (fields TrainParams has and this Config
+        sets), with ``SSC_TRAIN_THREADS`` torch threads."""
         return TrainParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainParams)
-                              if f.name in type(self).model_fields})
+                              if f.name in type(self).model_fields}, threads=settings.train_threads())
 
 
 class ClassifierConfig(TrainConfig):

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -41,7 +39,7 @@ import torch.nn.functional as F
 from ssc_assets.core.learn.augment import AugmentParams, rotate_flip
 from ssc_assets.core.learn.cell_crops import CropDataset
 from ssc_assets.core.learn.cell_models import CellCNN
-from ssc_assets.core.learn.loop import set_seed
+from ssc_assets.core.learn.loop import set_seed, torch_threads  # noqa: F401 - torch_threads re-exported
 
 BALANCE_MODES = ("donor", "condition", "loss", "none")
 
@@ -115,17 +113,6 @@ class CellTrainResult:
     train_donors: list[str] = field(default_factory=list)
     val_donors: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Set torch's intra-op threads (None: min(4, CPUs)) for the block, then restore."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, n or min(4, os.cpu_count() or 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def sample_weights(table: pd.DataFrame, balance: str = "donor") -> np.ndarray:

@@ -152,6 +152,7 @@ def _fit(model, task: str, table: pd.DataFrame, channels: tuple[str, ...], input
     res = train(model, task, ds["train"], ds["val"], params, on_epoch)
     metrics = _final_metrics(model, ds, task, params.batch_size)
     logged = {"input_size": input_size, "augmentation_factor": factor, "pyramid_level": level,
+              "stopped": res.stopped, "epochs_run": len(res.history),
               **{f"n_items_{k}": len(v) for k, v in ds.items()}}  # n_items_train = sites x factor
     return _Trained(ds, res, metrics, logged)
 

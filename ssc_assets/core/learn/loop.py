@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,7 +39,10 @@ class TrainParams:
     kept); ``batch_size``: sites per step; Adam ``lr``, ``weight_decay``, ``beta1``, ``beta2``,
     ``eps``; cosine annealing over ``t_max`` epochs down to ``eta_min``; ``seed`` for splits,
     augmentation and initialization; ``num_workers``: DataLoader processes; ``device``:
-    ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    ``auto`` (CUDA when available), ``cpu`` or ``cuda``; ``max_seconds``: wall-time budget of
+    the training in seconds (None = none), checked after every batch: the epoch that crosses
+    it is cut short, validated, and is the last one; ``threads``: torch intra-op threads
+    during training (None = min(4, CPUs)).
     """
 
     epochs: int = 30
@@ -52,9 +57,22 @@ class TrainParams:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
+    max_seconds: float | None = None
+    threads: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Set torch's intra-op threads (None: min(4, CPUs)) for the block, then restore."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n or min(4, os.cpu_count() or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def set_seed(seed: int) -> None:
@@ -167,6 +185,7 @@ class TrainResult:
     best_val_loss: float
     history: list[dict] = field(default_factory=list)  # one dict per epoch: train_* and val_* metrics
     seconds: float = 0.0
+    stopped: str = "epochs"  # "epochs" (all ran) or "time" (params.max_seconds reached)
 
 
 def train(
@@ -185,6 +204,11 @@ def train(
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    with torch_threads(params.threads):
+        return _train(model, task, train_ds, val_ds, params, on_epoch)
+
+
+def _train(model, task, train_ds, val_ds, params: TrainParams, on_epoch) -> TrainResult:
     set_seed(params.seed)
     device = pick_device(params.device)
     model.to(device)
@@ -198,6 +222,8 @@ def train(
     best_state, best_loss, best_epoch = copy.deepcopy(model.state_dict()), math.inf, 0
     history: list[dict] = []
     t0 = time.perf_counter()
+    deadline = t0 + params.max_seconds if params.max_seconds is not None else math.inf
+    stopped = "epochs"
     for epoch in range(1, params.epochs + 1):
         for ds in (train_ds, val_ds):
             if hasattr(ds, "set_epoch"):
@@ -212,6 +238,9 @@ def train(
             losses.append((float(loss.detach()), len(batch[0])))
             if extra is not None:
                 extras.append(extra)
+            if time.perf_counter() >= deadline:
+                stopped = "time"
+                break
         lr = opt.param_groups[0]["lr"]
         sched.step()
         tr = _summarize(task, losses, extras)
@@ -223,6 +252,8 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch:
             on_epoch(epoch, metrics)
+        if stopped == "time":
+            break
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(best_epoch, best_loss, history, time.perf_counter() - t0)
+    return TrainResult(best_epoch, best_loss, history, time.perf_counter() - t0, stopped)
