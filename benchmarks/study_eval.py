@@ -1,14 +1,14 @@
 """Evaluation: the whole product (``ssc-assets demo`` on a plates folder) on a held-out study.
 
     python benchmarks/study_eval.py [--seed 9101] [--hc 5] [--ssc 7] [--sschl 3] [--wells 39]
-        [--plates 2] [--size 512] [--gain 0.0] [--split 0.0] [--work DIR] [--score-only]
+        [--plates 2] [--size 512] [--gain 0.0] [--scale 1.0] [--split 0.0] [--work DIR] [--score-only]
 
 Protocol (what a user does, scored the way issue 11 scores unseen plates):
 
 1. Simulates a study with a seed the tests and the demo never use: ``--plates`` plates of
    ``--wells`` wells x 4 sites (default 2 x 39 = 78 wells, 512 px), the same donors on every
    plate (``--hc`` HC, ``--ssc`` SSc, ``--sschl`` severe SSc), each donor's true severity drawn
-   from the seed (HC 0-0.1, SSc 0.2-0.6, SSCHL 0.85-1.0), plates alternating between the two
+   from the seed (HC 0-0.1, SSc 0.2-0.6, SSCHL 0.85-1.0, times ``--scale``), plates alternating between the two
    demo objectives (a batch effect); ``--split`` images that fraction of each plate's wells with
    the dim objective; ``--gain`` lets severity also change actin/border brightness (0 =
    morphology only). Default artifacts (3 failed sites per plate, debris).
@@ -43,15 +43,18 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 
 
-def study_donors(seed: int, n_hc: int, n_ssc: int, n_sschl: int):
-    """Donors with severities drawn from ``seed`` (HC 0-0.1, SSc 0.2-0.6, SSCHL 0.85-1.0)."""
+def study_donors(seed: int, n_hc: int, n_ssc: int, n_sschl: int, scale: float = 1.0):
+    """Donors with severities drawn from ``seed`` (HC 0-0.1, SSc 0.2-0.6, SSCHL 0.85-1.0),
+    times ``scale`` (< 1: a weaker phenotype, a harder study)."""
     from ssc_assets.core.simulate.specs import DonorSpec
 
     rng = np.random.default_rng([seed, 77])
-    out = [DonorSpec(f"HC{i + 1:02d}", "HC", "HC", round(float(rng.uniform(0.0, 0.1)), 3)) for i in range(n_hc)]
-    out += [DonorSpec(f"SSC{i + 1:02d}", "SSc", "SSC", round(float(rng.uniform(0.2, 0.6)), 3)) for i in range(n_ssc)]
-    out += [DonorSpec(f"SSCHL{i + 1:02d}", "SSc", "SSCHL", round(float(rng.uniform(0.85, 1.0)), 3))
-            for i in range(n_sschl)]
+    def sev(lo, hi):
+        return round(float(rng.uniform(lo, hi)) * scale, 3)
+
+    out = [DonorSpec(f"HC{i + 1:02d}", "HC", "HC", sev(0.0, 0.1)) for i in range(n_hc)]
+    out += [DonorSpec(f"SSC{i + 1:02d}", "SSc", "SSC", sev(0.2, 0.6)) for i in range(n_ssc)]
+    out += [DonorSpec(f"SSCHL{i + 1:02d}", "SSc", "SSCHL", sev(0.85, 1.0)) for i in range(n_sschl)]
     return tuple(out)
 
 
@@ -60,7 +63,7 @@ def simulate_study(plates_dir: Path, truth_dir: Path, args) -> dict[str, float]:
     from ssc_assets.core.simulate import simulate_plate
     from ssc_assets.core.simulate.specs import DEMO_OBJECTIVES, PlateSpec, default_wells
 
-    donors = study_donors(args.seed, args.hc, args.ssc, args.sschl)
+    donors = study_donors(args.seed, args.hc, args.ssc, args.sschl, args.scale)
     for p in range(args.plates):
         spec = PlateSpec(wells=default_wells(args.wells), donors=donors, image_size=args.size,
                          objective=DEMO_OBJECTIVES[p % len(DEMO_OBJECTIVES)], objective_split=args.split,
@@ -99,7 +102,13 @@ def score(storage: Path, severity: dict[str, float], n_permutations: int = 200) 
                       ignore_index=True)
     tables = {m: t.dropna(axis=1, how="all").reset_index(drop=True) for m, t in wells.groupby(schema.METHOD, sort=True)}
     oof = "Metadata_OofScore"
-    score_cols = {m: oof for m, t in tables.items() if oof in t and t[oof].notna().any()}
+    score_cols = {}
+    cell_model = storage / "cell_classifier_model.json"
+    if "cells" in tables and cell_model.exists():  # the cell CNN's out-of-fold well score, as donor_scores uses it
+        scores = pd.read_parquet(json.loads(cell_model.read_text())["oof_wells"])
+        key = ["Metadata_Plate", "Metadata_Well"]
+        tables["cells (out-of-fold score)"] = tables["cells"].merge(scores[key + [oof]], on=key, how="left")
+        score_cols["cells (out-of-fold score)"] = oof
     donors, summary = donor_report(tables, score_cols=score_cols, n_permutations=n_permutations)
     rows = []
     for m, t in tables.items():
@@ -131,6 +140,7 @@ def main() -> None:
     ap.add_argument("--plates", type=int, default=2)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--gain", type=float, default=0.0)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every severity (0.5: a weaker phenotype)")
     ap.add_argument("--split", type=float, default=0.0)
     ap.add_argument("--permutations", type=int, default=200)
     ap.add_argument("--work", default=None, help="working folder (default: a new one under /tmp)")

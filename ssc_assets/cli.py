@@ -35,16 +35,24 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 class _Runner:
-    """Runs jobs of the ``ssc_assets`` code location (``workspace.yaml``) so that they show in the
-    UI's Overview timeline and job pages with their plate; in-process when there is no
-    workspace file (e.g. an installed package run elsewhere)."""
+    """Runs jobs of the ``ssc_assets`` code location so that they show in the UI's Overview
+    timeline and job pages with their plate, each with its job's own executor (``train_models``:
+    one process per model, two at a time). The location is ``./workspace.yaml`` when present,
+    else a generated workspace loading the ``ssc_assets.definitions`` module (so the demo runs
+    the same from any directory). Only if that cannot load, jobs run with
+    ``execute_in_process`` (every step in this process, one after the other: trainings then
+    get all the cores' threads)."""
 
     def __init__(self, instance, defs, stack):
-        self.instance, self.defs, self.location = instance, defs, None
-        if os.path.isfile("workspace.yaml"):
-            from ssc_assets.defs.workspace_runs import workspace_location
+        from ssc_assets.defs.workspace_runs import module_workspace_file, workspace_location
 
-            self.location, self.repo = stack.enter_context(workspace_location(instance))
+        self.instance, self.defs, self.location = instance, defs, None
+        path = "workspace.yaml" if os.path.isfile("workspace.yaml") else stack.enter_context(module_workspace_file())
+        try:
+            self.location, self.repo = stack.enter_context(workspace_location(instance, path))
+        except Exception as exc:  # noqa: BLE001 - the demo still runs, in this process
+            print(f"code location not loadable ({exc}); running every job in this process")
+            os.environ.setdefault("SSC_TRAIN_THREADS", str(os.cpu_count() or 1))
 
     def __call__(self, job_name: str, partition_key: str | None = None, run_config: dict | None = None, tags: dict | None = None):
         job = self.defs.resolve_job_def(job_name)

@@ -6,23 +6,27 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from ssc_assets.core.simulate import PlateSpec, default_wells, simulate_plate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs in a fresh interpreter, like `ssc-assets demo`: settings are read when definitions load.
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import contextlib, json, os, sys
     import dagster as dg
     from ssc_assets.definitions import defs
     from ssc_assets.defs.run_timing import step_seconds, timing_rows
-    from ssc_assets.defs.workspace_runs import run_job, workspace_location
+    from ssc_assets.defs.workspace_runs import module_workspace_file, run_job, workspace_location
 
     def main():
         import time
         instance = dg.DagsterInstance.get()
         instance.add_dynamic_partitions("plates", ["P1"])
-        with workspace_location(instance) as (location, repo):
+        with contextlib.ExitStack() as stack:  # as the demo: ./workspace.yaml, else the module's
+            ws = "workspace.yaml" if os.path.isfile("workspace.yaml") else stack.enter_context(module_workspace_file())
+            location, repo = stack.enter_context(workspace_location(instance, ws))
             t0 = time.time()
             result = run_job(instance, location, repo, defs.resolve_job_def("process_plate"), "P1",
                              run_config={"execution": {"config": {"in_process": {}}}}, tags={"ssc/source": "test"})
@@ -40,7 +44,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_run_carries_the_code_location_origin_and_plate(tmp_path):
+@pytest.mark.parametrize("where", ["repo", "elsewhere"])
+def test_run_carries_the_code_location_origin_and_plate(tmp_path, where):
+    """From the repository (its workspace.yaml) and from any other directory (a generated
+    workspace loading the module), like ``ssc-assets demo``."""
     simulate_plate(tmp_path / "plates", tmp_path / "truth", "P1",
                    PlateSpec(wells=default_wells(2), n_sites=2, image_size=96, n_failed_sites=0), seed=1)
     home = tmp_path / "home"
@@ -50,7 +57,7 @@ def test_run_carries_the_code_location_origin_and_plate(tmp_path):
     script.write_text(SCRIPT)
     env = {**os.environ, "DAGSTER_HOME": str(home), "SSC_PLATES_DIR": str(tmp_path / "plates"),
            "SSC_STORAGE_DIR": str(tmp_path / "storage"), "SSC_COMPUTE_BACKEND": "serial", "SSC_SETTLE_SECONDS": "0"}
-    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO if where == "repo" else tmp_path, env=env, capture_output=True, text=True, timeout=900)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(line[len("RESULT "):])

@@ -17,6 +17,20 @@ import dagster as dg
 
 
 @contextmanager
+def module_workspace_file(module: str = "ssc_assets.definitions", location_name: str = "ssc_assets") -> Iterator[str]:
+    """Path of a temporary workspace file loading ``module`` (what ``workspace.yaml`` holds,
+    without its working directory), removed on exit."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ssc-workspace-") as tmp:
+        path = os.path.join(tmp, "workspace.yaml")
+        with open(path, "w") as fh:
+            fh.write(f"load_from:\n  - python_module:\n      module_name: {module}\n"
+                     f"      location_name: {location_name}\n")
+        yield path
+
+
+@contextmanager
 def workspace_location(instance: dg.DagsterInstance, workspace_file: str = "workspace.yaml") -> Iterator[tuple]:
     """(code location, remote repository) of the workspace's single location (loads its code server)."""
     from dagster._cli.workspace.cli_target import (
