@@ -38,6 +38,7 @@ from ssc_assets.defs.model_assets import (
     log_fit,
     plate_partitions,
     settings_preset,
+    training_tags,
 )
 from ssc_assets.defs.model_families import FAMILIES
 from ssc_assets.defs.resources import Storage
@@ -127,7 +128,8 @@ def _split_table(table: pd.DataFrame, val_donors: list[str]) -> pd.DataFrame:
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
-          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          op_tags=training_tags("cell_classifier_model"))
 def cell_classifier_model(context: dg.AssetExecutionContext, config: CellModelConfig, corrected_images: dict,
                           masks: dict, raw_sites: dict, mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
     """Single-cell CNN (4 conv blocks x 32 channels, 16-d embedding, SSc-vs-HC logit) on
@@ -171,7 +173,12 @@ _AP = "ssc_assets.core.learn.cell_autoencoder:CellAutoencoderParams"
 
 
 class CellAutoencoderConfig(CropConfig):
-    """The CPU regime of the cell autoencoder (:class:`CellAutoencoderParams` and :class:`CropParams` defaults)."""
+    """The CPU regime of the cell autoencoder (:class:`CellAutoencoderParams` and :class:`CropParams`
+    defaults, but crops in corrected units: ``CROP_NORMALIZE``)."""
+
+    normalize: str = core_field("ssc_assets.core.learn.cell_autoencoder:CROP_NORMALIZE",
+                                "Intensity standardisation of the crops: 'none' (corrected units; the model "
+                                "standardises per channel), 'site' or 'crop'.")
 
     epochs: int = core_field(f"{_AP}.epochs", "Upper bound of epochs.")
     batch_size: int = core_field(f"{_AP}.batch_size", "Batch size.")
@@ -189,7 +196,8 @@ class CellAutoencoderConfig(CropConfig):
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
-          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          op_tags=training_tags("cell_autoencoder_model"))
 def cell_autoencoder_model(context: dg.AssetExecutionContext, config: CellAutoencoderConfig, corrected_images: dict,
                            masks: dict, raw_sites: dict, mlflow_tracking: MlflowTracking) -> dict:
     """Convolutional autoencoder on nucleus-centred crops (16-d code), trained without labels,

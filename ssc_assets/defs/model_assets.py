@@ -32,6 +32,18 @@ from ssc_assets.defs.model_families import FAMILIES, ModelFamily, about
 
 ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
 
+#: Step priority of each training (``dagster/priority``; higher starts first): the longest
+#: trainings start first, so that the two ``training`` pool slots finish close together.
+TRAINING_PRIORITY = {"cell_classifier_model": 6, "cell_autoencoder_model": 5, "autoencoder_models": 4,
+                     "classifier_model": 3, "densenet_model": 2, "segmentation_model": 1, "pca_model": 0,
+                     "augmentation_sweep": 0}
+
+
+def training_tags(asset: str) -> dict[str, str]:
+    """Op tags of a training asset: its :data:`TRAINING_PRIORITY`."""
+    return {"dagster/priority": str(TRAINING_PRIORITY[asset])}
+
+
 _LOOP = "ssc_assets.core.learn.loop:TrainParams"
 _FIT = "ssc_assets.core.learn.fit"
 _MODELS = "ssc_assets.core.learn.models"
@@ -290,7 +302,8 @@ def _train_classifier(context, config, corrected_images, raw_sites, mlflow_res, 
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
-          kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+          kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          op_tags=training_tags("classifier_model"))
 def classifier_model(context: dg.AssetExecutionContext, config: ClassifierConfig, corrected_images: dict, raw_sites: dict,
                      mlflow_tracking: MlflowTracking) -> dict:
     """Custom CNN SSc-vs-HC classifier (thesis Figure 5.9 / A.2), embedding E = 8.
@@ -301,7 +314,8 @@ def classifier_model(context: dg.AssetExecutionContext, config: ClassifierConfig
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
-          kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+          kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          op_tags=training_tags("densenet_model"))
 def densenet_model(context: dg.AssetExecutionContext, config: DenseNetConfig, corrected_images: dict, raw_sites: dict,
                    mlflow_tracking: MlflowTracking) -> dict:
     """DenseNet-121 (all weights fine-tuned) + linear E = 8 + sigmoid (thesis Figure A.3).
@@ -314,7 +328,8 @@ def densenet_model(context: dg.AssetExecutionContext, config: DenseNetConfig, co
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
-          kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+          kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          op_tags=training_tags("autoencoder_models"))
 def autoencoder_models(context: dg.AssetExecutionContext, config: AutoencoderConfig, corrected_images: dict, raw_sites: dict,
                        mlflow_tracking: MlflowTracking) -> dict:
     """One autoencoder per channel (thesis Figure 5.8 / A.1), 256-d bottleneck each.
@@ -350,7 +365,8 @@ def autoencoder_models(context: dg.AssetExecutionContext, config: AutoencoderCon
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
-          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          op_tags=training_tags("segmentation_model"))
 def segmentation_model(context: dg.AssetExecutionContext, config: UNetConfig, corrected_images: dict, masks: dict,
                        raw_sites: dict, mlflow_tracking: MlflowTracking) -> dict:
     """U-Net: (borders, actin) tiles -> actin inside cells, Ronneberger-weighted cross-entropy.
@@ -421,7 +437,8 @@ class SweepConfig(ClassifierConfig):
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="model_sweeps",
-          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1")
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          op_tags=training_tags("augmentation_sweep"))
 def augmentation_sweep(context: dg.AssetExecutionContext, config: SweepConfig, corrected_images: dict, raw_sites: dict,
                        mlflow_tracking: MlflowTracking) -> dict:
     """Train the classifier (or DenseNet) once per augmentation factor (thesis Figures C.1.1/C.1.2).
