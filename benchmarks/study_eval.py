@@ -17,7 +17,8 @@ Protocol (what a user does, scored the way issue 11 scores unseen plates):
    the cell models on a machine without CUDA, demo settings for the whole-site ones).
 3. Scores every method's well embeddings (``well_embeddings/<plate>.parquet``) against the
    TRUE severity, with the product's own functions (``core.analysis.donor_scores``):
-   per-plate x acquisition-group normalisation against HC wells, the donor-grouped k-fold RBF
+   per-plate x acquisition-group normalisation against HC wells (refitted inside each LODO
+   fold for the LODO columns), the donor-grouped k-fold RBF
    SVM accuracy, the leave-one-donor-out (LODO) linear SVM accuracy and its out-of-fold
    decision per well (the cells method: its own out-of-fold score), Spearman rho of that
    decision vs the true severity per well and per donor, permutation p, KMeans V-measure vs
@@ -112,10 +113,10 @@ def score(storage: Path, severity: dict[str, float], n_permutations: int = 200) 
     donors, summary = donor_report(tables, score_cols=score_cols, n_permutations=n_permutations)
     rows = []
     for m, t in tables.items():
-        w = normalize_wells(t)
+        w = t.reset_index(drop=True)
         sev_w = w[schema.DONOR].astype(str).map(severity).to_numpy(float)
-        dec = (w[score_cols[m]].to_numpy(float) if m in score_cols
-               else lodo_accuracy(w, wells_features(w))["decision"])
+        dec = (w[score_cols[m]].to_numpy(float) if m in score_cols  # else normalised inside each fold, as donor_report
+               else lodo_accuracy(w, wells_features(normalize_wells(w)), in_fold=True)["decision"])
         ok = np.isfinite(dec) & np.isfinite(sev_w)
         d = donors[donors[schema.METHOD] == m]
         sev_d = d["Metadata_Donor"].map(severity).to_numpy(float)

@@ -154,3 +154,37 @@ def test_out_of_fold_score_method_is_scored_by_its_score_not_an_svm():
     row = summary.iloc[0]
     assert row["lodo_accuracy"] == pytest.approx(4 / 6) and row["grouped_accuracy"] == pytest.approx(4 / 6)
     assert np.isnan(row["permutation_p"]) and row["n_permutations"] == 0
+
+
+def test_fold_norm_with_every_control_well_equals_normalize_wells():
+    # reference implementation: pycytominer's mad_robustize per plate (normalize_wells)
+    w = planted_wells(noise=0.7, seed=4)
+    feats = DS.wells_features(w)
+    ref = DS.normalize_wells(w)[feats].to_numpy()
+    X = w[feats].to_numpy(np.float64)
+    control = (w["Metadata_Condition"] == "HC").to_numpy()
+    mine = DS.FoldNorm.of(w).apply(X, control, np.ones(len(w), bool))
+    np.testing.assert_allclose(mine, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_lodo_in_fold_never_puts_the_held_out_donor_in_its_reference():
+    w = planted_wells(noise=0.7, seed=5)
+    X, y, donors = DS._xy(w, None, DS.CONTROL)
+    seen = []
+
+    class Spy(DS.FoldNorm):
+        def apply(self, X, reference, train):
+            seen.append((reference.copy(), train.copy()))
+            return super().apply(X, reference, train)
+
+    base = DS.FoldNorm.of(w)
+    dec = DS._lodo(X, y, donors, 1.0, Spy(base.batches))
+    assert len(seen) == len(np.unique(donors)) and np.isfinite(dec).all()
+    for (reference, train), d in zip(seen, np.unique(donors)):
+        held = donors == d
+        assert not (reference & held).any() and not (train & held).any()
+        assert (reference == ((y == 0) & ~held)).all()  # exactly the other donors' HC wells
+    # in-fold normalisation removes the per-plate offset as the global one does: same calls
+    glob = DS.lodo_accuracy(DS.normalize_wells(w))
+    fold = DS.lodo_accuracy(w, in_fold=True)
+    assert fold["accuracy"] >= 0.9 and abs(fold["accuracy"] - glob["accuracy"]) <= 0.1
