@@ -153,7 +153,9 @@ def main() -> None:
         severity = json.loads((work / "severity.json").read_text())
         wall = float("nan")
     else:
-        if work.exists():
+        if work.exists() and any(work.iterdir()):
+            if not (work / "severity.json").exists():  # only ever delete this script's own folders
+                raise SystemExit(f"{work} is not empty and not a study_eval folder: choose another --work")
             shutil.rmtree(work)
         work.mkdir(parents=True)
         t0 = time.perf_counter()

@@ -62,7 +62,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SSC_CODE_VERSION", None, "code version tagged on MLflow runs (set it where there is no git checkout)",
             "git SHA of the checkout"),
     Setting("SSC_TRAIN_THREADS", None,
-            "torch threads of one training step (the `training` pool runs 2 at once, see `dagster.yaml`)",
+            "torch threads of one training step (the local `training` pool runs 2 at once, see `dagster.yaml`; "
+            "with a pool limit of 1, e.g. one GPU, set it to the cores)",
             "`max(1, cores // 2)`"),
     Setting("SSC_IMAGE_THREADS", None, "threads per process for the image filters (read by the core)", "`min(2, cores)`"),
     Setting("SSC_EXIT_WITH_PARENT", "1",
@@ -147,7 +148,8 @@ def train_threads() -> int:
     """Torch threads per training step: ``SSC_TRAIN_THREADS``, else half the cores (two
     training steps share the machine; ``concurrency.pools`` in ``dagster.yaml``)."""
     value = _set("SSC_TRAIN_THREADS")
-    return max(1, int(value)) if value else max(1, (os.cpu_count() or 1) // 2)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, int(value)) if value else max(1, cores // 2)
 
 
 def dask_address() -> str | None:

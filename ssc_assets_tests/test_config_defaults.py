@@ -133,7 +133,7 @@ def test_training_threads_come_from_ssc_train_threads(monkeypatch):
     monkeypatch.delenv("SSC_TRAIN_THREADS")
     import os
 
-    assert TrainConfig().to_core().threads == max(1, (os.cpu_count() or 1) // 2)
+    assert TrainConfig().to_core().threads == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def test_core_default_resolves_every_kind_of_reference():

@@ -95,6 +95,9 @@ def test_permutation_pvalue_same_in_parallel_and_lodo_equals_the_sklearn_pipelin
     one = DS.permutation_pvalue(w, n_permutations=40, seed=2, n_jobs=1)
     two = DS.permutation_pvalue(w, n_permutations=40, seed=2, n_jobs=2)
     assert one == two
+    raw = planted_wells(noise=1.0)
+    assert (DS.permutation_pvalue(raw, n_permutations=24, seed=2, n_jobs=1, in_fold=True)
+            == DS.permutation_pvalue(raw, n_permutations=24, seed=2, n_jobs=-1, in_fold=True))
     # the numpy-scaled LODO is the StandardScaler + SVC pipeline of _svm, fold by fold
     X, y, donors = DS._xy(w, None, DS.CONTROL)
     ref = np.full(len(y), np.nan)
@@ -188,3 +191,27 @@ def test_lodo_in_fold_never_puts_the_held_out_donor_in_its_reference():
     glob = DS.lodo_accuracy(DS.normalize_wells(w))
     fold = DS.lodo_accuracy(w, in_fold=True)
     assert fold["accuracy"] >= 0.9 and abs(fold["accuracy"] - glob["accuracy"]) <= 0.1
+
+
+def test_fold_norm_missing_values_become_the_reference_centre_not_outliers():
+    w = planted_wells(noise=0.5, plate_offset=10.0, seed=6)
+    rng = np.random.default_rng(0)
+    on_p1 = (w["Metadata_Plate"] == "P1").to_numpy()
+    holes = on_p1 & (rng.random(len(w)) < 0.3)
+    w.loc[holes, "f0001"] = np.nan
+    X, y, donors = DS._xy(w, None, DS.CONTROL, keep_nan=True)
+    Z = DS.FoldNorm.of(w).apply(X, y == 0, np.ones(len(w), bool))
+    assert np.isfinite(Z).all()
+    assert (Z[holes, 1] == 0.0).all()  # the reference centre, not (global median - batch median) / MAD
+    assert DS.lodo_accuracy(w, in_fold=True)["accuracy"] >= 0.9
+
+
+def test_fold_norm_batch_of_only_the_held_out_donor_uses_the_pooled_reference():
+    w = planted_wells(noise=0.5, plate_offset=0.0, seed=7)
+    w.loc[w["Metadata_Donor"] == "HC0", "Metadata_Plate"] = "P9"  # a plate holding one donor only
+    w.loc[w["Metadata_Donor"] == "HC0", "f0002"] = 100.0
+    X, y, donors = DS._xy(w, None, DS.CONTROL, keep_nan=True)
+    held = donors == "HC0"
+    Z = DS.FoldNorm.of(w).apply(X, (y == 0) & ~held, ~held)
+    # normalised against its own wells it would be centred at 0; against the others' HC wells it is far out
+    assert (Z[held, 2] > 50).all()

@@ -73,6 +73,12 @@ def test_time_budget_cuts_the_epoch_that_crosses_it_and_stops(monkeypatch):
     assert np.isfinite(res.history[0]["val_loss"]) and res.best_epoch == 1
     free = T.train(_clf(), "classify", _toy(n=32), _toy(n=8, seed=1), T.TrainParams(epochs=2, batch_size=4))
     assert free.stopped == "epochs" and len(free.history) == 2
+    # the budget runs out on the last batch of the last epoch: nothing was cut, so "epochs"
+    clock2 = iter(range(10_000))
+    monkeypatch.setattr(T.time, "perf_counter", lambda: float(next(clock2)))
+    last = T.train(_clf(), "classify", _toy(n=32), _toy(n=8, seed=1),
+                   T.TrainParams(epochs=1, batch_size=4, max_seconds=8.0))
+    assert last.stopped == "epochs" and len(last.history) == 1
 
 
 def test_threads_are_set_during_training_and_restored():

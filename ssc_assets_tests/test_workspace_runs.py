@@ -78,3 +78,31 @@ def test_run_carries_the_code_location_origin_and_plate(tmp_path, where):
     slowest = max(steps, key=lambda s: s["seconds"])
     assert row["slowest_step"] == f"{slowest['step']} ({slowest['seconds']:.0f} s)"
     assert row["s_per_site"] == round((t1 - t0) / 4, 2) and row["job"] == "process_plate"
+
+
+RUNNER_SCRIPT = textwrap.dedent("""
+    import contextlib, os
+    import dagster as dg
+    from ssc_assets.cli import _Runner
+    from ssc_assets.definitions import defs
+
+    with contextlib.ExitStack() as stack:
+        runner = _Runner(dg.DagsterInstance.get(), defs, stack)
+        print("LOCATION", runner.location.name if runner.location is not None else None,
+              os.path.isfile("workspace.yaml"))
+""")
+
+
+def test_demo_runner_loads_the_code_location_outside_the_repository(tmp_path):
+    """Outside the repository the demo's runner still gets the code location (so train_models
+    runs with its own multiprocess executor), not the in-process fallback."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER_SCRIPT)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SSC_STORAGE_DIR": str(tmp_path / "storage")}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("LOCATION ")), None)
+    assert line == "LOCATION ssc_assets False", proc.stdout[-2000:] + proc.stderr[-2000:]

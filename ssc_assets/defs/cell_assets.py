@@ -196,7 +196,7 @@ class CellAutoencoderConfig(CropConfig):
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
-          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="2",
           op_tags=training_tags("cell_autoencoder_model"))
 def cell_autoencoder_model(context: dg.AssetExecutionContext, config: CellAutoencoderConfig, corrected_images: dict,
                            masks: dict, raw_sites: dict, mlflow_tracking: MlflowTracking) -> dict:

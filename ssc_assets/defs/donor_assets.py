@@ -1,8 +1,9 @@
 """``donor_scores`` (group ``clusterings``): which donors look SSc-like, and how strongly.
 
-Per method, across all plates: well embeddings normalised per plate x acquisition group
-against that batch's HC wells, then a leave-one-donor-out linear SVM whose out-of-fold
-decision values score every well by a model that never saw its donor. A donor's score is the
+Per method, across all plates: a leave-one-donor-out linear SVM on the well embeddings,
+normalised per plate x acquisition group against that batch's HC wells inside every fold
+(the held-out donor is never in the reference), whose out-of-fold decision values score every
+well by a model that never saw its donor. A donor's score is the
 mean over its wells, with a bootstrap interval over wells, and a rank. The ``cells`` method
 is scored by its own out-of-fold cell-CNN scores instead (``cell_classifier_model``), since
 its embeddings come from a model trained on these donors. Summary per method:
@@ -34,7 +35,8 @@ class DonorScoresConfig(dg.Config):
     n_permutations: int = core_field(f"{_DR}.n_permutations", "Donor-level label permutations for the p-value.")
     n_boot: int = core_field(f"{_DR}.n_boot", "Bootstrap resamplings of each donor's wells for its interval.")
     seed: int = core_field(f"{_DR}.seed", "Seed (folds, permutations, bootstrap).")
-    normalize: bool = core_field(f"{_DR}.normalize", "Normalise per plate x acquisition group against HC wells first.")
+    normalize: bool = core_field(f"{_DR}.normalize", "Normalise per plate x acquisition group against HC wells "
+                                 "(refitted inside every LODO fold and permutation; once for the grouped SVM and V-measures).")
 
 
 def _cells_with_oof(wells: pd.DataFrame, cell_model: dict | None, context) -> pd.DataFrame | None:
@@ -68,7 +70,7 @@ def _cells_with_oof(wells: pd.DataFrame, cell_model: dict | None, context) -> pd
 
 @dg.asset(ins={"well_embeddings": ALL_PLATES, "cell_classifier_model": dg.AssetIn()}, group_name="clusterings",
           io_manager_key="manifest_io_manager", kinds={"sklearn", "mlflow"}, automation_condition=CROSS_PLATE,
-          retry_policy=IO_RETRY, code_version="1")
+          retry_policy=IO_RETRY, code_version="2")
 @fail_fast
 def donor_scores(context: dg.AssetExecutionContext, config: DonorScoresConfig, well_embeddings: dict,
                  cell_classifier_model: dict, mlflow_tracking: MlflowTracking, storage: Storage) -> dict:

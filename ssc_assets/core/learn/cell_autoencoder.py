@@ -43,8 +43,9 @@ from ssc_assets.core.learn.loop import set_seed
 #: ``normalize``): ``"none"``, corrected units. The model standardises each channel with the
 #: training crops' mean and SD, and the well embeddings are normalised per plate x acquisition
 #: group against HC wells; per-site standardisation (``"site"``, the cell CNN's default) removed
-#: what the code needs: on a held-out 15-donor study the cell autoencoder reached LODO 0.54 /
-#: rho 0.36 with ``"site"``, 0.91 / 0.97 with ``"none"`` (docs/clustering.md).
+#: what the code needs: trained on a held-out 15-donor study's crops, the autoencoder's
+#: training-crop well medians reached LODO 0.54 / donor rho 0.36 with ``"site"`` and 0.91 /
+#: 0.97 with ``"none"`` (docs/clustering.md, with the product-path figures).
 CROP_NORMALIZE = "none"
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
 from ssc_assets.core.learn.augment import AugmentParams, SiteDataset, SiteRef
 from ssc_assets.core.learn.inputs import PlateImages, PlateMasks
-from ssc_assets.core.learn.loop import TrainParams, confusion, evaluate, set_seed, train
+from ssc_assets.core.learn.loop import TrainParams, confusion, evaluate, set_seed, torch_threads, train
 from ssc_assets.core.learn.splits import grouped_split
 from ssc_assets.core.plots import training as training_plots
 from ssc_assets.core.schema import ACQUISITION_GROUP, SITE_META
@@ -150,7 +150,8 @@ def _fit(model, task: str, table: pd.DataFrame, channels: tuple[str, ...], input
     level = pick_level(int(table["side"].max() or input_size), input_size)
     ds = _datasets(table, channels, input_size, factor, params.seed, level, target)
     res = train(model, task, ds["train"], ds["val"], params, on_epoch)
-    metrics = _final_metrics(model, ds, task, params.batch_size)
+    with torch_threads(params.threads):  # the final evaluation shares the machine like the training
+        metrics = _final_metrics(model, ds, task, params.batch_size)
     logged = {"input_size": input_size, "augmentation_factor": factor, "pyramid_level": level,
               "stopped": res.stopped, "epochs_run": len(res.history),
               **{f"n_items_{k}": len(v) for k, v in ds.items()}}  # n_items_train = sites x factor

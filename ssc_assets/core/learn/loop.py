@@ -230,7 +230,8 @@ def _train(model, task, train_ds, val_ds, params: TrainParams, on_epoch) -> Trai
                 ds.set_epoch(epoch)
         model.train()
         losses, extras = [], []
-        for batch in train_loader:
+        n_batches = len(train_loader)
+        for i, batch in enumerate(train_loader, 1):
             loss, extra = _batch_loss(model, batch, task, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -238,8 +239,8 @@ def _train(model, task, train_ds, val_ds, params: TrainParams, on_epoch) -> Trai
             losses.append((float(loss.detach()), len(batch[0])))
             if extra is not None:
                 extras.append(extra)
-            if time.perf_counter() >= deadline:
-                stopped = "time"
+            if time.perf_counter() >= deadline and (i < n_batches or epoch < params.epochs):
+                stopped = "time"  # work was left: this epoch's batches or later epochs
                 break
         lr = opt.param_groups[0]["lr"]
         sched.step()
@@ -252,6 +253,8 @@ def _train(model, task, train_ds, val_ds, params: TrainParams, on_epoch) -> Trai
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch:
             on_epoch(epoch, metrics)
+        if stopped != "time" and epoch < params.epochs and time.perf_counter() >= deadline:
+            stopped = "time"  # the budget ran out during validation: no further epoch
         if stopped == "time":
             break
     model.load_state_dict(best_state)
