@@ -166,7 +166,7 @@ def main() -> None:
         print(f"ssc-assets demo: {wall / 60:.1f} min (log: {work / 'demo.log'})")
     table = score(work / "storage", severity, args.permutations)
     table.to_csv(work / "study_eval.csv", index=False)
-    print(f"\nseed {args.seed}, {len(severity)} donors, demo wall {wall / 60:.1f} min")
+    print(f"\n{work.name}: {len(severity)} donors, demo wall {wall / 60:.1f} min")
     print(table.round(3).to_markdown(index=False))
 
 
