@@ -33,10 +33,10 @@ from ssc_assets.defs.model_families import FAMILIES, ModelFamily, about
 ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
 
 #: Step priority of each training (``dagster/priority``; higher starts first): the longest
-#: trainings start first, so that the two ``training`` pool slots finish close together.
-TRAINING_PRIORITY = {"cell_classifier_model": 6, "cell_autoencoder_model": 5, "autoencoder_models": 4,
-                     "classifier_model": 3, "densenet_model": 2, "segmentation_model": 1, "pca_model": 0,
-                     "augmentation_sweep": 0}
+#: trainings start first, so that the two ``training`` pool slots finish close together; the
+#: PCA baseline (seconds, not in the pool) first of all, so that it never runs alone at the end.
+TRAINING_PRIORITY = {"pca_model": 7, "cell_classifier_model": 6, "cell_autoencoder_model": 5, "autoencoder_models": 4,
+                     "classifier_model": 3, "densenet_model": 2, "segmentation_model": 1, "augmentation_sweep": 0}
 
 
 def training_tags(asset: str) -> dict[str, str]:
@@ -391,7 +391,7 @@ def segmentation_model(context: dg.AssetExecutionContext, config: UNetConfig, co
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models", io_manager_key="manifest_io_manager",
-          kinds={"sklearn", "mlflow"}, code_version="1")
+          kinds={"sklearn", "mlflow"}, code_version="1", op_tags=training_tags("pca_model"))
 def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_images: dict, raw_sites: dict,
               mlflow_tracking: MlflowTracking) -> dict:
     """PCA baseline (64 components of flattened, downsampled sites) + SVM with donor-grouped CV.
