@@ -26,6 +26,8 @@ def _bumped(cfg_cls, name):
         return default * 1.5 + 0.01
     if name == "device":
         return "cpu"
+    if name == "max_seconds":  # default None (no cap)
+        return 60.0
     if name == "crop_size":
         return 100
     raise AssertionError(f"no test value for {cfg_cls.__name__}.{name} = {default!r}")
