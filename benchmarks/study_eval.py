@@ -97,7 +97,13 @@ def score(storage: Path, severity: dict[str, float], n_permutations: int = 200) 
     from scipy.stats import spearmanr
 
     from ssc_assets.core import schema
-    from ssc_assets.core.analysis.donor_scores import donor_report, lodo_accuracy, normalize_wells, wells_features
+    from ssc_assets.core.analysis.donor_scores import (
+        donor_report,
+        lodo_accuracy,
+        normalize_wells,
+        recentre_scores,
+        wells_features,
+    )
 
     wells = pd.concat([pd.read_parquet(p) for p in sorted((storage / "well_embeddings").glob("*.parquet"))],
                       ignore_index=True)
@@ -115,7 +121,7 @@ def score(storage: Path, severity: dict[str, float], n_permutations: int = 200) 
     for m, t in tables.items():
         w = t.reset_index(drop=True)
         sev_w = w[schema.DONOR].astype(str).map(severity).to_numpy(float)
-        dec = (w[score_cols[m]].to_numpy(float) if m in score_cols  # else normalised inside each fold, as donor_report
+        dec = (recentre_scores(w, score_cols[m]) if m in score_cols  # else normalised inside each fold, as donor_report
                else lodo_accuracy(w, wells_features(normalize_wells(w)), in_fold=True)["decision"])
         ok = np.isfinite(dec) & np.isfinite(sev_w)
         d = donors[donors[schema.METHOD] == m]

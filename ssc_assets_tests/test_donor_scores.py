@@ -215,3 +215,27 @@ def test_fold_norm_batch_of_only_the_held_out_donor_uses_the_pooled_reference():
     Z = DS.FoldNorm.of(w).apply(X, (y == 0) & ~held, ~held)
     # normalised against its own wells it would be centred at 0; against the others' HC wells it is far out
     assert (Z[held, 2] > 50).all()
+
+
+def test_recentre_scores_removes_a_batch_shift_and_no_donor_sets_its_own_threshold():
+    rows = []
+    for b, shift in (("A", 0.0), ("B", -5.0)):  # batch B (a dim objective): every score 5 lower
+        for d, cond, s in (("H1", "HC", -1.0), ("H2", "HC", -1.2), ("S1", "SSc", 1.0), ("S2", "SSc", 1.4)):
+            for k in range(2):
+                rows.append({"Metadata_Plate": "P", "Metadata_AcquisitionGroup": b, "Metadata_Well": f"{b}{d}{k}",
+                             "Metadata_Donor": d, "Metadata_Condition": cond, "Metadata_Group": cond.upper(),
+                             "score": s + shift + 0.1 * k})
+    w = pd.DataFrame(rows)
+    raw_acc = DS.out_of_fold_accuracy(w, "score")["accuracy"]
+    c = DS.recentre_scores(w, "score")
+    assert raw_acc == 0.75 and ((c > 0) == (w["Metadata_Condition"] == "SSc")).all()
+    # hand value: S1 in batch B, k=0: -4.0 minus the midpoint of the other donors' medians in B
+    # (HC: H1, H2 -> median of -6.0, -5.9, -6.2, -6.1 = -6.05; SSc: S2 -> -3.6, -3.5 -> -3.55)
+    i = w.index[(w["Metadata_Well"] == "BS10")][0]
+    assert c[i] == pytest.approx(-4.0 - (-6.05 - 3.55) / 2)
+    # a donor's own scores never move its threshold: shifting S1 moves S1's values by exactly that
+    w2 = w.copy()
+    w2.loc[w2["Metadata_Donor"] == "S1", "score"] += 3.0
+    c2 = DS.recentre_scores(w2, "score")
+    s1 = (w["Metadata_Donor"] == "S1").to_numpy()
+    np.testing.assert_allclose(c2[s1] - c[s1], 3.0)

@@ -451,6 +451,33 @@ def out_of_fold_accuracy(wells: pd.DataFrame, score_col: str, control: str = CON
             "n_wells": int(ok.sum()), "n_donors": int(len(d))}
 
 
+def recentre_scores(wells: pd.DataFrame, score_col: str, control: str = CONTROL) -> np.ndarray:
+    """Out-of-fold well scores (n,) with a per-batch threshold that no donor sets for itself.
+
+    A score from a model (e.g. the cell CNN's median logit) is not normalised like the
+    embeddings: an objective or plate that shifts every score moves its wells across 0. Per plate
+    x acquisition group (:class:`FoldNorm` batches) and per donor, the score minus the midpoint
+    of the medians of the OTHER donors' control and non-control wells in that batch (both
+    needed; else over all batches; else unchanged). NaN scores stay NaN.
+    """
+    s = wells[score_col].to_numpy(np.float64)
+    batches = FoldNorm.of(wells).batches
+    donors = wells[schema.DONOR].astype(str).to_numpy()
+    ok = np.isfinite(s)
+    ctrl = (wells[schema.CONDITION].astype(str) == control).to_numpy()
+    out = s.copy()
+    for d in np.unique(donors):
+        mine, others = donors == d, (donors != d) & ok
+        for b in np.unique(batches[mine]):
+            rows = mine & (batches == b)
+            for scope in (others & (batches == b), others):
+                a, c = s[scope & ctrl], s[scope & ~ctrl]
+                if len(a) and len(c):
+                    out[rows] = s[rows] - (np.median(a) + np.median(c)) / 2.0
+                    break
+    return out
+
+
 def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, score_cols: dict[str, str] | None = None,
                  n_permutations: int = 200, n_boot: int = 2000, seed: int = 0, n_splits: int = 5,
                  C: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -464,7 +491,8 @@ def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, sco
     (e.g. ``{"cells": "Metadata_OofScore"}``); for such a method the accuracies are those of the
     score itself (:func:`out_of_fold_accuracy`; ``grouped_accuracy`` = ``lodo_accuracy`` = its
     out-of-fold well accuracy) and the permutation p-value is NaN (the fold models were trained
-    with the true labels; a label permutation would need retraining). Returns ``(donors, summary)``:
+    with the true labels; a label permutation would need retraining); with ``normalize`` its
+    threshold is set per batch by the other donors (:func:`recentre_scores`). Returns ``(donors, summary)``:
 
     * ``donors``: ``Metadata_Method`` + :data:`DONOR_COLUMNS`, one row per donor x method;
     * ``summary``: :data:`SUMMARY_COLUMNS`, one row per method: ``grouped_accuracy``
@@ -483,6 +511,9 @@ def donor_report(tables: dict[str, pd.DataFrame], *, normalize: bool = True, sco
         feats = wells_features(w)
         X, y, donors = _xy(w, feats, CONTROL)
         if method in score_cols:  # an out-of-fold score: its accuracies, not an SVM on a label-trained embedding
+            if normalize:  # its threshold per batch, set by the other donors (objective / plate shifts)
+                w = w.copy()
+                w[score_cols[method]] = recentre_scores(raw, score_cols[method])
             lodo = out_of_fold_accuracy(w, score_cols[method])
             grouped = {"accuracy": lodo["accuracy"]}
             perm = {"p_value": float("nan"), "n_permutations": 0}  # the folds' models used the true labels
