@@ -100,7 +100,6 @@ def score(storage: Path, severity: dict[str, float], n_permutations: int = 200) 
     from ssc_assets.core.analysis.donor_scores import (
         donor_report,
         lodo_accuracy,
-        normalize_wells,
         recentre_scores,
         wells_features,
     )
@@ -122,7 +121,7 @@ def score(storage: Path, severity: dict[str, float], n_permutations: int = 200) 
         w = t.reset_index(drop=True)
         sev_w = w[schema.DONOR].astype(str).map(severity).to_numpy(float)
         dec = (recentre_scores(w, score_cols[m]) if m in score_cols  # else normalised inside each fold, as donor_report
-               else lodo_accuracy(w, wells_features(normalize_wells(w)), in_fold=True)["decision"])
+               else lodo_accuracy(w, wells_features(w), in_fold=True)["decision"])
         ok = np.isfinite(dec) & np.isfinite(sev_w)
         d = donors[donors[schema.METHOD] == m]
         sev_d = d["Metadata_Donor"].map(severity).to_numpy(float)

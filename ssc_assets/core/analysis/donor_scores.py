@@ -266,7 +266,7 @@ def lodo_accuracy(wells: pd.DataFrame, features: list[str] | None = None, *, C: 
     """
     from ssc_assets.core.analysis.clustering import chance_accuracy
 
-    X, y, donors = _xy(wells, features, control)
+    X, y, donors = _xy(wells, features, control, keep_nan=in_fold)  # FoldNorm fills missing values itself
     per = pd.DataFrame({"y": y, "d": donors}).groupby("y")["d"].nunique()
     out = {"n_wells": int(len(y)), "n_donors": int(len(np.unique(donors))),
            "chance": chance_accuracy(wells[schema.CONDITION]) if len(y) else float("nan")}
@@ -274,8 +274,6 @@ def lodo_accuracy(wells: pd.DataFrame, features: list[str] | None = None, *, C: 
         return {**out, "accuracy": float("nan"), "balanced_accuracy": float("nan"), "donor_accuracy": float("nan"),
                 "decision": np.full(len(y), np.nan), "correct": np.full(len(y), np.nan),
                 "note": "need at least 2 donors per condition"}
-    if in_fold:
-        X = _xy(wells, features, control, keep_nan=True)[0]
     dec = _lodo(X, y, donors, C, FoldNorm.of(wells) if in_fold else None)
     correct = ((dec > 0).astype(int) == y).astype(float)
     bal = float(np.mean([correct[y == c].mean() for c in (0, 1)]))
