@@ -159,13 +159,17 @@ class FoldNorm:
     def _centre_spread(self, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import warnings
 
+        has_nan = bool(np.isnan(R).any())  # the nan-functions cost ~10x more: only when needed
+        median = np.nanmedian if has_nan else np.median
         with warnings.catch_warnings():  # an all-NaN column: centre NaN, filled with 0 later
             warnings.simplefilter("ignore", RuntimeWarning)
             if self.method == "mad_robustize":
-                centre = np.nanmedian(R, axis=0)
-                spread = 1.4826 * np.nanmedian(np.abs(R - centre), axis=0)
-            else:
+                centre = median(R, axis=0)
+                spread = 1.4826 * median(np.abs(R - centre), axis=0)
+            elif has_nan:
                 centre, spread = np.nanmean(R, axis=0), np.nanstd(R, axis=0)
+            else:
+                centre, spread = R.mean(axis=0), R.std(axis=0)
         return centre, np.nan_to_num(spread, nan=0.0)
 
 
@@ -218,7 +222,6 @@ def _lodo(X: np.ndarray, y: np.ndarray, donors: np.ndarray, C: float, norm: Fold
     :func:`_svm` per fold without the pipeline's overhead (same numbers, 1.4x faster).
     With ``norm``, each fold first normalises the wells against its own control wells
     (``y == 0`` outside the held-out donor): the held-out donor never shapes its reference."""
-    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     X = np.asarray(X, dtype=np.float64)
@@ -230,10 +233,20 @@ def _lodo(X: np.ndarray, y: np.ndarray, donors: np.ndarray, C: float, norm: Fold
             dec[te] = 1.0 if y[tr][0] == 1 else -1.0
             continue
         Xf = norm.apply(X, (y == 0) & tr, tr) if norm is not None else X
-        scaler = StandardScaler().fit(Xf[tr])
-        svc = SVC(kernel="linear", C=C, class_weight="balanced").fit(scaler.transform(Xf[tr]), y[tr])
-        dec[te] = svc.decision_function(scaler.transform(Xf[te]))
+        mean, scale = _standard_scale(Xf[tr])
+        svc = SVC(kernel="linear", C=C, class_weight="balanced").fit((Xf[tr] - mean) / scale, y[tr])
+        dec[te] = svc.decision_function((Xf[te] - mean) / scale)
     return dec
+
+
+def _standard_scale(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``StandardScaler().fit(X)``'s ``mean_`` and ``scale_`` (population SD; ~0 SD -> 1),
+    without sklearn's per-call validation (a LODO permutation test fits ~20,000 of them)."""
+    n, eps = len(X), np.finfo(np.float64).eps
+    mean = X.mean(axis=0)
+    var = ((X - mean) ** 2).mean(axis=0)
+    constant = var <= n * eps * var + (n * mean * eps) ** 2  # sklearn's _is_constant_feature
+    return mean, np.where(constant, 1.0, np.sqrt(var))
 
 
 def _xy(wells: pd.DataFrame, features: list[str] | None, control: str,
