@@ -163,11 +163,15 @@ def test_fold_norm_with_every_control_well_equals_normalize_wells():
     # reference implementation: pycytominer's mad_robustize per plate (normalize_wells)
     w = planted_wells(noise=0.7, seed=4)
     feats = DS.wells_features(w)
-    ref = DS.normalize_wells(w)[feats].to_numpy()
+    ref = DS.normalize_wells(w, compressed=False)[feats].to_numpy()
     X = w[feats].to_numpy(np.float64)
     control = (w["Metadata_Condition"] == "HC").to_numpy()
-    mine = DS.FoldNorm.of(w).apply(X, control, np.ones(len(w), bool))
+    mine = DS.FoldNorm.of(w, compressed=False).apply(X, control, np.ones(len(w), bool))
     np.testing.assert_allclose(mine, ref, rtol=1e-6, atol=1e-9)
+    # compressed (the default of both): asinh of the same values
+    np.testing.assert_allclose(DS.normalize_wells(w)[feats].to_numpy(), np.arcsinh(ref), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(DS.FoldNorm.of(w).apply(X, control, np.ones(len(w), bool)), np.arcsinh(ref),
+                               rtol=1e-6, atol=1e-9)
 
 
 def test_lodo_in_fold_never_puts_the_held_out_donor_in_its_reference():
@@ -212,7 +216,7 @@ def test_fold_norm_batch_of_only_the_held_out_donor_uses_the_pooled_reference():
     w.loc[w["Metadata_Donor"] == "HC0", "f0002"] = 100.0
     X, y, donors = DS._xy(w, None, DS.CONTROL, keep_nan=True)
     held = donors == "HC0"
-    Z = DS.FoldNorm.of(w).apply(X, (y == 0) & ~held, ~held)
+    Z = DS.FoldNorm.of(w, compressed=False).apply(X, (y == 0) & ~held, ~held)
     # normalised against its own wells it would be centred at 0; against the others' HC wells it is far out
     assert (Z[held, 2] > 50).all()
 
@@ -239,3 +243,17 @@ def test_recentre_scores_removes_a_batch_shift_and_no_donor_sets_its_own_thresho
     c2 = DS.recentre_scores(w2, "score")
     s1 = (w["Metadata_Donor"] == "S1").to_numpy()
     np.testing.assert_allclose(c2[s1] - c[s1], 3.0)
+
+
+def test_lodo_keeps_mild_donors_apart_when_severe_donors_sit_far_out():
+    """Severe donors hundreds of HC MADs out (as a whole-site classifier's ReLU features were on
+    a held-out study) must not squeeze HC and mild SSc wells together: the normalised values are
+    compressed (asinh) before any scaling. Without it the linear SVM calls mild SSc wells HC."""
+    w = planted_wells(n_hc=5, n_ssc=6, n_sschl=3, shift=(0.0, 3.0, 800.0), noise=0.5, plates=1, n_feat=4, seed=4)
+    ssc = (w["Metadata_Group"] == "SSC").to_numpy()
+    for in_fold in (True, False):
+        src = w if in_fold else DS.normalize_wells(w)
+        lodo = DS.lodo_accuracy(src, in_fold=in_fold)
+        assert lodo["accuracy"] >= 0.9 and (lodo["decision"][ssc] > 0).mean() >= 0.9
+    plain = DS.lodo_accuracy(DS.normalize_wells(w, compressed=False))
+    assert (plain["decision"][ssc] > 0).mean() < 0.5  # the failure this guards against

@@ -139,7 +139,7 @@ def _artifact_link(mlflow_tracking: MlflowTracking, run, path: str) -> str:
 
 @dg.asset(ins={"well_embeddings": ALL_PLATES, "donor_scores": dg.AssetIn()}, group_name="clusterings",
           io_manager_key="manifest_io_manager",
-          kinds={"sklearn", "mlflow"}, automation_condition=CROSS_PLATE, retry_policy=IO_RETRY, code_version="2")
+          kinds={"sklearn", "mlflow"}, automation_condition=CROSS_PLATE, retry_policy=IO_RETRY, code_version="3")
 @fail_fast
 def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, well_embeddings: dict, donor_scores: dict,
                 mlflow_tracking: MlflowTracking, storage: Storage) -> dict:

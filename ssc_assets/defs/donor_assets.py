@@ -70,7 +70,7 @@ def _cells_with_oof(wells: pd.DataFrame, cell_model: dict | None, context) -> pd
 
 @dg.asset(ins={"well_embeddings": ALL_PLATES, "cell_classifier_model": dg.AssetIn()}, group_name="clusterings",
           io_manager_key="manifest_io_manager", kinds={"sklearn", "mlflow"}, automation_condition=CROSS_PLATE,
-          retry_policy=IO_RETRY, code_version="2")
+          retry_policy=IO_RETRY, code_version="3")
 @fail_fast
 def donor_scores(context: dg.AssetExecutionContext, config: DonorScoresConfig, well_embeddings: dict,
                  cell_classifier_model: dict, mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
