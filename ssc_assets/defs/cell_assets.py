@@ -128,7 +128,7 @@ def _split_table(table: pd.DataFrame, val_donors: list[str]) -> pd.DataFrame:
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
-          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="1",
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="2",
           op_tags=training_tags("cell_classifier_model"))
 def cell_classifier_model(context: dg.AssetExecutionContext, config: CellModelConfig, corrected_images: dict,
                           masks: dict, raw_sites: dict, mlflow_tracking: MlflowTracking, storage: Storage) -> dict:
@@ -174,11 +174,13 @@ _AP = "ssc_assets.core.learn.cell_autoencoder:CellAutoencoderParams"
 
 class CellAutoencoderConfig(CropConfig):
     """The CPU regime of the cell autoencoder (:class:`CellAutoencoderParams` and :class:`CropParams`
-    defaults, but crops in corrected units: ``CROP_NORMALIZE``)."""
+    defaults, but crops in corrected units, ``CROP_NORMALIZE``, and edge nuclei skipped, ``CROP_BORDER``)."""
 
     normalize: str = core_field("ssc_assets.core.learn.cell_autoencoder:CROP_NORMALIZE",
                                 "Intensity standardisation of the crops: 'none' (corrected units; the model "
                                 "standardises per channel), 'site' or 'crop'.")
+    border: str = core_field("ssc_assets.core.learn.cell_autoencoder:CROP_BORDER",
+                             "'skip' nuclei whose crop leaves the image, or 'pad' with 0.")
 
     epochs: int = core_field(f"{_AP}.epochs", "Upper bound of epochs.")
     batch_size: int = core_field(f"{_AP}.batch_size", "Batch size.")

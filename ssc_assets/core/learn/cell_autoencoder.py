@@ -47,6 +47,11 @@ from ssc_assets.core.learn.loop import set_seed
 #: training-crop well medians reached LODO 0.54 / donor rho 0.36 with ``"site"`` and 0.91 /
 #: 0.97 with ``"none"`` (docs/clustering.md, with the product-path figures).
 CROP_NORMALIZE = "none"
+#: Crop borders for the autoencoder: ``"skip"`` (nuclei whose window leaves the site are not
+#: used). Unlike the cell CNN, zero-padded edge crops did not help it: on held-out study A's
+#: crops (100 s training) LODO 0.859 / donor rho 0.92 with ``"pad"``, 0.910 / 0.97 with
+#: ``"skip"``; on study C both were at chance.
+CROP_BORDER = "skip"
 
 
 class CellAutoencoder(nn.Module):
