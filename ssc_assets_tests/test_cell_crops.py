@@ -64,7 +64,7 @@ def test_downsampling_is_a_block_mean_and_centre_maps_to_half():
     p = CropParams(size=64, downsample=2, border="skip", max_per_site=None, normalize="none")
     crops, _ = extract_cell_crops(img, labels, p)
     assert crops.shape == (3, 3, 32, 32)
-    full, _ = extract_cell_crops(img, labels, CropParams(size=64, downsample=1, max_per_site=None, normalize="none"))
+    full, _ = extract_cell_crops(img, labels, CropParams(size=64, downsample=1, border="skip", max_per_site=None, normalize="none"))
     np.testing.assert_allclose(crops, full.reshape(3, 3, 32, 2, 32, 2).mean(axis=(3, 5)), rtol=1e-6)
     # the x ramp averaged over pixel pairs: column 16 covers image columns x and x + 1
     assert crops[1, 1, 16, 16] == pytest.approx(100.5)
@@ -116,7 +116,7 @@ def test_build_crop_dataset_reads_the_stores(tmp_path):
                           "Metadata_Donor": ["D1", "D2", "D3"], "Metadata_Condition": ["HC", "SSc", "SSc"],
                           "Metadata_Group": ["HC", "SSC", "SSC"], "label": [0, 1, 1], "store": images,
                           "masks_store": [masks, masks, None], "side": 200})
-    p = CropParams(size=64, downsample=2, max_per_site=None, normalize="none")
+    p = CropParams(size=64, downsample=2, border="skip", max_per_site=None, normalize="none")
     ds = build_crop_dataset(sites, p)
     assert ds.crops.shape == (6, 3, 32, 32)  # 3 + 3 nuclei fit, B04 has no masks
     assert ds.table["Metadata_Well"].tolist() == ["B02"] * 3 + ["B03"] * 3
