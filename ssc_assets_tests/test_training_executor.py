@@ -53,3 +53,13 @@ def test_steps_are_forked_by_one_server_not_spawned_by_the_run(tmp_path, monkeyp
     finally:
         sys.modules.pop("forked_job_module", None)
     assert len(parents) == 1 and os.getpid() not in parents
+
+
+def test_a_step_waiting_for_a_pool_slot_checks_again_within_two_seconds():
+    """Dagster's backoff grows to 15 s; the code location caps it (jobs.POOL_CLAIM_POLL_SECONDS)."""
+    import ssc_assets.defs.jobs as jobs
+    from dagster._core.execution.plan.instance_concurrency_context import _calculate_timeout_interval
+
+    assert jobs.POOL_CLAIM_POLL_SECONDS == 2.0
+    waits = [_calculate_timeout_interval(None, n) for n in range(0, 40)]
+    assert max(waits) == jobs.POOL_CLAIM_POLL_SECONDS and waits[0] == 1.0

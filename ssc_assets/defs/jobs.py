@@ -28,6 +28,27 @@ def in_process_first_executor(init_context):
     return _DEFAULT_EXECUTOR.executor_creation_fn(init_context)
 
 
+#: Seconds between a pending step's checks for a free pool slot (``training``), at most.
+POOL_CLAIM_POLL_SECONDS = 2.0
+
+
+def _poll_pool_slots_every(seconds: float) -> None:
+    """Cap the interval at which a step waiting for a pool slot re-checks the instance.
+
+    Dagster backs off exponentially up to 15 s (``MAX_CONCURRENCY_CLAIM_BLOCKED_INTERVAL`` in
+    ``instance_concurrency_context``; not configurable): on a 2 x 39-well study each training
+    started 10-14 s after the previous one in its slot had ended, ~30 s of idle cores per
+    ``train_models``. A check is one small query on the run storage. The run worker imports
+    this module, so its executor polls at most every ``seconds``.
+    """
+    from dagster._core.execution.plan import instance_concurrency_context as icc
+
+    if hasattr(icc, "MAX_CONCURRENCY_CLAIM_BLOCKED_INTERVAL"):
+        icc.MAX_CONCURRENCY_CLAIM_BLOCKED_INTERVAL = seconds
+
+
+_poll_pool_slots_every(POOL_CLAIM_POLL_SECONDS)
+
 #: Step processes forked from a server that has already imported the code location.
 FORKSERVER = {"multiprocess": {"start_method": {"forkserver": {}}}}
 

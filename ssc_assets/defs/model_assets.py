@@ -35,8 +35,8 @@ ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
 #: Step priority of each training (``dagster/priority``; higher starts first): the longest
 #: trainings start first, so that the two ``training`` pool slots finish close together; the
 #: PCA baseline (seconds, not in the pool) first of all, so that it never runs alone at the end.
-TRAINING_PRIORITY = {"pca_model": 7, "cell_classifier_model": 6, "cell_autoencoder_model": 5, "autoencoder_models": 4,
-                     "classifier_model": 3, "densenet_model": 2, "segmentation_model": 1, "augmentation_sweep": 0}
+TRAINING_PRIORITY = {"pca_model": 7, "cell_classifier_model": 6, "cell_autoencoder_model": 5, "classifier_model": 4,
+                     "autoencoder_models": 3, "densenet_model": 2, "segmentation_model": 1, "augmentation_sweep": 0}
 
 
 def training_tags(asset: str) -> dict[str, str]:
