@@ -28,55 +28,13 @@ def in_process_first_executor(init_context):
     return _DEFAULT_EXECUTOR.executor_creation_fn(init_context)
 
 
-#: Seconds between a pending step's checks for a free pool slot (``training``), at most.
-POOL_CLAIM_POLL_SECONDS = 2.0
-
-
-def _poll_pool_slots_every(seconds: float) -> None:
-    """Cap the interval at which a step waiting for a pool slot re-checks the instance.
-
-    Dagster backs off exponentially up to 15 s (``MAX_CONCURRENCY_CLAIM_BLOCKED_INTERVAL`` in
-    ``instance_concurrency_context``; not configurable): on a 2 x 39-well study each training
-    started 10-14 s after the previous one in its slot had ended, ~30 s of idle cores per
-    ``train_models``. A check is one small query on the run storage. The run worker imports
-    this module, so its executor polls at most every ``seconds``.
-    """
-    from dagster._core.execution.plan import instance_concurrency_context as icc
-
-    if hasattr(icc, "MAX_CONCURRENCY_CLAIM_BLOCKED_INTERVAL"):
-        icc.MAX_CONCURRENCY_CLAIM_BLOCKED_INTERVAL = seconds
-
-
-_poll_pool_slots_every(POOL_CLAIM_POLL_SECONDS)
-
-#: Step processes forked from a server that has already imported the code location.
-FORKSERVER = {"multiprocess": {"start_method": {"forkserver": {}}}}
-
-
-@dg.executor(
-    name="multiprocess_forkserver",
-    config_schema=dg.Field(_DEFAULT_EXECUTOR.config_schema.config_type, default_value=FORKSERVER),
-    requirements=lambda executor_config: _DEFAULT_EXECUTOR.get_requirements(executor_config),
-)
-def forkserver_executor(init_context):
-    """Dagster's default executor, multiprocess, with step processes started by a ``forkserver``
-    that preloads the job's module (``ssc_assets.definitions``: torch, MLflow, Dagster) once.
-
-    Used by the training jobs: a process per model isolates memory and crashes, and with
-    ``spawn`` every step process first re-imported the code location (10-14 s between one
-    training's end and the next one's start on an idle 2-core machine). Run config can still
-    choose ``execution: config: multiprocess: {start_method: {spawn: {}}}`` or ``in_process``.
-    """
-    return _DEFAULT_EXECUTOR.executor_creation_fn(init_context)
-
-
 def _group_job(name: str, group: str, description: str, per_plate: bool = False, in_process: bool = False):
     """A job materializing one asset group; per-plate jobs carry :data:`PER_PLATE_MAX_RUNTIME`;
-    ``in_process`` gives it :func:`in_process_first_executor`, else :func:`forkserver_executor`
+    ``in_process`` gives it :func:`in_process_first_executor`, else Dagster's multiprocess default
     (model trainings: a step process per model isolates memory and crashes)."""
     return dg.define_asset_job(name, selection=dg.AssetSelection.groups(group), description=description,
                                tags=PER_PLATE_MAX_RUNTIME if per_plate else None,
-                               executor_def=in_process_first_executor if in_process else forkserver_executor)
+                               executor_def=in_process_first_executor if in_process else dg.multi_or_in_process_executor)
 
 
 process_plate = dg.define_asset_job(
