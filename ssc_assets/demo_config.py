@@ -17,7 +17,7 @@ DEMO_TRAIN = {"epochs": 4, "augmentation_factor": 2, "batch_size": 8, "lr": 1e-3
 DEMO_MODEL_CONFIG: dict[str, dict] = {
     "classifier_model": {**DEMO_TRAIN, "crop_size": 128, "n_blocks": 5, "first_width": 64, "max_seconds": 75.0},
     "densenet_model": {**DEMO_TRAIN, "epochs": 2, "crop_size": 96, "max_seconds": 75.0},
-    "autoencoder_models": {**DEMO_TRAIN, "patch_size": 64, "widths": [64, 32, 16, 8], "max_seconds": 30.0},
+    "autoencoder_models": {**DEMO_TRAIN, "patch_size": 64, "widths": [64, 32, 16, 8], "max_seconds": 25.0},
     "segmentation_model": {**DEMO_TRAIN, "tile_size": 128, "base_channels": 8, "depth": 3, "max_seconds": 50.0},
     "pca_model": {"n_components": 64, "size": 32},
     "clusterings": {"null_size": 2000},

@@ -105,7 +105,7 @@ class CellAutoencoderParams:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     patience: int | None = 3
-    max_seconds: float | None = 180.0
+    max_seconds: float | None = 150.0
     crops_per_epoch: int | None = 6000
     augment: bool = True
     threads: int | None = None

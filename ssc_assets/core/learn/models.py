@@ -19,11 +19,14 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
+
+if TYPE_CHECKING:  # torchvision (2-3 s to import) only when a DenseNet is built
+    import torchvision
 
 logger = logging.getLogger(__name__)
 
@@ -341,6 +344,8 @@ def load_densenet121_backbone(weights: str | os.PathLike = "imagenet") -> tuple[
     Returns ``(model, source)`` with source ``"imagenet:torchvision IMAGENET1K_V1"``,
     ``"file:<abs path>"`` or ``"random-init (<reason>)"``.
     """
+    import torchvision
+
     tv = torchvision.models
     if not isinstance(weights, os.PathLike) and str(weights).lower() == "none":
         return tv.densenet121(weights=None), "random-init (weights='none')"
