@@ -207,6 +207,17 @@ def test_dataset_length(stores):
         make_ds(refs, "test", channels=("mitochondria",))
 
 
+def test_final_training_metrics_see_each_site_once(stores):
+    from ssc_assets.core.learn.fit import final_items
+
+    refs, _ = stores
+    items = final_items(make_ds(refs, "train", factor=3))
+    assert len(items) == 4
+    assert [float(items[i][1]) for i in range(4)] == [r.label for r in refs]  # site i, in ref order
+    one = make_ds(refs, "train", factor=1)
+    assert final_items(one) is one
+
+
 def test_dataset_channel_order_and_labels(stores):
     refs, raw = stores
     ds = make_ds(refs, "test", factor=3)

@@ -1,5 +1,8 @@
 """Models through Dagster and a real MLflow store (SQLite + local artifacts, no mocks)."""
 
+from importlib.metadata import version
+from pathlib import Path
+
 import dagster as dg
 import mlflow
 import pandas as pd
@@ -81,6 +84,9 @@ def test_classifier_run_is_tracked_and_registered(trained):
     assert int(mv.version) == man["version"] and man["champion"]
     model = mlflow.pytorch.load_model(tracking.champion_uri("ssc-classifier"))
     assert model.embed(torch.zeros(2, 3, 64, 64)).shape == (2, 8)
+    # its requirements are the pinned list, not what MLflow's inference subprocess imported
+    reqs = Path(mlflow.pyfunc.get_model_dependencies(tracking.champion_uri("ssc-classifier"))).read_text().split()
+    assert reqs == [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "torch", "torchvision", "numpy", "pandas", "cloudpickle")]
     # Dagster metadata links to the run
     md = trained["mats"]["classifier_model"].metadata
     assert md["mlflow_run_id"].value == man["run_id"] and man["run_id"] in md["mlflow_run"].value

@@ -166,6 +166,29 @@ def code_version() -> str:
         return "unknown"
 
 
+#: What a logged model of each flavor needs to load (besides ``ssc_assets`` itself, whose classes
+#: the pickles reference), pinned to this environment by :func:`model_requirements`.
+MODEL_PACKAGES = {"pytorch": ("torch", "torchvision", "numpy", "pandas", "cloudpickle"),
+                  "sklearn": ("scikit-learn", "scipy", "numpy", "pandas", "cloudpickle")}
+
+
+@lru_cache(maxsize=None)
+def model_requirements(flavor: str) -> tuple[str, ...]:
+    """``pip_requirements`` for ``mlflow.<flavor>.log_model``: mlflow and :data:`MODEL_PACKAGES`
+    pinned to the installed versions (packages not installed are left out). Given explicitly,
+    MLflow does not infer them: its inference re-imports the model in a subprocess (5-10 s per
+    logged model on 2 cores) and lists whatever that process imported (pytest, dask, rich, ...)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("mlflow", *MODEL_PACKAGES[flavor]):
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return tuple(out)
+
+
 class MlflowTracking(dg.ConfigurableResource):
     """Tracking store, artifact root and the UI addresses used for links (MLflow and Dagster)."""
 

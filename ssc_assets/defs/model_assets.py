@@ -27,7 +27,14 @@ from ssc_assets.core.plots import figures
 from ssc_assets.defs.core_defaults import core_factory_field, core_field
 from ssc_assets.defs.manifests import all_plate_images, all_plate_masks
 from ssc_assets.defs.metadata import log_png, md_table
-from ssc_assets.defs.mlflow_tracking import DEMO, DEMO_WARNING, EXPERIMENTS, MlflowTracking, ModelCard
+from ssc_assets.defs.mlflow_tracking import (
+    DEMO,
+    DEMO_WARNING,
+    EXPERIMENTS,
+    MlflowTracking,
+    ModelCard,
+    model_requirements,
+)
 from ssc_assets.defs.model_families import FAMILIES, ModelFamily, about
 
 ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
@@ -189,14 +196,16 @@ def log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutput
         import mlflow.pytorch
 
         fit.model.cpu().eval()
-        info = mlflow.pytorch.log_model(fit.model, name="model", input_example=fit.input_example, serialization_format="pickle")
+        info = mlflow.pytorch.log_model(fit.model, name="model", input_example=fit.input_example, serialization_format="pickle",
+                                        pip_requirements=list(model_requirements("pytorch")))
     else:
         import mlflow.sklearn
         from mlflow.models import infer_signature
 
         # a transformer (no predict, so no pyfunc flavor): a signature, not an input example to validate
         signature = infer_signature(fit.input_example, fit.model.transform(fit.input_example))
-        info = mlflow.sklearn.log_model(fit.model, name="model", signature=signature)
+        info = mlflow.sklearn.log_model(fit.model, name="model", signature=signature,
+                                        pip_requirements=list(model_requirements("sklearn")))
     tags = mlflow_res.client().get_run(run.info.run_id).data.tags
     spec = EXPERIMENTS.get(mlflow.get_experiment(run.info.experiment_id).name)
     keys = spec.metrics if spec else ("best_val_loss", "best_epoch")

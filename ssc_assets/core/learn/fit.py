@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ssc_assets.core.ingest.channels import IMAGE_CHANNELS, MODEL_CHANNELS
 from ssc_assets.core.learn.augment import AugmentParams, SiteDataset, SiteRef
@@ -124,12 +124,24 @@ def _datasets(table, channels, input_size, factor, seed, level, target=None):
     return out
 
 
+def final_items(ds) -> Dataset:
+    """The items the final training-split metrics use: one augmented view per site (the first
+    ``len(ds.refs)`` items of a :class:`SiteDataset` with ``factor`` views per site). The
+    per-epoch ``train_*`` metrics already cover every view; evaluating them all again cost as
+    much as a third of an epoch."""
+    n = len(getattr(ds, "refs", ds))
+    return ds if n >= len(ds) else Subset(ds, range(n))
+
+
 def _final_metrics(model, datasets, task, batch_size) -> dict[str, dict[str, float]]:
+    """Metrics of ``model`` per split: ``train`` on :func:`final_items`, ``val`` and ``test`` on
+    every item (validation: the same views as the per-epoch validation)."""
     out = {}
     for split, ds in datasets.items():
         if hasattr(ds, "set_epoch"):
             ds.set_epoch(0)
-        res = evaluate(model, DataLoader(ds, batch_size=batch_size), task, collect=(split == "test"))
+        items = final_items(ds) if split == "train" else ds
+        res = evaluate(model, DataLoader(items, batch_size=batch_size), task, collect=(split == "test"))
         out[split] = {k: v for k, v in res.items() if k not in ("y_true", "prob")}
         if split == "test" and "y_true" in res:
             out["_test_predictions"] = {"y_true": res["y_true"], "prob": res["prob"]}
@@ -154,7 +166,8 @@ def _fit(model, task: str, table: pd.DataFrame, channels: tuple[str, ...], input
         metrics = _final_metrics(model, ds, task, params.batch_size)
     logged = {"input_size": input_size, "augmentation_factor": factor, "pyramid_level": level,
               "stopped": res.stopped, "epochs_run": len(res.history),
-              **{f"n_items_{k}": len(v) for k, v in ds.items()}}  # n_items_train = sites x factor
+              **{f"n_items_{k}": len(v) for k, v in ds.items()},  # n_items_train = sites x factor
+              "n_items_final_train": len(final_items(ds["train"]))}
     return _Trained(ds, res, metrics, logged)
 
 
