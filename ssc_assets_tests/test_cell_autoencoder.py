@@ -28,9 +28,26 @@ FAST = CellAutoencoderParams(epochs=6, batch_size=32, n_blocks=3, width=16, embe
 def test_shapes_and_size_check():
     m = CellAutoencoder(3, 32, width=8, n_blocks=3, embedding_size=5).eval()
     x = torch.randn(4, 3, 32, 32)
-    assert m(x).shape == (4, 3, 32, 32) and m.embed(x).shape == (4, 5)
+    assert m(x).shape == (4, 3, 32, 32) and m.code(x).shape == (4, 5)
+    assert m.embed(x).shape == (4, 16) and m.embedding_dim == 16  # 8 maps after blocks 2 and 3
     with pytest.raises(ValueError, match="divisible"):
         CellAutoencoder(3, 30, n_blocks=3)
+
+
+def test_embedding_is_the_mean_of_the_encoder_maps_of_blocks_2_on():
+    m = CellAutoencoder(3, 32, width=8, n_blocks=3, embedding_size=5).eval()
+    m.set_standardisation(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 8.0]))
+    x = torch.randn(4, 3, 32, 32) * 5 + 2
+    with torch.no_grad():
+        h1 = m.encoder[:4]((x - torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)) / torch.tensor([2.0, 4.0, 8.0]).view(1, 3, 1, 1))
+        h2 = m.encoder[4:8](h1)
+        h3 = m.encoder[8:](h2)
+        expected = torch.cat([h2.mean(dim=(2, 3)), h3.mean(dim=(2, 3))], 1)
+        torch.testing.assert_close(m.embed(x), expected)
+        # a model pickled before the pooled readout (no ``readout`` attribute) embeds with its code
+        del m.readout
+        assert m.embedding_dim == 5
+        torch.testing.assert_close(m.embed(x), m.code(x))
 
 
 def test_channel_stats_match_numpy():

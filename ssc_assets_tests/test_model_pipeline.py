@@ -155,7 +155,9 @@ def test_cell_autoencoder_is_tracked_and_embeds_raw_crops(trained):
     assert set(splits["split"]) == {"train", "val"}
     model = mlflow.pytorch.load_model(trained["tracking"].champion_uri("ssc-cell_autoencoder"))
     x = torch.rand(3, 3, 16, 16)
-    assert model.embed(x).shape == (3, 6) and float(model.std.min()) > 0
+    assert model.code(x).shape == (3, 6) and float(model.std.min()) > 0
+    assert model.embed(x).shape == (3, 96)  # 32 maps after each of blocks 2-4, averaged over the crop
+    assert run.data.params["crop_normalize"] == "site"
     # standardisation inside: shifting a crop by the stored mean is the same as standardising it
     assert torch.allclose(model.standardise(model.mean.expand(1, 3, 16, 16)), torch.zeros(1, 3, 16, 16))
 

@@ -174,11 +174,12 @@ _AP = "ssc_assets.core.learn.cell_autoencoder:CellAutoencoderParams"
 
 class CellAutoencoderConfig(CropConfig):
     """The CPU regime of the cell autoencoder (:class:`CellAutoencoderParams` and :class:`CropParams`
-    defaults, but crops in corrected units, ``CROP_NORMALIZE``, and edge nuclei skipped, ``CROP_BORDER``)."""
+    defaults, but edge nuclei skipped, ``CROP_BORDER``; crops standardised per site, ``CROP_NORMALIZE``)."""
 
     normalize: str = core_field("ssc_assets.core.learn.cell_autoencoder:CROP_NORMALIZE",
-                                "Intensity standardisation of the crops: 'none' (corrected units; the model "
-                                "standardises per channel), 'site' or 'crop'.")
+                                "Intensity standardisation of the crops: 'site' (each channel by its site's mean "
+                                "and SD), 'none' (corrected units) or 'crop'. The model then standardises "
+                                "per channel with the training crops' statistics.")
     border: str = core_field("ssc_assets.core.learn.cell_autoencoder:CROP_BORDER",
                              "'skip' nuclei whose crop leaves the image, or 'pad' with 0.")
 
@@ -187,7 +188,8 @@ class CellAutoencoderConfig(CropConfig):
     lr: float = core_field(f"{_AP}.lr", "Adam learning rate (cosine annealed).")
     patience: int | None = core_field(f"{_AP}.patience", "Early stop after this many epochs without a lower held-out loss.")
     crops_per_epoch: int | None = core_field(f"{_AP}.crops_per_epoch", "Training crops drawn per epoch.")
-    embedding_size: int = core_field(f"{_AP}.embedding_size", "Code size (the `cell_autoencoder` site embedding).")
+    embedding_size: int = core_field(f"{_AP}.embedding_size", "Size of the linear code the decoder redraws a crop from. "
+                                        "The site embedding is the pooled encoder maps (width x (n_blocks - 1), 96-d by default).")
     max_seconds: float | None = core_field(f"{_AP}.max_seconds", "Wall-time cap of the training (s).")
     seed: int = core_field(f"{_AP}.seed", "Seed for validation donors, crops, sampling and initialisation.")
 
@@ -198,12 +200,13 @@ class CellAutoencoderConfig(CropConfig):
 
 
 @dg.asset(ins={"corrected_images": ALL_PLATES, "masks": ALL_PLATES, "raw_sites": ALL_PLATES}, group_name="models",
-          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="2",
+          io_manager_key="manifest_io_manager", kinds={"pytorch", "mlflow"}, pool="training", code_version="3",
           op_tags=training_tags("cell_autoencoder_model"))
 def cell_autoencoder_model(context: dg.AssetExecutionContext, config: CellAutoencoderConfig, corrected_images: dict,
                            masks: dict, raw_sites: dict, mlflow_tracking: MlflowTracking) -> dict:
-    """Convolutional autoencoder on nucleus-centred crops (16-d code), trained without labels,
-    early-stopped on held-out donors' reconstruction loss: the registered ``ssc-cell_autoencoder``.
+    """Convolutional autoencoder on nucleus-centred, per-site standardised crops (16-d code),
+    trained without labels, early-stopped on held-out donors' reconstruction loss: the registered
+    ``ssc-cell_autoencoder``. It embeds a crop by its encoder maps averaged over the crop (96-d).
 
     Output: manifest (run, registered version, crop settings).
     """

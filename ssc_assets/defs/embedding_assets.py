@@ -188,13 +188,15 @@ def _no_crops(context, md: dict, method: str) -> pd.DataFrame:
     return _emit(context, pd.DataFrame(columns=[*SITE_META, METHOD]), md)
 
 
-@dg.asset(deps=["cell_autoencoder_model"], kinds={"pytorch", "mlflow"}, **EMBED_KW)
+@dg.asset(deps=["cell_autoencoder_model"], kinds={"pytorch", "mlflow"}, **{**EMBED_KW, "code_version": "2"})  # 2: pooled maps
 @fail_fast
 def site_embeddings_cell_autoencoder(context: dg.AssetExecutionContext, config: CellEmbeddingConfig,
                                      corrected_images: dict, masks: dict, raw_sites: pd.DataFrame,
                                      mlflow_tracking: MlflowTracking) -> pd.DataFrame:
-    """Cell autoencoder (``ssc-cell_autoencoder@champion``): the 16-d code of each cell crop,
-    median per site, plus ``Metadata_n_cells``. Trained without labels, so no donor was "seen"."""
+    """Cell autoencoder (``ssc-cell_autoencoder@champion``): each cell crop's encoder feature maps
+    averaged over the crop (96-d; models registered before code version 3 of the model asset:
+    their 16-d code), median per site, plus ``Metadata_n_cells``. Trained without labels, so no
+    donor was "seen"."""
     from ssc_assets.core.learn.cell_autoencoder import embed_cells_autoencoder
 
     sites, md, _ = _cell_embeddings(context, config, corrected_images, masks, raw_sites, mlflow_tracking,
