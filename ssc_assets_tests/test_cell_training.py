@@ -75,6 +75,21 @@ def test_presets():
         CellTrainParams(balance="oversample")
 
 
+def test_patience_counts_only_from_min_epochs():
+    from ssc_assets.core.learn.cell_training import BestEpoch
+
+    model = torch.nn.Linear(2, 1)
+    losses = [1.0, 2.0, 2.0, 2.0, 0.5, 2.0, 2.0]  # no progress in epochs 2-4, then a better one
+    best = BestEpoch(model, patience=2, min_epochs=6)
+    stops = [best.update(model, e, v, out_of_time=False) for e, v in enumerate(losses, start=1)]
+    # patience alone (min_epochs 0) would have stopped at epoch 3 and kept epoch 1
+    assert stops == [False] * 6 + [True] and best.epoch == 5 and best.stopped == "patience"
+    early = BestEpoch(model, patience=2)
+    assert [early.update(model, e, v, out_of_time=False) for e, v in enumerate(losses[:3], start=1)] == [False, False, True]
+    # the time limit stops at once, min_epochs or not
+    assert BestEpoch(model, patience=2, min_epochs=6).update(model, 1, 1.0, out_of_time=True)
+
+
 def test_learns_planted_difference_on_held_out_donors():
     data = planted_crops()
     # the wall-time limit keeps this under a minute even on a loaded machine

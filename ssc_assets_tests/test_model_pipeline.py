@@ -261,6 +261,10 @@ def test_clusterings_report_and_mlflow(trained, clustered):
     md = next(m for m in clustered["res"].get_asset_materialization_events()
               if m.asset_key.to_user_string() == "clusterings").step_materialization_data.materialization.metadata
     assert "thesis_" in md["comparison"].value and "data:image/png;base64," in md["classifier_figures"].value
+    # figures and run links come before the per-method numbers (the UI shows the first 100 entries)
+    keys = list(md)
+    assert max(keys.index(k) for k in keys if k.endswith(("_figures", "_mlflow_run"))) < min(
+        i for i, k in enumerate(keys) if "/" in k)
 
 
 def test_donor_scores_rank_every_donor_with_intervals(trained, clustered):
@@ -282,6 +286,12 @@ def test_donor_scores_rank_every_donor_with_intervals(trained, clustered):
             for e in clustered["res"].get_asset_materialization_events()}
     for asset in ("donor_scores", "clusterings"):
         assert {"cells/lodo_accuracy", "pca/lodo_accuracy", "pca/rho_group"} <= set(mats[asset]), asset
+    # the page opens with how far to trust it (2-epoch models: a demo), then the answer
+    md = mats["donor_scores"]
+    assert list(md)[:4] == ["demo_preset", "ranked_donors", "ranking", "summary"]
+    assert md["demo_preset"].value.startswith("Demo preset: not meaningful.") and "2 epochs" in md["demo_preset"].value
+    assert "Demo preset: not meaningful." in md["ranked_donors"].value and "95 %" in md["ranked_donors"].value
+    assert "V objective above V condition" in md["how_to_read"].value and "smallest possible p" in md["how_to_read"].value
 
 
 def test_qc_failed_sites_do_not_enter_well_medians(trained, clustered):

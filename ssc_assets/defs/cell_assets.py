@@ -79,6 +79,7 @@ class CellModelConfig(CropConfig):
     lr: float = core_field(f"{_TP}.lr", "Adam learning rate (cosine annealed).")
     weight_decay: float = core_field(f"{_TP}.weight_decay", "Adam weight decay.")
     patience: int | None = core_field(f"{_TP}.patience", "Early stop after this many epochs without a lower validation loss.")
+    min_epochs: int = core_field(f"{_TP}.min_epochs", "No early stop before this epoch (patience counts from here).")
     crops_per_epoch: int | None = core_field(f"{_TP}.crops_per_epoch", "Training crops drawn per epoch.")
     balance: str = core_field(f"{_TP}.balance", "Sampling balance: 'donor', 'condition', 'loss' or 'none'.")
     augment: bool = core_field(f"{_TP}.augment", "The thesis' rotations by 90 degrees and flips.")
@@ -163,7 +164,8 @@ def cell_classifier_model(context: dg.AssetExecutionContext, config: CellModelCo
     write_parquet(res.oof_wells, oof_path)
     md = fit_metadata(mlflow_tracking, run, reg, fit, _split_table(table, res.final.val_donors), preset)
     md.update({"n_crops": len(data), "out_of_fold_wells": dg.MetadataValue.path(oof_path),
-               **{f"oof_{k}": float(v) for k, v in res.metrics.items() if np.isfinite(v)}})
+               **{f"oof_{k}": (int(v) if k == "folds" else float(f"{v:.4g}"))
+                  for k, v in res.metrics.items() if np.isfinite(v)}})
     context.add_output_metadata(md)
     return {**fit_manifest(run, reg, fit, preset[0]), "oof_wells": oof_path, "oof": res.metrics,
             "crop": data.params.as_dict()}

@@ -16,7 +16,7 @@ from ssc_assets.core.schema import METHOD, feature_columns, metadata_columns
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.metadata import log_png
-from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.mlflow_tracking import MlflowTracking, champion_runs
 from ssc_assets.defs.model_assets import ALL_PLATES
 from ssc_assets.defs.model_families import CLUSTERING_EXPERIMENT
 from ssc_assets.defs.resources import Storage
@@ -64,29 +64,6 @@ def _flat_numeric(res: dict) -> dict[str, float]:
     for k, v in res.items():
         if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v):
             out[k] = float(v)
-    return out
-
-
-def _champions(mlflow_tracking: MlflowTracking, methods, context) -> dict[str, dict]:
-    """Champion version, params and tags of the models behind ``methods`` (unknown ones left out)."""
-    from ssc_assets.core.analysis.comparison import METHOD_MODELS
-    from ssc_assets.defs.mlflow_tracking import CHAMPION
-
-    out = {}
-    try:
-        client = mlflow_tracking.client()
-    except Exception as exc:  # noqa: BLE001 - the report is still useful without it
-        context.log.warning(f"MLflow registry not readable ({type(exc).__name__}: {exc}): demo preset not checked")
-        return out
-    for m in methods:
-        for name in METHOD_MODELS.get(m, ()):
-            try:
-                mv = client.get_model_version_by_alias(name, CHAMPION)
-                run = client.get_run(mv.run_id or mv.tags.get("run_id"))
-                out[name] = {"version": int(mv.version), "params": dict(run.data.params),
-                             "tags": {**dict(run.data.tags), **dict(mv.tags or {})}}
-            except Exception as exc:  # noqa: BLE001 - no champion (e.g. tests) or registry hiccup: not fatal
-                context.log.debug(f"champion of {name} not read: {type(exc).__name__}: {exc}")
     return out
 
 
@@ -179,7 +156,7 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
         raise dg.Failure("no well embeddings for any method", allow_retries=False)
 
     comp = comparison_table(results).reset_index()
-    preset = preset_reasons(_champions(mlflow_tracking, list(results), context))
+    preset = preset_reasons(champion_runs(mlflow_tracking, list(results), context))
     if preset:
         context.log.warning("demo preset / few epochs: " + "; ".join(preset))
     synthetic = context.run.tags.get("ssc/source") == "ssc-assets demo"  # the demo's simulated plates
@@ -198,9 +175,9 @@ def clusterings(context: dg.AssetExecutionContext, config: ClusteringConfig, wel
         "report_mlflow": dg.MetadataValue.url(runs["comparison"]["report"]),
         "report": dg.MetadataValue.path(report_path),
         "mlflow_comparison_run": dg.MetadataValue.url(runs["comparison"]["link"]),
-        **headline_metadata(results),
         "plates": dg.MetadataValue.json(plates_used),
-        **md,
+        **md,  # figures and MLflow run per method: before the numbers, which run past the UI's first 100 entries
+        **headline_metadata(results),
     })
     buf = io.StringIO()
     comp.to_csv(buf, index=False)

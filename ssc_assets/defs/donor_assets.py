@@ -22,7 +22,7 @@ from ssc_assets.core.schema import DONOR_TRAINED, METHOD, WELL_KEY
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.core_defaults import core_field
 from ssc_assets.defs.metadata import md_table
-from ssc_assets.defs.mlflow_tracking import MlflowTracking
+from ssc_assets.defs.mlflow_tracking import MlflowTracking, champion_runs
 from ssc_assets.defs.model_assets import ALL_PLATES
 from ssc_assets.defs.model_families import CLUSTERING_EXPERIMENT
 from ssc_assets.defs.resources import Storage
@@ -110,28 +110,44 @@ def donor_scores(context: dg.AssetExecutionContext, config: DonorScoresConfig, w
         mlflow.log_text(donors.to_csv(index=False), "donor_scores.csv")
         mlflow.log_text(summary.to_csv(index=False), "donor_summary.csv")
         link = mlflow_tracking.run_link(run)
-    context.add_output_metadata(_metadata(donors, summary, link, csv_path))
+    from ssc_assets.core.analysis.comparison import preset_reasons
+    from ssc_assets.core.analysis.report import donor_notes
+
+    preset = preset_reasons(champion_runs(mlflow_tracking, summary[METHOD].astype(str).tolist(), context))
+    synthetic = context.run.tags.get("ssc/source") == "ssc-assets demo"  # the demo's simulated plates
+    notes = donor_notes(summary, preset, synthetic, config.n_permutations)
+    context.add_output_metadata(_metadata(donors, summary, link, csv_path, notes))
     return {"donors": donors.to_dict("records"), "summary": summary.to_dict("records"), "csv": csv_path,
             "mlflow_run": link}
 
 
-def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: str) -> dict:
+def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: str, notes: list[str]) -> dict:
+    """The answer first (how far to trust it, ranked donors, figure, per-method table), then
+    links, then one number per method and metric (for plots across materializations)."""
+    from ssc_assets.core.analysis.comparison import DEMO_NOTE
     from ssc_assets.core.analysis.report import best_donor_method, donor_summary_table
     from ssc_assets.core.plots import figures
 
-    md: dict = {"mlflow_run": dg.MetadataValue.url(link), "donor_scores_csv": dg.MetadataValue.path(csv_path)}
-    for r in summary.to_dict("records"):
-        for k in ("lodo_accuracy", "permutation_p", "rho_group", "vmeasure_plate", "vmeasure_acquisition"):
-            v = r.get(k)
-            if isinstance(v, (int, float)) and np.isfinite(v):
-                md[f"{r[METHOD]}/{k}"] = float(f"{v:.4g}")  # 4 significant digits, still a number
-    md["summary"] = dg.MetadataValue.md(md_table(donor_summary_table(summary)))  # the report's table
+    md: dict = {}
+    if notes and notes[0].startswith(DEMO_NOTE):
+        md["demo_preset"] = dg.MetadataValue.text(notes[0])
     best = best_donor_method(summary)
     if best is not None:
         from ssc_assets.core.plots.donors import donor_ranking_png, donor_table
 
         d = donors[donors[METHOD] == best]
-        md["ranked_donors"] = dg.MetadataValue.md(f"Best method by rho vs HC < SSc < SSCHL: **{best}**\n\n"
-                                                  + md_table(donor_table(d, best)))
+        md["ranked_donors"] = dg.MetadataValue.md(
+            (f"**{notes[0]}**\n\n" if "demo_preset" in md else "")
+            + f"Best method by rho vs HC < SSc < SSCHL: **{best}** (95 % bootstrap interval over the donor's wells)\n\n"
+            + md_table(donor_table(d, best)))
         md["ranking"] = dg.MetadataValue.md(figures.png_markdown(donor_ranking_png(donors, summary=summary), "donors ranked"))
+    md["summary"] = dg.MetadataValue.md(md_table(donor_summary_table(summary)))  # the report's table
+    md["how_to_read"] = dg.MetadataValue.md("\n\n".join(n for n in notes if "demo_preset" not in md or n != notes[0]))
+    md["mlflow_run"] = dg.MetadataValue.url(link)
+    md["donor_scores_csv"] = dg.MetadataValue.path(csv_path)
+    for r in summary.to_dict("records"):
+        for k in ("lodo_accuracy", "permutation_p", "rho_group", "vmeasure_plate", "vmeasure_acquisition"):
+            v = r.get(k)
+            if isinstance(v, (int, float)) and np.isfinite(v):
+                md[f"{r[METHOD]}/{k}"] = float(f"{v:.3g}")  # 3 significant digits, still a number
     return md

@@ -484,6 +484,28 @@ class MlflowTracking(dg.ConfigurableResource):
         return model, info
 
 
+def champion_runs(mlflow_tracking: MlflowTracking, methods, context) -> dict[str, dict]:
+    """Champion version, params and tags of the models behind ``methods`` (unknown ones left out)."""
+    from ssc_assets.core.analysis.comparison import METHOD_MODELS
+
+    out = {}
+    try:
+        client = mlflow_tracking.client()
+    except Exception as exc:  # noqa: BLE001 - the report is still useful without it
+        context.log.warning(f"MLflow registry not readable ({type(exc).__name__}: {exc}): demo preset not checked")
+        return out
+    for m in methods:
+        for name in METHOD_MODELS.get(m, ()):
+            try:
+                mv = client.get_model_version_by_alias(name, CHAMPION)
+                run = client.get_run(mv.run_id or mv.tags.get("run_id"))
+                out[name] = {"version": int(mv.version), "params": dict(run.data.params),
+                             "tags": {**dict(run.data.tags), **dict(mv.tags or {})}}
+            except Exception as exc:  # noqa: BLE001 - no champion (e.g. tests) or registry hiccup: not fatal
+                context.log.debug(f"champion of {name} not read: {type(exc).__name__}: {exc}")
+    return out
+
+
 def _plates_md(plates: list[str], limit: int = 40) -> str:
     shown = ", ".join(f"`{p}`" for p in plates[:limit])
     return shown + (f" and {len(plates) - limit} more (tag `ssc.partitions`)" if len(plates) > limit else "")

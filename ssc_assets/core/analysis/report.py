@@ -285,6 +285,33 @@ DONOR_EXPLANATION = (
     "the middle and HC at the bottom (Spearman ρ vs HC < SSc < SSCHL near 1).")
 
 
+#: What the donor summary's columns mean (:data:`DONOR_SUMMARY_HEADERS`).
+DONOR_LEGEND = (
+    "Columns: LODO acc. = leave-one-donor-out accuracy of the well calls (chance = share of the larger class); "
+    "permutation p = share of donor-level label permutations doing at least as well; ρ = Spearman rank correlation "
+    "(p) of the donor scores with HC < SSc < SSCHL; V plate / V objective / V condition = V-measure (0-1) of KMeans "
+    "clusters of the normalised wells against the plate, the acquisition group and the condition: V plate or V "
+    "objective above V condition means the clusters follow the batch, not the disease.")
+
+
+def donor_notes(donor_summary: pd.DataFrame, preset: list[str] | None = None, synthetic: bool = False,
+                n_permutations: int | None = None) -> list[str]:
+    """How to read the donor scores, as plain sentences, most important first: the demo warning
+    (:func:`~ssc_assets.core.analysis.comparison.trust_notes` wording) when ``preset`` (reasons
+    the models are a demo) or ``synthetic`` (simulated plates), what a score and its interval
+    are, the column legend, the smallest p-value ``n_permutations`` allow, and which methods'
+    embeddings saw these donors' labels."""
+    from ssc_assets.core.analysis.comparison import DEMO_NOTE, supervision_notes, trust_notes
+
+    notes = [n for n in trust_notes({}, preset, synthetic) if n.startswith(DEMO_NOTE)]
+    notes += [DONOR_EXPLANATION, DONOR_LEGEND]
+    if n_permutations:
+        notes.append(f"{n_permutations} permutations: the smallest possible p is {fmt3(1 / (n_permutations + 1))}.")
+    methods = donor_summary[METHOD].astype(str).tolist() if METHOD in donor_summary else []
+    notes += supervision_notes({m: {} for m in methods})
+    return notes
+
+
 def _donor_sections(results: dict[str, dict], donors: pd.DataFrame, donor_summary: pd.DataFrame | None
                     ) -> tuple[Section, Section, str | None]:
     """(headline sub-section, details sub-section, best method) of the donor scores."""
