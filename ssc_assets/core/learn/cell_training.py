@@ -88,7 +88,7 @@ class CellTrainParams:
         measured 50-600 crops/s on 2 cores, depending on how loaded they are), one training
         stopped by ``max_seconds`` = 540 s of wall time at the latest (the model asset splits
         its 600 s budget over its k + 1 trainings: :func:`fit_with_out_of_fold`); Adam lr
-        2e-3, batch 64, early stop after 4 epochs without a better validation loss."""
+        2e-3, batch 64, early stop after 4 epochs without a better validation loss, from epoch 8 on."""
         return replace(cls(), **overrides)
 
     @classmethod
