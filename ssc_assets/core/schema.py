@@ -93,13 +93,9 @@ def feature_columns(df: pd.DataFrame, *, numeric: bool = False, drop_all_nan: bo
     ``numeric``: keep only numeric, non-boolean columns (non-numeric ones cannot be features
     of a distance/classifier). ``drop_all_nan``: skip columns that are entirely NaN.
     """
-    out = []
-    for c in df.columns:
-        if not is_feature(c):
-            continue
-        if numeric and (not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])):
-            continue
-        if drop_all_nan and df[c].isna().all():
-            continue
-        out.append(c)
-    return out
+    keep = [i for i, (c, t) in enumerate(zip(df.columns, df.dtypes)) if is_feature(c) and (
+        not numeric or (pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t)))]
+    if drop_all_nan and keep:  # one vectorised pass: a wide table (every method's columns) has thousands
+        present = df.iloc[:, keep].notna().any(axis=0).to_numpy()
+        keep = [i for i, ok in zip(keep, present) if ok]
+    return [df.columns[i] for i in keep]
