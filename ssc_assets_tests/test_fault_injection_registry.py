@@ -71,7 +71,7 @@ def test_parallel_steps_create_a_new_store_without_a_migration_race(tmp_path):
     must not run MLflow's migration twice (``duplicate column name``, seen in `make demo`)."""
     import multiprocessing as mp
 
-    # A spawned worker has once hung (futex wait, no lock held) on this 2-core machine: that is
+    # A spawned worker has hung twice (futex wait, no lock held) on this 2-core machine: that is
     # not the migration race this test is about, so a hung attempt is retried once on a new store
     # instead of blocking the suite (a migration error still fails at once).
     for attempt in range(2):
@@ -81,5 +81,7 @@ def test_parallel_steps_create_a_new_store_without_a_migration_race(tmp_path):
                 assert pool.map_async(_first_touch, [uri] * 4).get(timeout=240) == ["ok"] * 4
                 return
             except mp.TimeoutError:
+                for proc in pool._pool:  # the hung worker ignores SIGTERM: terminate() alone waited for it forever
+                    proc.kill()
                 pool.terminate()
     raise AssertionError("the 4 parallel first touches hung twice")
