@@ -11,6 +11,10 @@
    worker, the job process's own seconds per site (prepare + record + metadata + commit: the
    serial part left) and the wall per site of the whole map (process start included).
 
+3. one field's pixels (image pyramid + label pyramids): ``write_field``'s writer (zarr arrays and
+   ome-zarr's metadata functions) against the naive reference, ome-zarr's own ``write_image`` /
+   ``write_labels`` (a dask graph per array), seconds per field and the ratio.
+
 The data are random (incompressible): an upper bound for real images.
 """
 
@@ -97,6 +101,42 @@ def main() -> None:
             wall = time.perf_counter() - t_wall
             in_worker = np.mean([r.value[1] for r in results])
             print(f"| {name} | {in_worker:.2f} | {job / args.sites:.3f} | {wall / args.sites:.2f} |")
+    for size in sorted({384, n}):
+        compare_writers(size)
+
+
+def compare_writers(n: int, repeats: int = 3) -> None:
+    """Seconds per field: ome-zarr's write_image / write_labels (reference) vs ``_write_pixels``."""
+    import zarr
+    from ome_zarr.writer import write_image, write_labels
+
+    from ssc_assets.core.io.ome_zarr_store.common import CHUNK, SCALE_FACTORS, _omero
+    from ssc_assets.core.io.ome_zarr_store.writer import _write_pixels
+
+    img, wm, labels = _data(n)
+
+    def reference(group, image, labs, channels):
+        write_image(image, group, scale_factors=SCALE_FACTORS, axes="cyx", storage_options={"chunks": (1, CHUNK, CHUNK)},
+                    omero=_omero(channels))
+        for name, arr in (labs or {}).items():
+            write_labels(arr, group, name=name, axes="yx", scaler=None, scale_factors=SCALE_FACTORS,
+                         storage_options={"chunks": (CHUNK, CHUNK)}, label_metadata={"source": {"image": "../../"}})
+
+    print(f"\n# one field's pixels, {n}², best of {repeats}: ome-zarr write_image/write_labels vs ours")
+    print("| field | ome-zarr (reference) | ours | ratio |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as d:
+        for name, image, labs in (("corrected_images (3 channels)", img, None), ("masks (weight map + 5 labels)", wm, labels)):
+            best = {}
+            for label, fn in (("ref", reference), ("ours", _write_pixels)):
+                times = []
+                for i in range(repeats):
+                    group = zarr.open_group(f"{d}/{label}-{len(times)}-{name[:5]}", mode="w")
+                    t = time.perf_counter()
+                    fn(group, image, labs, CHANNELS["masks" if labs else "corrected_images"])
+                    times.append(time.perf_counter() - t)
+                best[label] = min(times)
+            print(f"| {name} | {best['ref']:.3f} s | {best['ours']:.3f} s | {best['ref'] / best['ours']:.1f}x |")
 
 
 if __name__ == "__main__":

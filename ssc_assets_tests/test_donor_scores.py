@@ -180,12 +180,18 @@ def test_lodo_in_fold_never_puts_the_held_out_donor_in_its_reference():
     seen = []
 
     class Spy(DS.FoldNorm):
-        def apply(self, X, reference, train):
+        def apply(self, X, reference, train, cache=None):
             seen.append((reference.copy(), train.copy()))
-            return super().apply(X, reference, train)
+            return super().apply(X, reference, train, cache)
+
+    class NoCache(DS.FoldNorm):
+        def apply(self, X, reference, train, cache=None):
+            return super().apply(X, reference, train, None)
 
     base = DS.FoldNorm.of(w)
     dec = DS._lodo(X, y, donors, 1.0, Spy(base.batches))
+    # the per-reference cache of the folds changes nothing
+    np.testing.assert_array_equal(dec, DS._lodo(X, y, donors, 1.0, NoCache(base.batches)))
     assert len(seen) == len(np.unique(donors)) and np.isfinite(dec).all()
     for (reference, train), d in zip(seen, np.unique(donors)):
         held = donors == d

@@ -159,9 +159,11 @@ class FoldNorm:
         codes = wells[by].astype(str).agg("\x1f".join, axis=1).to_numpy()
         return cls(np.unique(codes, return_inverse=True)[1].astype(np.int64), method, min_reference, compressed)
 
-    def apply(self, X: np.ndarray, reference: np.ndarray, train: np.ndarray) -> np.ndarray:
+    def apply(self, X: np.ndarray, reference: np.ndarray, train: np.ndarray, cache: dict | None = None) -> np.ndarray:
         """``X`` (n, f) normalised per batch against the rows where ``reference`` (control wells
-        of the training fold) is true; ``train`` (bool, n) is the fallback reference."""
+        of the training fold) is true; ``train`` (bool, n) is the fallback reference. ``cache``:
+        a dict kept by the caller for one ``X``; the centre and spread of a reference set already
+        seen are taken from it (the LODO folds that hold out a treated donor share their reference)."""
         out = np.empty_like(X, dtype=np.float64)
         pooled = reference if reference.sum() >= self.min_reference else train
         for b in np.unique(self.batches):
@@ -169,7 +171,13 @@ class FoldNorm:
             ref = rows & reference
             if ref.sum() < self.min_reference:
                 ref = rows & train if (rows & train).sum() >= self.min_reference else pooled
-            centre, spread = self._centre_spread(X[ref])
+            if cache is None:
+                centre, spread = self._centre_spread(X[ref])
+            else:
+                key = ref.tobytes()
+                if key not in cache:
+                    cache[key] = self._centre_spread(X[ref])
+                centre, spread = cache[key]
             out[rows] = (X[rows] - centre) / np.where(spread > 1e-12, spread, 1.0)
         return np.nan_to_num(compress(out) if self.compressed else out, nan=0.0)
 
@@ -239,20 +247,25 @@ def _lodo(X: np.ndarray, y: np.ndarray, donors: np.ndarray, C: float, norm: Fold
     :func:`_svm` per fold without the pipeline's overhead (same numbers, ~2x faster).
     With ``norm``, each fold first normalises the wells against its own control wells
     (``y == 0`` outside the held-out donor): the held-out donor never shapes its reference."""
+    import sklearn
     from sklearn.svm import SVC
 
     X = np.asarray(X, dtype=np.float64)
     dec = np.full(len(y), np.nan)
-    for d in np.unique(donors):
-        te = donors == d
-        tr = ~te
-        if len(np.unique(y[tr])) < 2:  # cannot fit: decide for the only class seen
-            dec[te] = 1.0 if y[tr][0] == 1 else -1.0
-            continue
-        Xf = norm.apply(X, (y == 0) & tr, tr) if norm is not None else X
-        mean, scale = _standard_scale(Xf[tr])
-        svc = SVC(kernel="linear", C=C, class_weight="balanced").fit((Xf[tr] - mean) / scale, y[tr])
-        dec[te] = svc.decision_function((Xf[te] - mean) / scale)
+    cache: dict = {}
+    # the inputs are finite (NaN filled by _matrix / FoldNorm) and the parameters fixed: skipping
+    # sklearn's per-call checks gives the same numbers ~1.8x faster (a permutation test fits ~20,000)
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        for d in np.unique(donors):
+            te = donors == d
+            tr = ~te
+            if len(np.unique(y[tr])) < 2:  # cannot fit: decide for the only class seen
+                dec[te] = 1.0 if y[tr][0] == 1 else -1.0
+                continue
+            Xf = norm.apply(X, (y == 0) & tr, tr, cache) if norm is not None else X
+            mean, scale = _standard_scale(Xf[tr])
+            svc = SVC(kernel="linear", C=C, class_weight="balanced").fit((Xf[tr] - mean) / scale, y[tr])
+            dec[te] = svc.decision_function((Xf[te] - mean) / scale)
     return dec
 
 
