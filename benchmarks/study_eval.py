@@ -1,7 +1,8 @@
 """Evaluation: the whole product (``ssc-assets demo`` on a plates folder) on a held-out study.
 
     python benchmarks/study_eval.py [--seed 9101] [--hc 5] [--ssc 7] [--sschl 3] [--wells 39]
-        [--plates 2] [--size 512] [--gain 0.0] [--scale 1.0] [--split 0.0] [--work DIR] [--score-only]
+        [--plates 2] [--size 512] [--gain 0.0] [--scale 1.0] [--split 0.0] [--failed-plate KIND]
+        [--work DIR] [--score-only]
 
 Protocol (what a user does, scored the way issue 11 scores unseen plates):
 
@@ -11,7 +12,9 @@ Protocol (what a user does, scored the way issue 11 scores unseen plates):
    from the seed (HC 0-0.1, SSc 0.2-0.6, SSCHL 0.85-1.0, times ``--scale``), plates alternating between the two
    demo objectives (a batch effect); ``--split`` images that fraction of each plate's wells with
    the dim objective; ``--gain`` lets severity also change actin/border brightness (0 =
-   morphology only). Default artifacts (3 failed sites per plate, debris).
+   morphology only). Default artifacts (3 failed sites per plate, debris). ``--failed-plate``
+   (blank, saturated or blurred) adds one more plate of 8 wells that failed as a whole: the
+   demo must name it, go on with the others (exit code 1) and score as without it.
 2. Runs ``ssc-assets demo`` in a subprocess on that folder with its own Dagster instance,
    storage and MLflow store under ``--work`` (the product's defaults: ``cpu`` preset for
    the cell models on a machine without CUDA, demo settings for the whole-site ones).
@@ -70,11 +73,16 @@ def simulate_study(plates_dir: Path, truth_dir: Path, args) -> dict[str, float]:
                          objective=DEMO_OBJECTIVES[p % len(DEMO_OBJECTIVES)], objective_split=args.split,
                          phenotype_gain=args.gain)
         simulate_plate(plates_dir, truth_dir, f"SSC-STUDY-{args.seed}-{p + 1:02d}", spec, seed=args.seed * 1000 + p)
+    if args.failed_plate:
+        spec = PlateSpec(wells=default_wells(8), donors=donors, image_size=args.size, n_failed_sites=0,
+                         plate_failure=args.failed_plate)
+        simulate_plate(plates_dir, truth_dir, f"SSC-STUDY-{args.seed}-FAILED", spec, seed=args.seed * 1000 + 99)
     return {d.donor_id: d.severity for d in donors}
 
 
-def run_demo(work: Path, plates_dir: Path, truth_dir: Path) -> float:
-    """``ssc-assets demo`` on ``plates_dir`` with its own instance and stores; returns wall s."""
+def run_demo(work: Path, plates_dir: Path, truth_dir: Path, expect_rc: int = 0) -> float:
+    """``ssc-assets demo`` on ``plates_dir`` with its own instance and stores; returns wall s.
+    ``expect_rc``: 1 when a failed plate was planted (the demo goes on and exits with 1)."""
     home = work / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -87,8 +95,8 @@ def run_demo(work: Path, plates_dir: Path, truth_dir: Path) -> float:
                               "demo", "--truth-dir", str(truth_dir)], env=env, stdout=log, stderr=subprocess.STDOUT,
                              cwd=work)
     wall = time.perf_counter() - t0
-    if rc != 0:
-        raise SystemExit(f"ssc-assets demo failed (rc {rc}); see {work / 'demo.log'}")
+    if rc != expect_rc:
+        raise SystemExit(f"ssc-assets demo exited with {rc}, expected {expect_rc}; see {work / 'demo.log'}")
     return wall
 
 
@@ -148,6 +156,8 @@ def main() -> None:
     ap.add_argument("--gain", type=float, default=0.0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every severity (0.5: a weaker phenotype)")
     ap.add_argument("--split", type=float, default=0.0)
+    ap.add_argument("--failed-plate", default=None, choices=["blank", "saturated", "blurred"],
+                    help="add a plate that failed as a whole")
     ap.add_argument("--permutations", type=int, default=200)
     ap.add_argument("--work", default=None, help="working folder (default: a new one under /tmp)")
     ap.add_argument("--score-only", action="store_true", help="score an earlier run in --work")
@@ -167,7 +177,7 @@ def main() -> None:
         severity = simulate_study(plates_dir, truth_dir, args)
         (work / "severity.json").write_text(json.dumps(severity, indent=1))
         print(f"simulated {args.plates} plates x {args.wells} wells in {time.perf_counter() - t0:.0f} s: {work}")
-        wall = run_demo(work, plates_dir, truth_dir)
+        wall = run_demo(work, plates_dir, truth_dir, expect_rc=1 if args.failed_plate else 0)
         print(f"ssc-assets demo: {wall / 60:.1f} min (log: {work / 'demo.log'})")
     table = score(work / "storage", severity, args.permutations)
     table.to_csv(work / "study_eval.csv", index=False)

@@ -101,6 +101,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - t0
         row = {"plate": key, "success": result.success, "seconds": round(wall, 1),
                "runs": {"process_plate": (wall, step_seconds(instance, result.run_id))}}
+        if not result.success:
+            row["error"] = _run_error(result)
         for ev in result.get_asset_materialization_events():
             mat = ev.step_materialization_data.materialization
             md = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str))}
@@ -115,15 +117,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for r in summary:
         print(f"{r['plate']:<20} {str(r['success']):<5} {r.get('images', '-')!s:>7} {r.get('sites', '-')!s:>6} "
               f"{r.get('failed_qc', '-')!s:>9} {r['seconds']:>7}")
-    if ok and summary and not args.skip_models:
-        ok &= _demo_models(run)
-        if ok:
-            ok &= _demo_clusterings(run, summary, instance)
+    processed = [r for r in summary if r["success"]]
+    for r in summary:
+        if not r["success"]:
+            print(f"\nprocess_plate FAILED for {r['plate']}: {r.get('error') or 'see the run in the Dagster UI'}")
+    if processed and len(processed) < len(summary):
+        print(f"continuing with the {len(processed)} plate(s) that were processed; the failed plate(s) are left out of "
+              "the models, embeddings and clusterings (a warning in those runs names them); the exit code will be 1")
+    if processed and not args.skip_models:
+        models_ok = _demo_models(run)
+        ok &= models_ok
+        if models_ok:
+            ok &= _demo_clusterings(run, processed, instance)
     _print_timing(summary)
     stack.close()
     print(f"\nDagster instance: {settings.dagster_home() or '(ephemeral)'}; outputs: {settings.storage_dir()}")
     print("Open the UI with `make dev` to browse assets, metadata and checks (Dagster :3000, MLflow :5000).")
     return 0 if ok and summary else 1
+
+
+def _run_error(result) -> str:
+    """First line of the first failed step's error in a run result (what the UI shows first)."""
+    for ev in result.all_events:
+        if ev.is_step_failure and ev.step_failure_data and ev.step_failure_data.error:
+            msg = (ev.step_failure_data.error.message or "").strip().splitlines()
+            return f"step {ev.step_key}: {msg[0] if msg else 'failed'}"
+    return ""
 
 
 def _manifest(asset: str) -> dict:

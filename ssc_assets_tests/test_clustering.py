@@ -233,6 +233,19 @@ def test_figures_are_png():
     assert pc.pca_scatter_png(pcs[:, :1], groups, km).startswith(PNG_MAGIC)
 
 
+def test_dendrogram_width_does_not_grow_with_the_wells():
+    import struct
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (20, 78, 300):
+        X = rng.normal(size=(n, 6))
+        png = pc.dendrogram_png(cl.hierarchical_cosine(X), [f"SSC{i:03d}" for i in range(n)],
+                                ["HC", "SSC", "SSCHL"] * (n // 3) + ["HC"] * (n % 3))
+        widths.append(struct.unpack(">II", png[16:24])[0])  # PNG IHDR: width, height
+    assert max(widths) <= 1250 and max(widths) - min(widths) <= 60, widths
+
+
 def test_cluster_method_end_to_end(tmp_path):
     df = make_wells(n_donors=10, n_feat=8, condition_shift=4.0, seed=6)
     df["f_empty"] = np.nan  # all-NaN column is dropped

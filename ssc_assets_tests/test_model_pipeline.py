@@ -138,6 +138,11 @@ def test_cell_model_scores_every_well_out_of_fold(trained):
     assert run.data.params["crop_size"] == "32" and run.data.tags["ssc.preset"] == "custom"
     assert [m.step for m in client.get_metric_history(man["run_id"], "val_loss")][:1] == [1]
     assert client.get_metric_history(man["run_id"], "fold0_val_loss") and "final_oof_well_auc" in run.data.metrics
+    # the page's metrics table puts the honest out-of-fold figures next to the validation ones
+    table = trained["mats"]["cell_classifier_model"].metadata["metrics"].value
+    header, rows = table.splitlines()[0], {r.split("|")[1].strip(): r for r in table.splitlines()[2:]}
+    assert "out_of_fold" in header and "well_auc" in rows and "folds" not in rows
+    assert float(rows["well_auc"].split("|")[-2]) == pytest.approx(man["oof"]["well_auc"], abs=1e-4)
     model = mlflow.pytorch.load_model(trained["tracking"].champion_uri("ssc-cells"))
     assert model.embed(torch.zeros(2, 3, 16, 16)).shape == (2, 16)
 
@@ -292,6 +297,10 @@ def test_donor_scores_rank_every_donor_with_intervals(trained, clustered):
     assert md["demo_preset"].value.startswith("Demo preset: not meaningful.") and "2 epochs" in md["demo_preset"].value
     assert "Demo preset: not meaningful." in md["ranked_donors"].value and "95 %" in md["ranked_donors"].value
     assert "V objective above V condition" in md["how_to_read"].value and "smallest possible p" in md["how_to_read"].value
+    # the MLflow run behind the page holds the same ranking figure
+    run_id = clustered["donor_scores"]["mlflow_run"].split("?")[0].rstrip("/").split("/")[-1]
+    figs = [a.path for a in trained["tracking"].client().list_artifacts(run_id, "figures")]
+    assert figs == ["figures/donors_ranked.png"]
 
 
 def test_qc_failed_sites_do_not_enter_well_medians(trained, clustered):

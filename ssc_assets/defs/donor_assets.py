@@ -21,7 +21,7 @@ from ssc_assets.core.io.storage import read_parquet, write_text
 from ssc_assets.core.schema import DONOR_TRAINED, METHOD, WELL_KEY
 from ssc_assets.defs.automation import CROSS_PLATE, IO_RETRY, fail_fast
 from ssc_assets.defs.core_defaults import core_field
-from ssc_assets.defs.metadata import md_table
+from ssc_assets.defs.metadata import log_png, md_table
 from ssc_assets.defs.mlflow_tracking import MlflowTracking, champion_runs
 from ssc_assets.defs.model_assets import ALL_PLATES
 from ssc_assets.defs.model_families import CLUSTERING_EXPERIMENT
@@ -109,6 +109,9 @@ def donor_scores(context: dg.AssetExecutionContext, config: DonorScoresConfig, w
                                 if k != METHOD and isinstance(v, (int, float)) and np.isfinite(v)})
         mlflow.log_text(donors.to_csv(index=False), "donor_scores.csv")
         mlflow.log_text(summary.to_csv(index=False), "donor_summary.csv")
+        ranking = _ranking_png(donors, summary)
+        if ranking is not None:  # the figure of the asset page, next to the numbers it shows
+            log_png(ranking, "figures/donors_ranked")
         link = mlflow_tracking.run_link(run)
     from ssc_assets.core.analysis.comparison import preset_reasons
     from ssc_assets.core.analysis.report import donor_notes
@@ -116,12 +119,21 @@ def donor_scores(context: dg.AssetExecutionContext, config: DonorScoresConfig, w
     preset = preset_reasons(champion_runs(mlflow_tracking, summary[METHOD].astype(str).tolist(), context))
     synthetic = context.run.tags.get("ssc/source") == "ssc-assets demo"  # the demo's simulated plates
     notes = donor_notes(summary, preset, synthetic, config.n_permutations)
-    context.add_output_metadata(_metadata(donors, summary, link, csv_path, notes))
+    context.add_output_metadata(_metadata(donors, summary, link, csv_path, notes, ranking))
     return {"donors": donors.to_dict("records"), "summary": summary.to_dict("records"), "csv": csv_path,
             "mlflow_run": link}
 
 
-def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: str, notes: list[str]) -> dict:
+def _ranking_png(donors: pd.DataFrame, summary: pd.DataFrame) -> bytes | None:
+    """The donors ranked by SSc-likeness with intervals (PNG), or None without a best method."""
+    from ssc_assets.core.analysis.report import best_donor_method
+    from ssc_assets.core.plots.donors import donor_ranking_png
+
+    return donor_ranking_png(donors, summary=summary) if best_donor_method(summary) is not None else None
+
+
+def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: str, notes: list[str],
+              ranking: bytes | None = None) -> dict:
     """The answer first (how far to trust it, ranked donors, figure, per-method table), then
     links, then one number per method and metric (for plots across materializations)."""
     from ssc_assets.core.analysis.comparison import DEMO_NOTE
@@ -133,14 +145,16 @@ def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: 
         md["demo_preset"] = dg.MetadataValue.text(notes[0])
     best = best_donor_method(summary)
     if best is not None:
-        from ssc_assets.core.plots.donors import donor_ranking_png, donor_table
+        from ssc_assets.core.plots.donors import donor_table
 
         d = donors[donors[METHOD] == best]
         md["ranked_donors"] = dg.MetadataValue.md(
             (f"**{notes[0]}**\n\n" if "demo_preset" in md else "")
             + f"Best method by rho vs HC < SSc < SSCHL: **{best}** (95 % bootstrap interval over the donor's wells)\n\n"
             + md_table(donor_table(d, best)))
-        md["ranking"] = dg.MetadataValue.md(figures.png_markdown(donor_ranking_png(donors, summary=summary), "donors ranked"))
+        if ranking is None:
+            ranking = _ranking_png(donors, summary)
+        md["ranking"] = dg.MetadataValue.md(figures.png_markdown(ranking, "donors ranked"))
     md["summary"] = dg.MetadataValue.md(md_table(donor_summary_table(summary)))  # the report's table
     md["how_to_read"] = dg.MetadataValue.md("\n\n".join(n for n in notes if "demo_preset" not in md or n != notes[0]))
     md["mlflow_run"] = dg.MetadataValue.url(link)

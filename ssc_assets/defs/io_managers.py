@@ -16,11 +16,15 @@ from ssc_assets.core.io.storage import read_parquet, write_parquet, write_text
 class _PlateUPathIOManager(dg.UPathIOManager):
     def load_partitions(self, context: dg.InputContext):
         # A per-plate asset gets its own plate's object; an all-plates asset ALWAYS gets
-        # {plate: object}, even when only one plate exists.
+        # {plate: object}, even when only one plate exists. With the input's metadata
+        # ``allow_missing_partitions`` (``ALL_PLATES``), a plate never materialized (its
+        # process_plate run failed: a blank plate, a half-copied folder) is left out with a
+        # warning naming it, instead of failing every cross-plate asset of the study.
         if context.has_partition_key:
             return super().load_partitions(context)
         paths = self._get_paths_for_partitions(context)
-        return {k: self.load_from_path(context, paths[k]) for k in context.asset_partition_keys}
+        loaded = {k: self._load_partition_from_path(context, k, paths[k]) for k in context.asset_partition_keys}
+        return {k: v for k, v in loaded.items() if v is not None}
 
 
 class _ParquetUPathIOManager(_PlateUPathIOManager):

@@ -37,7 +37,9 @@ from ssc_assets.defs.mlflow_tracking import (
 )
 from ssc_assets.defs.model_families import FAMILIES, ModelFamily, about
 
-ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
+#: Input of a cross-plate asset: every plate partition that has a materialization (a plate whose
+#: per-plate run failed is skipped with a warning naming it, see ``io_managers``).
+ALL_PLATES = dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True})
 
 #: Step priority of each training (``dagster/priority``; higher starts first): longest first
 #: (measured on a 2 x 39-well study: cell CNN ~335 s, cell autoencoder ~170 s, autoencoders
@@ -163,10 +165,17 @@ def _table(corrected_images: dict, raw_sites: dict, masks: dict | None, split_by
     return assign_splits(table, group_by=split_by, seed=seed)
 
 
+#: Columns of the metrics table: the splits, then the out-of-fold scores of models that have them
+#: (the cell CNN's: each well scored by a fold model that never saw its donor).
+METRIC_COLUMNS = {"train": "train", "val": "val", "test": "test", "oof": "out_of_fold"}
+
+
 def _metrics_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
-    splits = [s for s in ("train", "val", "test") if s in metrics]
-    names = sorted({k for s in splits for k in metrics[s]})
-    return pd.DataFrame({"metric": names, **{s: [round(metrics[s].get(n, np.nan), 4) for n in names] for s in splits}})
+    """One row per metric, one column per split (and ``out_of_fold``); counts such as ``folds`` left out."""
+    splits = [s for s in METRIC_COLUMNS if s in metrics]
+    names = sorted({k for s in splits for k in metrics[s] if k != "folds"})
+    return pd.DataFrame({"metric": names, **{METRIC_COLUMNS[s]: [round(float(metrics[s].get(n, np.nan)), 4) for n in names]
+                                             for s in splits}})
 
 
 def log_fit(context, mlflow_res: MlflowTracking, model_name: str, fit: FitOutput,
@@ -431,6 +440,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, corrected_im
         "svm_cv": dg.MetadataValue.md(md_table(cv)),
         "n_components": int(fit.params["n_components"]),
         "explained_variance": round(fit.metrics["pca"]["explained_variance"], 4),
+        "plates": dg.MetadataValue.json(sorted(table["Metadata_Plate"].unique().tolist())),
         "registered_model": reg["model"] if reg else "",
         "model_version": reg["version"] if reg else 0,
     })

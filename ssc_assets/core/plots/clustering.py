@@ -32,15 +32,18 @@ def _group_legend(groups) -> list:
 #: Report figures: inches x REPORT_DPI = pixels; 12 in at 90 dpi is 1080 px (the report's column).
 REPORT_DPI = 90
 FONT = 11
+#: Dendrogram width (in): 1080 px at REPORT_DPI, plus the legend.
+DENDROGRAM_WIDTH_IN = 12.0
 
 
 def dendrogram_png(Z: np.ndarray, donors: list[str], groups: list[str], title: str = "") -> bytes:
-    """Dendrogram with leaves labelled by donor, label text coloured by group; PNG bytes
-    (at least 1080 px wide, labels >= 9 pt)."""
+    """Dendrogram with leaves labelled by donor, label text coloured by group; PNG bytes about
+    1150 px wide whatever the number of leaves (it fits the Dagster metadata dialog and the
+    report's column): labels 9 pt up to ~75 leaves, smaller beyond (5 pt from ~135)."""
     n = len(donors)
-    fig, ax = plt.subplots(figsize=(min(max(12.0, 0.2 * n), 40.0), 5.0))
+    fig, ax = plt.subplots(figsize=(DENDROGRAM_WIDTH_IN, 5.0))
     dn = dendrogram(Z, labels=[str(d) for d in donors], ax=ax, leaf_rotation=90,
-                    leaf_font_size=9 if n <= 80 else 7, color_threshold=0, above_threshold_color="k")
+                    leaf_font_size=max(5.0, min(9.0, 680.0 / max(n, 1))), color_threshold=0, above_threshold_color="k")
     for tick, leaf in zip(ax.get_xticklabels(), dn["leaves"]):
         tick.set_color(_group_colour(groups[leaf]))
     ax.set_ylabel("cosine distance (average linkage)", fontsize=FONT)
