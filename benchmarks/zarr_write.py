@@ -131,7 +131,7 @@ def compare_writers(n: int, repeats: int = 3) -> None:
             for label, fn in (("ref", reference), ("ours", _write_pixels)):
                 times = []
                 for i in range(repeats):
-                    group = zarr.open_group(f"{d}/{label}-{len(times)}-{name[:5]}", mode="w")
+                    group = zarr.open_group(f"{d}/{label}-{i}-{name[:5]}", mode="w")
                     t = time.perf_counter()
                     fn(group, image, labs, CHANNELS["masks" if labs else "corrected_images"])
                     times.append(time.perf_counter() - t)
