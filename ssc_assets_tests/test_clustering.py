@@ -243,7 +243,7 @@ def test_dendrogram_width_does_not_grow_with_the_wells():
         png = pc.dendrogram_png(cl.hierarchical_cosine(X), [f"SSC{i:03d}" for i in range(n)],
                                 ["HC", "SSC", "SSCHL"] * (n // 3) + ["HC"] * (n % 3))
         widths.append(struct.unpack(">II", png[16:24])[0])  # PNG IHDR: width, height
-    assert max(widths) <= 1250 and max(widths) - min(widths) <= 60, widths
+    assert max(widths) <= 1110 and max(widths) - min(widths) <= 60, widths  # the Dagster dialog shows ~1120 px
 
 
 def test_cluster_method_end_to_end(tmp_path):

@@ -150,7 +150,8 @@ def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: 
         d = donors[donors[METHOD] == best]
         md["ranked_donors"] = dg.MetadataValue.md(
             (f"**{notes[0]}**\n\n" if "demo_preset" in md else "")
-            + f"Best method by rho vs HC < SSc < SSCHL: **{best}** (95 % bootstrap interval over the donor's wells)\n\n"
+            + f"Best method by rho vs HC < SSc < SSCHL (ties: higher LODO accuracy): **{best}** "
+              "(95 % bootstrap interval over the donor's wells)\n\n"
             + md_table(donor_table(d, best)))
         if ranking is None:
             ranking = _ranking_png(donors, summary)

@@ -32,13 +32,13 @@ def _group_legend(groups) -> list:
 #: Report figures: inches x REPORT_DPI = pixels; 12 in at 90 dpi is 1080 px (the report's column).
 REPORT_DPI = 90
 FONT = 11
-#: Dendrogram width (in): 1080 px at REPORT_DPI, plus the legend.
-DENDROGRAM_WIDTH_IN = 12.0
+#: Dendrogram width (in): 990 px at REPORT_DPI, ~1090 px with the legend (the Dagster dialog shows ~1120 px).
+DENDROGRAM_WIDTH_IN = 11.0
 
 
 def dendrogram_png(Z: np.ndarray, donors: list[str], groups: list[str], title: str = "") -> bytes:
-    """Dendrogram with leaves labelled by donor, label text coloured by group; PNG bytes about
-    1150 px wide whatever the number of leaves (it fits the Dagster metadata dialog and the
+    """Dendrogram with leaves labelled by donor, label text coloured by group; PNG bytes at most
+    ~1100 px wide whatever the number of leaves (it fits the Dagster metadata dialog and the
     report's column): labels 9 pt up to ~75 leaves, smaller beyond (5 pt from ~135)."""
     n = len(donors)
     fig, ax = plt.subplots(figsize=(DENDROGRAM_WIDTH_IN, 5.0))

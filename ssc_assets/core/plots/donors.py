@@ -137,7 +137,7 @@ def donor_ranking_png(donors: pd.DataFrame, method: str | None = None, *, summar
     nrows = int(math.ceil(len(methods) / ncols))
     parts = {m: _of_method(donors, m or None) for m in methods}
     n_max = max((len(p) for p in parts.values()), default=1)
-    width = min(MAX_WIDTH_IN, 9.0 if ncols == 1 else 4.0 * ncols + 0.2)
+    width = min(MAX_WIDTH_IN, 9.0 if ncols == 1 else 3.9 * ncols + 0.1)  # <= ~1080 px: fits the Dagster dialog
     height = nrows * (ROW_IN * max(n_max, 3) + 1.2) + 0.7
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
     for ax in axes.ravel()[len(methods):]:
