@@ -133,7 +133,7 @@ def _ranking_png(donors: pd.DataFrame, summary: pd.DataFrame) -> bytes | None:
 
 
 def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: str, notes: list[str],
-              ranking: bytes | None = None) -> dict:
+              ranking: bytes | None) -> dict:
     """The answer first (how far to trust it, ranked donors, figure, per-method table), then
     links, then one number per method and metric (for plots across materializations)."""
     from ssc_assets.core.analysis.comparison import DEMO_NOTE
@@ -153,8 +153,6 @@ def _metadata(donors: pd.DataFrame, summary: pd.DataFrame, link: str, csv_path: 
             + f"Best method by rho vs HC < SSc < SSCHL (ties: higher LODO accuracy): **{best}** "
               "(95 % bootstrap interval over the donor's wells)\n\n"
             + md_table(donor_table(d, best)))
-        if ranking is None:
-            ranking = _ranking_png(donors, summary)
         md["ranking"] = dg.MetadataValue.md(figures.png_markdown(ranking, "donors ranked"))
     md["summary"] = dg.MetadataValue.md(md_table(donor_summary_table(summary)))  # the report's table
     md["how_to_read"] = dg.MetadataValue.md("\n\n".join(n for n in notes if "demo_preset" not in md or n != notes[0]))
